@@ -212,27 +212,34 @@ launch() { # name cmd...
   setsid "$@" </dev/null >"$DIR/logs/$name.log" 2>&1 9>&- &
   local pid=$!
   echo "$name $pid $(proc_start $pid)" >> "$DIR/pids"
-  eval "PID_${name//-/_}=$pid"
 }
-pid_of() { local v="PID_${1//-/_}"; echo "${!v}"; }
 elapsed() { local ms=$(( ($(date +%s%N) - T0) / 1000000 )); printf '%d.%01ds' $((ms / 1000)) $(( (ms % 1000) / 100 )); }
 
 PORT_CONFLICT=0
-# wait_up NAME TIMEOUT_S CHECK...: polls CHECK until it succeeds; fails naming NAME if NAME's process exits or
-# the time runs out.
+# dead_component: prints the name of the first recorded process that is no longer running.
+dead_component() {
+  local name pid start
+  while read -r name pid start; do
+    recorded_alive "$start" "$pid" || { echo "$name"; return 0; }
+  done < "$DIR/pids"
+  return 1
+}
+# wait_up NAME TIMEOUT_S CHECK...: polls CHECK until it succeeds; fails naming the component whose process
+# exited (any of those started so far), or NAME when the time runs out.
 wait_up() {
   local name=$1 timeout=$2; shift 2
-  local pid; pid=$(pid_of "$name")
-  local deadline=$(( $(date +%s%N) + timeout * 1000000000 ))
-  local log="$DIR/logs/$name.log"
+  local deadline=$(( $(date +%s%N) + timeout * 1000000000 )) dead log
   while ! "$@" >/dev/null 2>&1; do
-    if ! kill -0 "$pid" 2>/dev/null; then
+    if dead=$(dead_component); then
+      log="$DIR/logs/$dead.log"
       if grep -qi "address already in use" "$log" 2>/dev/null; then PORT_CONFLICT=1; return 1; fi
       tail -n 15 "$log" | sed 's/^/    /' >&2
-      say "FAILED: $name exited before it came up; its log: $log"
+      if [ "$dead" = "$name" ]; then say "FAILED: $dead exited before it came up; its log: $log"
+      else say "FAILED: $dead exited (while waiting for $name to come up); its log: $log"; fi
       return 1
     fi
     if [ "$(date +%s%N)" -gt "$deadline" ]; then
+      log="$DIR/logs/$name.log"
       tail -n 15 "$log" | sed 's/^/    /' >&2
       say "FAILED: $name did not come up within ${timeout}s ($WHAT_FOR); its log: $log"
       return 1
