@@ -206,13 +206,22 @@ token_kubeconfig() { # token user
 }
 
 # ---------------------------------------------------------------------------------------------------------
-# Processes: each in its own session (a Ctrl-C on the test run leaves the bed alone), stdio to its log.
+# Processes: each in its own session (a Ctrl-C on the test run leaves the bed alone), stdio to its log, and
+# no other file descriptor of ours (the lock, or a pipe of whoever ran up.sh and waits for its end).
 launch() { # name cmd...
   local name=$1; shift
-  setsid "$@" </dev/null >"$DIR/logs/$name.log" 2>&1 9>&- &
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      [ "$fd" -gt 2 ] 2>/dev/null && { exec {fd}>&-; } 2>/dev/null
+    done
+    exec setsid "$@" </dev/null >"$DIR/logs/$name.log" 2>&1
+  ) &
   local pid=$!
   echo "$name $pid $(proc_start $pid)" >> "$DIR/pids"
 }
+MILESTONES=""
+mark() { MILESTONES="$MILESTONES${MILESTONES:+, }$1 $(elapsed)"; }
 elapsed() { local ms=$(( ($(date +%s%N) - T0) / 1000000 )); printf '%d.%01ds' $((ms / 1000)) $(( (ms % 1000) / 100 )); }
 
 PORT_CONFLICT=0
@@ -264,6 +273,7 @@ KCM_PORT=$KCM_PORT
 SCHEDULER_PORT=$SCHEDULER_PORT
 EOF
   gen_pki || return 1
+  mark pki
   cp "$HERE/audit-policy.yaml" "$DIR/audit-policy.yaml"
 
   local data=/dev/shm
@@ -277,6 +287,9 @@ EOF
     --initial-cluster "latchkey=http://127.0.0.1:$ETCD_PEER_PORT" \
     --quota-backend-bytes 8589934592
 
+  WHAT_FOR="etcd at http://127.0.0.1:$ETCD_PORT/health"
+  wait_up etcd 20 bash -c "curl -sf --max-time 2 http://127.0.0.1:$ETCD_PORT/health | grep -q '\"health\":\"true\"'" || return 1
+  mark etcd
   local pki=$DIR/pki
   launch kube-apiserver "$BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
@@ -291,16 +304,15 @@ EOF
     --audit-policy-file "$DIR/audit-policy.yaml" --audit-log-path "$DIR/audit.log" --audit-log-format json \
     --audit-log-maxsize 0 --profiling=false
 
-  WHAT_FOR="etcd at http://127.0.0.1:$ETCD_PORT/health"
-  wait_up etcd 20 bash -c "curl -sf --max-time 2 http://127.0.0.1:$ETCD_PORT/health | grep -q '\"health\":\"true\"'" || return 1
   WHAT_FOR="GET $APISERVER_URL/readyz = ok"
   wait_up kube-apiserver 90 bash -c "[ \"\$(curl -s --max-time 2 --cacert '$pki/ca.crt' --cert '$pki/admin.crt' --key '$pki/admin.key' $APISERVER_URL/readyz)\" = ok ]" || return 1
-  say "kube-apiserver ready at $APISERVER_URL ($(elapsed))"
+  mark kube-apiserver
 
   launch kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig "$DIR/kubeconfigs/kube-controller-manager" \
     --authentication-kubeconfig "$DIR/kubeconfigs/kube-controller-manager" \
     --authorization-kubeconfig "$DIR/kubeconfigs/kube-controller-manager" \
+    --authentication-skip-lookup \
     --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --cert-dir "$DIR/certs/kube-controller-manager" \
     --leader-elect=false --controllers '*' \
     --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
@@ -310,6 +322,7 @@ EOF
     --kubeconfig "$DIR/kubeconfigs/kube-scheduler" \
     --authentication-kubeconfig "$DIR/kubeconfigs/kube-scheduler" \
     --authorization-kubeconfig "$DIR/kubeconfigs/kube-scheduler" \
+    --authentication-skip-lookup \
     --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --cert-dir "$DIR/certs/kube-scheduler" \
     --leader-elect=false --kube-api-qps 500 --kube-api-burst 1000 --profiling=false
   cp "$HERE/kwok-stages.yaml" "$DIR/kwok-stages.yaml"
@@ -322,17 +335,20 @@ EOF
 
   WHAT_FOR="GET https://127.0.0.1:$KCM_PORT/healthz = ok"
   wait_up kube-controller-manager 60 bash -c "[ \"\$(curl -sk --max-time 2 https://127.0.0.1:$KCM_PORT/healthz)\" = ok ]" || return 1
+  mark kube-controller-manager
   WHAT_FOR="GET https://127.0.0.1:$SCHEDULER_PORT/healthz = ok"
   wait_up kube-scheduler 60 bash -c "[ \"\$(curl -sk --max-time 2 https://127.0.0.1:$SCHEDULER_PORT/healthz)\" = ok ]" || return 1
+  mark kube-scheduler
   WHAT_FOR="Node $NODE Ready and untainted"
   wait_up kwok 60 node_ready || { say "    Node $NODE: $(node_state) (kube-controller-manager removes the not-ready taint: $DIR/logs/kube-controller-manager.log)"; return 1; }
+  mark node
   # Pods need the namespace's default ServiceAccount: wait for the controller that makes them.
   WHAT_FOR="ServiceAccount default/default created by the serviceaccount controller"
   wait_up kube-controller-manager 30 "$BIN/kubectl" --kubeconfig "$DIR/kubeconfig" get serviceaccount default -n default || return 1
 }
 
 # Interrupted while starting: stop what was started (the logs stay).
-trap 'stop_recorded "$DIR"; clean_state "$DIR" 1; exit 130' INT TERM HUP
+trap 'say "interrupted: stopping what was started (logs stay in $DIR/logs)"; stop_recorded "$DIR"; clean_state "$DIR" 1; exit 130' INT TERM HUP
 attempt=1
 until start_bed; do
   stop_recorded "$DIR"
@@ -356,4 +372,5 @@ while read -r name pid start; do
   r=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0); rss=$((rss + r))
 done < "$DIR/pids"
 date -u +%Y-%m-%dT%H:%M:%SZ > "$DIR/started"
+say "ready: $MILESTONES (seconds since start)"
 print_env "started in $(elapsed); $((rss / 1024)) MiB RSS; apiserver $APISERVER_URL"
