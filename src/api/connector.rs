@@ -1,0 +1,217 @@
+//! `Connector`: a third-party system, its base URL and the ways to authenticate to it.
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, DURATION_PATTERN, LocalObjectRef};
+
+/// A third-party API and how to authenticate to it. Holds no end-user credentials: only the organisation's OAuth
+/// app (by reference to a Secret) when an OAuth2 method needs one.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "latchkey.dev",
+    version = "v1alpha1",
+    kind = "Connector",
+    namespaced,
+    status = "ConnectorStatus",
+    shortname = "lkconn",
+    category = "latchkey",
+    printcolumn = r#"{"name":"Display Name","type":"string","jsonPath":".spec.displayName"}"#,
+    printcolumn = r#"{"name":"Base URL","type":"string","jsonPath":".spec.baseUrl"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectorSpec {
+    /// Name shown to end users on the connect page, e.g. `GitHub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub display_name: Option<String>,
+    /// Base URL of the API, e.g. `https://api.github.com`. Jobs receive it as `LATCHKEY_BASE_URL`; the
+    /// verification request is sent relative to it.
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("baseUrl must be an http:// or https:// URL"))]
+    #[schemars(length(min = 8, max = 2048))]
+    pub base_url: String,
+    /// The ways to authenticate, each with a unique name that an EmbeddedConnection chooses by.
+    #[x_kube(validation = Rule::new("self.all(m, self.exists_one(n, n.name == m.name))").message("authMethods names must be unique"))]
+    #[schemars(length(min = 1, max = 16))]
+    pub auth_methods: Vec<AuthMethod>,
+    /// How to check that a credential works: a request to `baseUrl` + `path` with the credential applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+}
+
+/// One way to authenticate. Exactly one of `oauth2`, `apiKey` or `basic` is set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("[has(self.oauth2), has(self.apiKey), has(self.basic)].filter(x, x).size() == 1").message("set exactly one of oauth2, apiKey or basic"))]
+#[serde(rename_all = "camelCase")]
+pub struct AuthMethod {
+    /// Name of the method, chosen by EmbeddedConnections' `authMethod`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// OAuth2: authorization code (each user consents) or client credentials (each user's own client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Method>,
+    /// An API key each user supplies, sent in a header or a query parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<ApiKeyMethod>,
+    /// HTTP basic authentication with each user's username and password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic: Option<BasicMethod>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.flow != 'AuthorizationCode' || (has(self.authorizationUrl) && has(self.clientSecretRef))").message("the AuthorizationCode flow needs authorizationUrl and clientSecretRef (the organisation's OAuth app)"))]
+#[serde(rename_all = "camelCase")]
+pub struct OAuth2Method {
+    /// `AuthorizationCode` (each end user consents on the provider's page) or `ClientCredentials` (each end user
+    /// supplies their own client id and secret).
+    pub flow: OAuth2Flow,
+    /// The provider's authorization endpoint (AuthorizationCode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("authorizationUrl must be an http(s) URL"))]
+    pub authorization_url: Option<String>,
+    /// The provider's token endpoint.
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("tokenUrl must be an http(s) URL"))]
+    pub token_url: String,
+    /// The provider's revocation endpoint (RFC 7009); called best-effort when an activation is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_url: Option<String>,
+    /// Scopes to request.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// How scopes are joined in the request (default: one space).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_separator: Option<String>,
+    /// Use PKCE (S256) in the authorization-code flow. Default true.
+    #[serde(default = "default_true")]
+    pub pkce: bool,
+    /// How the client authenticates to the token endpoint: `Basic` (HTTP basic) or `Body` (form fields).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Extra query parameters for the authorization request, e.g. `prompt: consent`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub authorization_params: BTreeMap<String, String>,
+    /// Secret in the Connector's namespace with keys `client_id` and `client_secret`: the organisation's OAuth
+    /// app. Required for AuthorizationCode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_ref: Option<LocalObjectRef>,
+    /// Token lifetime assumed when the provider omits `expires_in` (a missing expiry never means "never"). Default 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub default_token_lifetime: Option<String>,
+    /// Refresh this long before expiry (at most half the token's lifetime). Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub refresh_before: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OAuth2Flow {
+    AuthorizationCode,
+    ClientCredentials,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    #[default]
+    Basic,
+    Body,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyMethod {
+    /// Where the key goes: `Header` or `Query`.
+    #[serde(rename = "in")]
+    pub in_: ApiKeyLocation,
+    /// Header or query parameter name, e.g. `Authorization` or `api_key`.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// Prepended to the key, e.g. `Bearer `.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiKeyLocation {
+    Header,
+    Query,
+}
+
+/// HTTP basic authentication; no settings.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct BasicMethod {}
+
+/// A request that succeeds only with a working credential.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// HTTP method. Default GET.
+    #[serde(default = "default_get")]
+    pub method: HttpMethod,
+    /// Path relative to `baseUrl`, e.g. `/user`.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^/"))]
+    pub path: String,
+    /// Status codes that mean the credential works. Default [200].
+    #[serde(default = "default_expect")]
+    pub expect_status: Vec<u16>,
+}
+
+fn default_get() -> HttpMethod {
+    HttpMethod::GET
+}
+fn default_expect() -> Vec<u16> {
+    vec![200]
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum HttpMethod {
+    GET,
+    POST,
+    HEAD,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectorStatus {
+    /// `Ready` says whether the connector's references resolve.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The generation last reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl Connector {
+    pub fn auth_method(&self, name: &str) -> Option<&AuthMethod> {
+        self.spec.auth_methods.iter().find(|m| m.name == name)
+    }
+}
+
+impl AuthMethod {
+    pub fn kind(&self) -> AuthKind {
+        match (&self.oauth2, &self.api_key) {
+            (Some(o), _) if o.flow == OAuth2Flow::AuthorizationCode => AuthKind::OAuth2AuthorizationCode,
+            (Some(_), _) => AuthKind::OAuth2ClientCredentials,
+            (None, Some(_)) => AuthKind::ApiKey,
+            (None, None) => AuthKind::Basic,
+        }
+    }
+}
+
+/// What kind of credential an auth method takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthKind {
+    ApiKey,
+    Basic,
+    OAuth2AuthorizationCode,
+    OAuth2ClientCredentials,
+}

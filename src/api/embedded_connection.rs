@@ -1,0 +1,132 @@
+//! `EmbeddedConnection`: a connector offered to external users with a chosen auth method and no credentials.
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, DURATION_PATTERN, LocalObjectRef};
+
+/// A connector offered to external users. It holds no credentials: each user activates it with their own
+/// (a `UserActivation`), and it does not function until at least one user is active.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "latchkey.dev",
+    version = "v1alpha1",
+    kind = "EmbeddedConnection",
+    namespaced,
+    status = "EmbeddedConnectionStatus",
+    shortname = "lkec",
+    category = "latchkey",
+    printcolumn = r#"{"name":"Connector","type":"string","jsonPath":".spec.connectorRef.name"}"#,
+    printcolumn = r#"{"name":"Method","type":"string","jsonPath":".spec.authMethod"}"#,
+    printcolumn = r#"{"name":"Active","type":"integer","jsonPath":".status.activeUsers"}"#,
+    printcolumn = r#"{"name":"Users","type":"integer","jsonPath":".status.totalUsers"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EmbeddedConnectionSpec {
+    /// The Connector, in this namespace.
+    pub connector_ref: LocalObjectRef,
+    /// Name of one of the connector's `authMethods`.
+    #[schemars(length(min = 1, max = 63))]
+    pub auth_method: String,
+    /// Namespaces whose UserActivations may activate this connection, by label. Default: this namespace only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_namespaces: Option<LabelSelector>,
+    /// URL prefixes that an activation's `returnUrl` must start with (no open redirect).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(u, u.startsWith('https://') || u.startsWith('http://'))").message("allowedReturnUrls must be http(s) URLs"))]
+    pub allowed_return_urls: Vec<String>,
+    /// How long a connect link stays valid. Default 24h; renewed when expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub connect_url_ttl: Option<String>,
+    /// What happens to a tenant's credentials Secret when its activation is deleted: `Delete` (after best-effort
+    /// revocation) or `Retain` (kept, not revoked).
+    #[serde(default)]
+    pub secret_deletion_policy: SecretDeletionPolicy,
+    /// The per-tenant integration Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobSpec>,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SecretDeletionPolicy {
+    #[default]
+    Delete,
+    Retain,
+}
+
+/// The integration that runs for each active user, with only that user's credentials.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSpec {
+    /// Cron schedule (5 fields or a macro such as `@hourly`). Without it: one run when a user first becomes
+    /// active and one after each change of their credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(@(yearly|annually|monthly|weekly|daily|hourly)|\S+\s+\S+\s+\S+\s+\S+\s+\S+)$"))]
+    pub schedule: Option<String>,
+    /// Time zone of the schedule (IANA name). Default `Etc/UTC`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// With a schedule: also run once when a user first becomes active. Default true.
+    #[serde(default = "default_true")]
+    pub run_on_activation: bool,
+    /// Allow privileged pods, host namespaces and hostPath volumes in the template. Default false.
+    #[serde(default)]
+    pub allow_privileged: bool,
+    /// The pod template (a `PodTemplateSpec`). Latchkey adds the credential volume, env and labels.
+    #[schemars(schema_with = "super::preserve_object")]
+    pub template: serde_json::Value,
+    /// Retries of a failed run. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 20))]
+    pub backoff_limit: Option<i32>,
+    /// Deadline of one run in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
+    /// `Forbid` (default) skips a tick while a run is active and postpones a credential-change run; `Allow` runs
+    /// concurrently.
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+    /// Finished successful Jobs kept per user. Default 3.
+    #[serde(default = "default_history")]
+    #[schemars(range(min = 0, max = 100))]
+    pub successful_jobs_history_limit: i32,
+    /// Finished failed Jobs kept per user. Default 3.
+    #[serde(default = "default_history")]
+    #[schemars(range(min = 0, max = 100))]
+    pub failed_jobs_history_limit: i32,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_history() -> i32 {
+    3
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ConcurrencyPolicy {
+    #[default]
+    Forbid,
+    Allow,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EmbeddedConnectionStatus {
+    /// Users whose activation is Ready.
+    #[serde(default)]
+    pub active_users: i32,
+    /// All activations of this connection.
+    #[serde(default)]
+    pub total_users: i32,
+    /// `Ready` is True only with at least one active user and a resolvable connector.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,99 @@
+//! `latchkey run`'s configuration: flags, each also read from the environment.
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "latchkey", version, about = "Kubernetes operator for embedded connections: each tenant activates an integration with its own credentials")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controllers, the connect server and the metrics/health endpoints.
+    Run(RunConfig),
+    /// Print the CustomResourceDefinitions (the YAML that crds/ holds).
+    Crds,
+}
+
+#[derive(Parser, Debug, Clone)]
+pub struct RunConfig {
+    /// Where the connect server listens.
+    #[arg(long, env = "LATCHKEY_CONNECT_BIND", default_value = "0.0.0.0:8080")]
+    pub connect_bind: SocketAddr,
+    /// The public URL users reach the connect server at; connect links and the OAuth redirect_uri
+    /// (`<base>/oauth/callback`) are built from it.
+    #[arg(long, env = "LATCHKEY_CONNECT_BASE_URL", default_value = "http://127.0.0.1:8080")]
+    pub connect_base_url: String,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, env = "LATCHKEY_METRICS_BIND", default_value = "0.0.0.0:9090")]
+    pub metrics_bind: SocketAddr,
+    /// Comma-separated namespaces to watch instead of the whole cluster.
+    #[arg(long, env = "LATCHKEY_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// `text` or `json`.
+    #[arg(long, env = "LATCHKEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Take a Lease before reconciling, so that only one replica reconciles.
+    #[arg(long, env = "LATCHKEY_LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Reconciles in flight per controller.
+    #[arg(long, env = "LATCHKEY_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+    /// Where the Lease and the signing-key Secret live (default: the pod's namespace, else latchkey-system).
+    #[arg(long, env = "LATCHKEY_OPERATOR_NAMESPACE")]
+    pub operator_namespace: Option<String>,
+    /// Secret with the HMAC key(s) for connect links and OAuth `state` (created when absent).
+    #[arg(long, env = "LATCHKEY_SIGNING_KEY_SECRET", default_value = "latchkey-signing-key")]
+    pub signing_key_secret: String,
+    /// The leader-election Lease.
+    #[arg(long, env = "LATCHKEY_LEASE_NAME", default_value = "latchkey")]
+    pub lease_name: String,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl RunConfig {
+    /// The namespace of the Lease and signing key.
+    pub fn operator_namespace(&self) -> String {
+        self.operator_namespace
+            .clone()
+            .or_else(|| std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok().map(|s| s.trim().to_string()))
+            .unwrap_or_else(|| "latchkey-system".into())
+    }
+
+    /// The namespaces to watch: `None` for the whole cluster.
+    pub fn watched_namespaces(&self) -> Vec<Option<String>> {
+        let ns: Vec<_> = self.namespaces.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(String::from).collect();
+        if ns.is_empty() { vec![None] } else { ns.into_iter().map(Some).collect() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design() {
+        let cli = Cli::try_parse_from(["latchkey", "run"]).unwrap();
+        let Command::Run(c) = cli.command else { panic!() };
+        assert_eq!(c.concurrency, 16);
+        assert_eq!(c.connect_bind.port(), 8080);
+        assert!(!c.leader_election);
+        assert_eq!(c.watched_namespaces(), vec![None]);
+    }
+
+    #[test]
+    fn namespaces_split_on_commas() {
+        let cli = Cli::try_parse_from(["latchkey", "run", "--namespaces", "a,b", "--concurrency", "4"]).unwrap();
+        let Command::Run(c) = cli.command else { panic!() };
+        assert_eq!(c.watched_namespaces(), vec![Some("a".to_string()), Some("b".to_string())]);
+        assert!(Cli::try_parse_from(["latchkey", "run", "--concurrency", "0"]).is_err());
+    }
+}

@@ -1,0 +1,313 @@
+//! The controllers: their shared context, the stores they read, the relations that trigger reconciles, and the
+//! error policy.
+pub mod connector;
+pub mod embedded_connection;
+pub mod relations;
+pub mod status;
+pub mod user_activation;
+pub mod watch;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{self, Action, ReconcileRequest};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+#[allow(deprecated)]
+use kube::runtime::metadata_watcher;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::api::{Connector, EmbeddedConnection, UserActivation};
+use crate::naming;
+use relations::{Relations, Triggers};
+use watch::{Change, Watch, prune_meta, reflect};
+
+/// Everything a reconcile reads or writes through.
+pub struct Context {
+    pub client: Client,
+    pub stores: Stores,
+    pub http: reqwest::Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub connect: Option<Arc<crate::connect::ConnectConfig>>,
+    /// Consecutive failures per object, for per-object exponential backoff (kube has none built in).
+    pub failures: Mutex<HashMap<String, u32>>,
+}
+
+/// What the reflectors keep: pruned objects, Secrets and the namespaces' metadata only.
+#[derive(Clone)]
+pub struct Stores {
+    pub connectors: Store<Connector>,
+    pub connections: Store<EmbeddedConnection>,
+    pub activations: Store<UserActivation>,
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Secrets the operator owns (label selector), metadata only.
+    pub owned_secrets: Store<PartialObjectMeta<Secret>>,
+    /// Application-written Secrets labelled `latchkey.dev/source=true`, metadata only.
+    pub source_secrets: Store<PartialObjectMeta<Secret>>,
+    /// Jobs the operator created, without their spec.
+    pub jobs: Store<Job>,
+}
+
+/// Errors of a reconcile: each names the step that failed. Transient ones are retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API request failed while {step}: {source}")]
+    Kube { step: &'static str, source: kube::Error },
+    #[error("{0}")]
+    Verification(#[from] crate::credentials::verify::VerifyError),
+    #[error("OAuth2 provider: {0}")]
+    OAuth(String),
+    #[error("the object has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    pub fn kube(step: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube { step, source }
+    }
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube",
+            Error::Verification(_) => "verification",
+            Error::OAuth(_) => "oauth",
+            Error::NoNamespace => "invalid",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Context {
+    fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+        format!("{}/{}/{}", K::kind(&()), obj.meta().namespace.as_deref().unwrap_or(""), obj.meta().name.as_deref().unwrap_or(""))
+    }
+
+    /// Forgets an object's failures after a successful reconcile.
+    pub fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(&Self::key(obj));
+        }
+    }
+
+    /// The backoff after one more failure: 1 s doubling to 5 min, with up to 10 % jitter.
+    pub fn backoff<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Duration {
+        let n = self.failures.lock().map(|mut f| {
+            let e = f.entry(Self::key(obj)).or_insert(0);
+            *e = e.saturating_add(1);
+            *e
+        });
+        backoff_for(n.unwrap_or(1))
+    }
+}
+
+/// 1 s, 2 s, 4 s ... capped at 300 s, plus up to 10 % jitter.
+pub fn backoff_for(failures: u32) -> Duration {
+    let base = 2f64.powi(failures.saturating_sub(1).min(20) as i32).min(300.0);
+    let jitter = rand::rng().random_range(0.0..=0.1);
+    Duration::from_secs_f64(base * (1.0 + jitter))
+}
+
+fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff(obj.as_ref());
+    warn!(kind = %K::kind(&()), name = obj.meta().name.as_deref().unwrap_or(""), namespace = obj.meta().namespace.as_deref().unwrap_or(""), error = %err, retry_in = ?delay, "reconcile failed");
+    ctx.metrics.reconcile_error(&K::kind(&()), err.metric_label());
+    Action::requeue(delay)
+}
+
+fn apis<K>(client: &Client, namespaces: &[Option<String>]) -> Vec<(Option<String>, Api<K>)>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    namespaces
+        .iter()
+        .map(|ns| (ns.clone(), match ns {
+            Some(n) => Api::namespaced(client.clone(), n),
+            None => Api::all(client.clone()),
+        }))
+        .collect()
+}
+
+fn full_watches<K>(client: &Client, namespaces: &[Option<String>], wc: &watcher::Config) -> Vec<Watch<K>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    apis::<K>(client, namespaces).into_iter().map(|(ns, api)| Watch::new(ns, watcher(api, wc.clone()).default_backoff())).collect()
+}
+
+#[allow(deprecated)]
+fn meta_watches<K>(client: &Client, namespaces: &[Option<String>], wc: &watcher::Config) -> Vec<Watch<PartialObjectMeta<K>>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    apis::<K>(client, namespaces).into_iter().map(|(ns, api)| Watch::new(ns, metadata_watcher(api, wc.clone()).default_backoff())).collect()
+}
+
+/// Starts the reflectors with their relations. Returns the stores and the trigger receivers.
+#[allow(deprecated)]
+pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores, relations::Receivers) {
+    let (triggers, receivers) = Triggers::new();
+    let relations = Arc::new(Relations::default());
+    let any = watcher::Config::default();
+    let managed = watcher::Config::default().labels(naming::MANAGED_SELECTOR);
+
+    let activations = {
+        let (t, r) = (triggers.clone(), relations.clone());
+        reflect("UserActivation", full_watches::<UserActivation>(client, namespaces, &any), prune_meta, move |ua, change| {
+            r.activation_changed(ua, change);
+            t.activation_changed(ua);
+        })
+    };
+    let connections = {
+        let (t, r) = (triggers.clone(), relations.clone());
+        reflect("EmbeddedConnection", full_watches::<EmbeddedConnection>(client, namespaces, &any), prune_meta, move |ec, change| {
+            t.connection(ObjectRef::from_obj(ec));
+            for ua in r.activations_of_connection(ec) {
+                t.activation(ua);
+            }
+            let _ = change;
+        })
+    };
+    let connectors = {
+        let (t, r) = (triggers.clone(), relations.clone());
+        let conns = connections.clone();
+        reflect("Connector", full_watches::<Connector>(client, namespaces, &any), prune_meta, move |c, _| {
+            t.connector(ObjectRef::from_obj(c));
+            for ec in conns.state().iter().filter(|ec| ec.metadata.namespace == c.metadata.namespace && ec.spec.connector_ref.name == c.metadata.name.clone().unwrap_or_default()) {
+                t.connection(ObjectRef::from_obj(ec.as_ref()));
+                for ua in r.activations_of_connection(ec) {
+                    t.activation(ua);
+                }
+            }
+        })
+    };
+    // Namespaces: cluster-scoped metadata, for allowedNamespaces selectors.
+    let namespaces_store = {
+        let (t, r) = (triggers.clone(), relations.clone());
+        let api: Api<Namespace> = Api::all(client.clone());
+        let events = metadata_watcher(api, any.clone()).default_backoff();
+        reflect("Namespace", vec![Watch::new(None, events)], prune_meta, move |ns, change| {
+            if change == Change::Applied {
+                for ua in r.activations_in_namespace(ns.metadata.name.as_deref().unwrap_or("")) {
+                    t.activation(ua);
+                }
+            }
+        })
+    };
+    let owned_secrets = {
+        let t = triggers.clone();
+        reflect("Secret", meta_watches::<Secret>(client, namespaces, &managed), prune_meta, move |s, _| t.owner_of(&s.metadata))
+    };
+    let source_secrets = {
+        let (t, r) = (triggers.clone(), relations.clone());
+        let cs = connectors.clone();
+        reflect("Secret", meta_watches::<Secret>(client, namespaces, &watcher::Config::default().labels(naming::SOURCE_SELECTOR)), prune_meta, move |s, _| {
+            let (ns, name) = (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default());
+            for ua in r.activations_using_secret(&ns, &name) {
+                t.activation(ua);
+            }
+            for c in cs.state().iter().filter(|c| c.metadata.namespace.as_deref() == Some(ns.as_str()) && connector::client_secret_name(c) == Some(name.as_str())) {
+                t.connector(ObjectRef::from_obj(c.as_ref()));
+            }
+        })
+    };
+    let jobs = {
+        let t = triggers.clone();
+        reflect(
+            "Job",
+            full_watches::<Job>(client, namespaces, &managed),
+            |job: &mut Job| {
+                prune_meta(job);
+                job.spec = None;
+            },
+            move |j, _| t.owner_of(&j.metadata),
+        )
+    };
+    let stores = Stores { connectors, connections, activations, namespaces: namespaces_store, owned_secrets, source_secrets, jobs };
+    (stores, receivers)
+}
+
+impl Stores {
+    pub async fn wait_until_ready(&self) {
+        let _ = tokio::join!(
+            self.connectors.wait_until_ready(),
+            self.connections.wait_until_ready(),
+            self.activations.wait_until_ready(),
+            self.namespaces.wait_until_ready(),
+            self.owned_secrets.wait_until_ready(),
+            self.source_secrets.wait_until_ready(),
+            self.jobs.wait_until_ready(),
+        );
+    }
+}
+
+fn queue<K: Resource<DynamicType = ()> + 'static>(rx: mpsc::UnboundedReceiver<ObjectRef<K>>) -> impl futures::Stream<Item = Result<ReconcileRequest<K>, Infallible>> {
+    tokio_stream_unbounded(rx).map(|r| Ok(ReconcileRequest::from(r)))
+}
+
+fn tokio_stream_unbounded<T>(mut rx: mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Runs the three controllers until `shutdown` resolves.
+pub async fn run_controllers(ctx: Arc<Context>, receivers: relations::Receivers, concurrency: u16, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+    let cfg = controller::Config::default().concurrency(concurrency);
+    let s = ctx.stores.clone();
+    let ua = controller::applier(
+        |obj, ctx| Box::pin(user_activation::reconcile(obj, ctx)),
+        error_policy::<UserActivation>,
+        ctx.clone(),
+        s.activations.clone(),
+        queue(receivers.activations),
+        cfg.clone(),
+    );
+    let ec = controller::applier(
+        |obj, ctx| Box::pin(embedded_connection::reconcile(obj, ctx)),
+        error_policy::<EmbeddedConnection>,
+        ctx.clone(),
+        s.connections.clone(),
+        queue(receivers.connections),
+        cfg.clone().debounce(Duration::from_secs(1)),
+    );
+    let cn = controller::applier(
+        |obj, ctx| Box::pin(connector::reconcile(obj, ctx)),
+        error_policy::<Connector>,
+        ctx.clone(),
+        s.connectors.clone(),
+        queue(receivers.connectors),
+        cfg,
+    );
+    info!("controllers running");
+    let all = futures::future::join3(drain("UserActivation", ua), drain("EmbeddedConnection", ec), drain("Connector", cn));
+    tokio::select! {
+        _ = all => {}
+        _ = shutdown => info!("controllers stopping"),
+    }
+}
+
+/// Polls a controller's stream; failures were already logged by the error policy.
+async fn drain<K: Resource<DynamicType = ()>, E: std::fmt::Display>(name: &'static str, s: impl futures::Stream<Item = Result<(ObjectRef<K>, Action), E>>) {
+    s.for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(controller = name, error = %e, "controller event");
+        }
+    })
+    .await
+}
+
+pub fn recorder(client: &Client) -> Recorder {
+    Recorder::new(client.clone(), Reporter { controller: "latchkey".into(), instance: std::env::var("POD_NAME").ok() })
+}

@@ -1,0 +1,130 @@
+//! Who triggers whom: indexes from a referenced object to its referrers, and the channels that queue reconciles.
+use std::collections::{HashMap, HashSet};
+use std::sync::RwLock;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use super::watch::Change;
+use crate::api::{Connector, EmbeddedConnection, UserActivation};
+
+type Key = (String, String);
+
+/// Indexes kept up to date by the activation watch.
+#[derive(Default)]
+pub struct Relations {
+    inner: RwLock<Index>,
+}
+
+#[derive(Default)]
+struct Index {
+    by_connection: HashMap<Key, HashSet<ObjectRef<UserActivation>>>,
+    by_secret: HashMap<Key, HashSet<ObjectRef<UserActivation>>>,
+    by_namespace: HashMap<String, HashSet<ObjectRef<UserActivation>>>,
+    /// What each activation was indexed under, to unindex it.
+    entries: HashMap<ObjectRef<UserActivation>, (Key, Option<Key>)>,
+}
+
+impl Relations {
+    pub fn activation_changed(&self, ua: &UserActivation, change: Change) {
+        let r = ObjectRef::from_obj(ua);
+        let Ok(mut idx) = self.inner.write() else { return };
+        if let Some((conn, secret)) = idx.entries.remove(&r) {
+            remove(&mut idx.by_connection, &conn, &r);
+            if let Some(s) = secret {
+                remove(&mut idx.by_secret, &s, &r);
+            }
+        }
+        let ns = ua.namespace().unwrap_or_default();
+        if change == Change::Deleted {
+            if let Some(set) = idx.by_namespace.get_mut(&ns) {
+                set.remove(&r);
+            }
+            return;
+        }
+        let conn = (ua.connection_namespace().unwrap_or_default(), ua.spec.connection_ref.name.clone());
+        let secret = ua.spec.credentials_secret_ref.as_ref().map(|s| (ns.clone(), s.name.clone()));
+        idx.by_connection.entry(conn.clone()).or_default().insert(r.clone());
+        if let Some(s) = &secret {
+            idx.by_secret.entry(s.clone()).or_default().insert(r.clone());
+        }
+        idx.by_namespace.entry(ns).or_default().insert(r.clone());
+        idx.entries.insert(r, (conn, secret));
+    }
+
+    pub fn activations_of_connection(&self, ec: &EmbeddedConnection) -> Vec<ObjectRef<UserActivation>> {
+        self.get(|i| i.by_connection.get(&(ec.namespace().unwrap_or_default(), ec.name_any())))
+    }
+
+    pub fn activations_using_secret(&self, ns: &str, name: &str) -> Vec<ObjectRef<UserActivation>> {
+        self.get(|i| i.by_secret.get(&(ns.to_string(), name.to_string())))
+    }
+
+    pub fn activations_in_namespace(&self, ns: &str) -> Vec<ObjectRef<UserActivation>> {
+        self.get(|i| i.by_namespace.get(ns))
+    }
+
+    fn get(&self, f: impl FnOnce(&Index) -> Option<&HashSet<ObjectRef<UserActivation>>>) -> Vec<ObjectRef<UserActivation>> {
+        self.inner.read().ok().and_then(|i| f(&i).map(|s| s.iter().cloned().collect())).unwrap_or_default()
+    }
+}
+
+fn remove(map: &mut HashMap<Key, HashSet<ObjectRef<UserActivation>>>, key: &Key, r: &ObjectRef<UserActivation>) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(r);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+/// Senders that queue reconciles.
+#[derive(Clone)]
+pub struct Triggers {
+    activations: UnboundedSender<ObjectRef<UserActivation>>,
+    connections: UnboundedSender<ObjectRef<EmbeddedConnection>>,
+    connectors: UnboundedSender<ObjectRef<Connector>>,
+}
+
+pub struct Receivers {
+    pub activations: UnboundedReceiver<ObjectRef<UserActivation>>,
+    pub connections: UnboundedReceiver<ObjectRef<EmbeddedConnection>>,
+    pub connectors: UnboundedReceiver<ObjectRef<Connector>>,
+}
+
+impl Triggers {
+    pub fn new() -> (Self, Receivers) {
+        let (a, ar) = unbounded_channel();
+        let (c, cr) = unbounded_channel();
+        let (k, kr) = unbounded_channel();
+        (Self { activations: a, connections: c, connectors: k }, Receivers { activations: ar, connections: cr, connectors: kr })
+    }
+
+    pub fn activation(&self, r: ObjectRef<UserActivation>) {
+        let _ = self.activations.send(r);
+    }
+    pub fn connection(&self, r: ObjectRef<EmbeddedConnection>) {
+        let _ = self.connections.send(r);
+    }
+    pub fn connector(&self, r: ObjectRef<Connector>) {
+        let _ = self.connectors.send(r);
+    }
+
+    /// An activation changed: reconcile it and recount its connection.
+    pub fn activation_changed(&self, ua: &UserActivation) {
+        self.activation(ObjectRef::from_obj(ua));
+        if let Some(ns) = ua.connection_namespace() {
+            self.connection(ObjectRef::new(&ua.spec.connection_ref.name).within(&ns));
+        }
+    }
+
+    /// A Secret or Job the operator owns changed: reconcile its activation.
+    pub fn owner_of(&self, meta: &ObjectMeta) {
+        let Some(ns) = meta.namespace.as_deref() else { return };
+        for o in meta.owner_references.iter().flatten().filter(|o| o.kind == "UserActivation" && o.controller == Some(true)) {
+            self.activation(ObjectRef::new(&o.name).within(ns));
+        }
+    }
+}

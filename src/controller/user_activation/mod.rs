@@ -1,0 +1,436 @@
+//! UserActivation: one tenant's credentials into a Secret the operator owns, verified, and that tenant's Jobs.
+//!
+//! Each reconcile observes (stores first, a GET only where a store cannot serve), decides with the pure functions
+//! of [`decide`], applies only the differences, and writes status once, when it changed.
+pub mod decide;
+pub mod source;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use tracing::{debug, info};
+
+use super::{Context, Error, Result, status::apply_status};
+use crate::api::conditions::{self, Condition, FALSE, TRUE, UNKNOWN, reasons, types};
+use crate::api::connector::AuthKind;
+use crate::api::embedded_connection::SecretDeletionPolicy;
+use crate::api::user_activation::{LastRun, Phase};
+use crate::api::{Connector, EmbeddedConnection, UserActivation, UserActivationStatus};
+use crate::credentials::{self, Credential, verify};
+use crate::jobs;
+use crate::naming::{self, DATA_HASH_ANNOTATION, GENERATION_ANNOTATION, SOURCE_VERSION_ANNOTATION};
+use decide::{Admitted, Gate, Run};
+
+/// Where the credentials stand after the credentials step.
+enum Creds {
+    /// In the owned Secret, at this generation.
+    Stored { generation: u32, verified: Option<bool> },
+    /// Nothing yet: the user has to bring them (connect link) or the application has to write its Secret.
+    Awaiting { reason: &'static str, message: String },
+    /// The application's Secret is unusable, or the provider rejected the credential, or a foreign Secret holds
+    /// the name: Ready=False with this reason.
+    Unusable { reason: &'static str, message: String, rejected: bool },
+}
+
+pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_timer("UserActivation");
+    if ua.metadata.deletion_timestamp.is_some() {
+        return cleanup(&ua, &ctx).await;
+    }
+    let ns = ua.namespace().ok_or(Error::NoNamespace)?;
+    let now = Utc::now();
+    let generation = ua.metadata.generation;
+    let prev = ua.status.clone().unwrap_or_default();
+    let mut status = UserActivationStatus { observed_generation: generation, ..prev.clone() };
+    let mut desired: Vec<Condition> = Vec::new();
+    let mut requeue: Option<Duration> = None;
+
+    // Observe references from the stores.
+    let conn_ns = ua.connection_namespace().unwrap_or_default();
+    let connection = ctx.stores.connections.get(&ObjectRef::new(&ua.spec.connection_ref.name).within(&conn_ns));
+    let connector = connection.as_ref().and_then(|c| ctx.stores.connectors.get(&ObjectRef::new(&c.spec.connector_ref.name).within(&conn_ns)));
+    let ns_labels = ctx.stores.namespaces.get(&ObjectRef::new(&ns)).map(|n| n.metadata.labels.clone().unwrap_or_default());
+    let older = older_activation_of_same_user(&ctx, &ua);
+
+    let admitted = decide::admit(&ua, connection.as_deref(), connector.as_deref(), ns_labels.as_ref(), older);
+    let secret_name = naming::credentials_secret_name(&ua);
+    let owned = ctx.stores.owned_secrets.get(&ObjectRef::new(&secret_name).within(&ns));
+    if owned.as_ref().is_some_and(|o| naming::owned_by(o.metadata.owner_references.as_ref(), &ua.uid().unwrap_or_default())) {
+        status.secret_name = Some(secret_name.clone());
+    }
+
+    let adm: Admitted<'_> = match admitted {
+        Err(Gate { reason, message }) => {
+            desired.push(Condition::new(types::READY, FALSE, reason, message, generation, now));
+            status.phase = Some(Phase::Failing);
+            return finish(&ua, &ctx, prev, status, desired, None).await;
+        }
+        Ok(a) => a,
+    };
+    let kind = adm.method.kind();
+
+    // Credentials into the owned Secret.
+    let creds = sync_credentials(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref().map(|o| &o.metadata), &mut status).await?;
+    let (ready, awaiting) = match &creds {
+        Creds::Stored { generation: g, verified } => {
+            status.secret_name = Some(secret_name.clone());
+            status.credential_generation = *g;
+            let cv = match verified {
+                Some(true) => Condition::new(types::CREDENTIALS_VALID, TRUE, reasons::VERIFIED, "the provider accepted the credentials", generation, now),
+                _ => Condition::new(types::CREDENTIALS_VALID, TRUE, reasons::NOT_VERIFIED, "stored; the connector declares no verification request", generation, now),
+            };
+            desired.push(cv);
+            desired.push(Condition::new(types::READY, TRUE, reasons::ACTIVE, format!("credentials stored in Secret {secret_name}"), generation, now));
+            (true, false)
+        }
+        Creds::Awaiting { reason, message } => {
+            desired.push(Condition::new(types::READY, FALSE, reason, message.clone(), generation, now));
+            (false, true)
+        }
+        Creds::Unusable { reason, message, rejected } => {
+            if *rejected {
+                desired.push(Condition::new(types::CREDENTIALS_VALID, FALSE, reason, message.clone(), generation, now));
+            }
+            desired.push(Condition::new(types::READY, FALSE, reason, message.clone(), generation, now));
+            (false, false)
+        }
+    };
+    status.phase = Some(decide::phase(ready, ua.spec.suspend, awaiting, false));
+
+    // Jobs.
+    let uid = ua.uid().unwrap_or_default();
+    let own_jobs: Vec<Arc<Job>> = ctx.stores.jobs.state().into_iter().filter(|j| j.namespace().as_deref() == Some(ns.as_str()) && j.labels().get(naming::ACTIVATION_UID_LABEL) == Some(&uid)).collect();
+    if let Some(job_spec) = &adm.connection.spec.job {
+        if ready && !ua.spec.suspend {
+            match decide::plan_run(job_spec, status.credential_generation, status.run_generation, status.last_schedule_time, decide::any_active(&own_jobs), now) {
+                Err(e) => desired.push(Condition::new(types::LAST_RUN_SUCCEEDED, FALSE, reasons::JOB_TEMPLATE_INVALID, e.to_string(), generation, now)),
+                Ok(plan) => {
+                    status.last_schedule_time = plan.last_schedule_time;
+                    if let Some(next) = plan.next_tick {
+                        requeue = min_requeue(requeue, until(next, now));
+                    }
+                    if let Some(run) = plan.run {
+                        match start_run(&ctx, &ua, &adm, kind, &secret_name, &run).await? {
+                            Ok(()) => {
+                                if let Run::Credentials(g) = run {
+                                    status.run_generation = g;
+                                }
+                            }
+                            Err(message) => desired.push(Condition::new(types::LAST_RUN_SUCCEEDED, FALSE, reasons::JOB_TEMPLATE_INVALID, message, generation, now)),
+                        }
+                    }
+                }
+            }
+        }
+        prune_history(&ctx, &ns, &own_jobs, job_spec).await?;
+    }
+    if let Some(job) = decide::newest(&own_jobs) {
+        let outcome = jobs::outcome(job);
+        let st = job.status.as_ref();
+        status.last_run = Some(LastRun {
+            job: job.name_any(),
+            start_time: st.and_then(|s| s.start_time.as_ref()).map(|t| ts(&t.0)),
+            completion_time: st.and_then(|s| s.completion_time.as_ref()).map(|t| ts(&t.0)),
+            outcome: format!("{outcome:?}"),
+            succeeded: match outcome {
+                jobs::Outcome::Running => None,
+                jobs::Outcome::Succeeded => Some(true),
+                jobs::Outcome::Failed => Some(false),
+            },
+        });
+        if !desired.iter().any(|c| c.type_ == types::LAST_RUN_SUCCEEDED) {
+            let name = job.name_any();
+            desired.push(match outcome {
+                jobs::Outcome::Succeeded => Condition::new(types::LAST_RUN_SUCCEEDED, TRUE, reasons::JOB_SUCCEEDED, format!("Job {name} succeeded"), generation, now),
+                jobs::Outcome::Failed => Condition::new(types::LAST_RUN_SUCCEEDED, FALSE, reasons::JOB_FAILED, format!("Job {name} failed; see its pods' logs"), generation, now),
+                jobs::Outcome::Running => Condition::new(types::LAST_RUN_SUCCEEDED, UNKNOWN, reasons::JOB_RUNNING, format!("Job {name} is running"), generation, now),
+            });
+        }
+    }
+    finish(&ua, &ctx, prev, status, desired, requeue).await
+}
+
+fn ts(t: &k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond() as u32).unwrap_or_default()
+}
+
+fn until(t: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+    (t - now).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(50)
+}
+
+fn min_requeue(a: Option<Duration>, b: Duration) -> Option<Duration> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+/// Writes status (when changed), publishes an event on a phase transition, and says when to look again.
+async fn finish(ua: &UserActivation, ctx: &Context, prev: UserActivationStatus, mut status: UserActivationStatus, desired: Vec<Condition>, requeue: Option<Duration>) -> Result<Action> {
+    status.conditions = conditions::merge(&prev.conditions, desired);
+    let api: Api<UserActivation> = Api::namespaced(ctx.client.clone(), &ua.namespace().unwrap_or_default());
+    let wrote = apply_status(&api, ua, ua.status.as_ref(), &status).await?;
+    if wrote && prev.phase != status.phase {
+        let ready = conditions::find(&status.conditions, types::READY);
+        let (reason, note) = ready.map(|c| (c.reason.clone(), c.message.clone())).unwrap_or_default();
+        let type_ = if status.phase == Some(Phase::Failing) { EventType::Warning } else { EventType::Normal };
+        info!(activation = %ua.name_any(), namespace = %ua.namespace().unwrap_or_default(), phase = ?status.phase, reason = %reason, "phase changed");
+        let _ = ctx
+            .recorder
+            .publish(&Event { type_, reason, note: Some(note), action: "Reconcile".into(), secondary: None }, &ua.object_ref(&()))
+            .await;
+    }
+    ctx.metrics.activation_phase(prev.phase, status.phase);
+    ctx.succeeded(ua);
+    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// An older activation (by creation time, then name) of the same connection and user id, if any.
+fn older_activation_of_same_user(ctx: &Context, ua: &UserActivation) -> Option<String> {
+    let me = (ua.metadata.creation_timestamp.as_ref().map(|t| t.0), ua.namespace(), ua.name_any());
+    let conn = (ua.connection_namespace(), &ua.spec.connection_ref.name);
+    ctx.stores
+        .activations
+        .state()
+        .into_iter()
+        .filter(|o| o.uid() != ua.uid() && o.spec.user.id == ua.spec.user.id && (o.connection_namespace(), &o.spec.connection_ref.name) == conn)
+        .filter(|o| o.metadata.deletion_timestamp.is_none())
+        .filter(|o| (o.metadata.creation_timestamp.as_ref().map(|t| t.0), o.namespace(), o.name_any()) < me)
+        .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
+        .next()
+}
+
+fn annotation<'a>(meta: Option<&'a ObjectMeta>, key: &str) -> Option<&'a String> {
+    meta.and_then(|m| m.annotations.as_ref()).and_then(|a| a.get(key))
+}
+
+/// Brings the owned Secret in line with the application's source Secret (or finds credentials the connect flow
+/// stored there).
+async fn sync_credentials(
+    ctx: &Context,
+    ua: &UserActivation,
+    adm: &Admitted<'_>,
+    kind: AuthKind,
+    secret_name: &str,
+    owned: Option<&ObjectMeta>,
+    status: &mut UserActivationStatus,
+) -> Result<Creds> {
+    let ns = ua.namespace().unwrap_or_default();
+    let uid = ua.uid().unwrap_or_default();
+    let stored_generation = annotation(owned, GENERATION_ANNOTATION).and_then(|g| g.parse::<u32>().ok());
+    let owned_is_ours = owned.is_some_and(|m| naming::owned_by(m.owner_references.as_ref(), &uid));
+
+    let Some(source) = &ua.spec.credentials_secret_ref else {
+        // No source: credentials come from the user through the connect flow.
+        if let (true, Some(g)) = (owned_is_ours, stored_generation) {
+            return Ok(Creds::Stored { generation: g, verified: None });
+        }
+        return Ok(Creds::Awaiting { reason: reasons::AWAITING_USER, message: "waiting for the user to connect through status.connectUrl".into() });
+    };
+
+    // Unchanged source (as the metadata watch sees it): nothing to read.
+    let watched = source::watched_version(ctx, &ns, &source.name);
+    if let Some(v) = &watched {
+        if owned_is_ours && annotation(owned, SOURCE_VERSION_ANNOTATION) == Some(v) {
+            if let Some(g) = stored_generation {
+                let verified = conditions::find(&status.conditions, types::CREDENTIALS_VALID).map(|c| c.reason == reasons::VERIFIED);
+                return Ok(Creds::Stored { generation: g, verified: verified.filter(|v| *v) });
+            }
+        }
+        if status.source_resource_version.as_ref() == Some(v) {
+            if let Some(c) = conditions::find(&status.conditions, types::READY).filter(|c| !c.is_true()) {
+                // Already rejected this version: wait for a change.
+                return Ok(Creds::Unusable { reason: reasons_static(&c.reason), message: c.message.clone(), rejected: c.reason == reasons::CREDENTIALS_REJECTED });
+            }
+        }
+    }
+
+    let Some(src) = source::read(ctx, &ns, &source.name).await? else {
+        return Ok(Creds::Awaiting { reason: reasons::SOURCE_SECRET_NOT_FOUND, message: format!("Secret {ns}/{} (spec.credentialsSecretRef) does not exist", source.name) });
+    };
+    status.source_resource_version = Some(src.resource_version.clone());
+    let credential = match Credential::from_secret_data(kind, &src.data) {
+        Ok(c) => c,
+        Err(e) => return Ok(Creds::Unusable { reason: reasons::SOURCE_SECRET_INVALID, message: format!("Secret {ns}/{}: {e}", source.name), rejected: false }),
+    };
+    let data = credential.to_secret_data();
+    let hash = credentials::data_hash(&data);
+
+    // A Secret of that name that the operator does not own is never overwritten.
+    let owned_meta = match owned {
+        Some(m) => Some(m.clone()),
+        None => Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_metadata_opt(secret_name).await.map_err(Error::kube("checking the credentials Secret name"))?.map(|m| m.metadata),
+    };
+    if let Some(m) = &owned_meta {
+        if !naming::owned_by(m.owner_references.as_ref(), &uid) {
+            let _ = ctx
+                .recorder
+                .publish(
+                    &Event { type_: EventType::Warning, reason: reasons::SECRET_CONFLICT.into(), note: Some(format!("Secret {secret_name} exists and is not owned by this activation; it is left untouched")), action: "WriteSecret".into(), secondary: None },
+                    &ua.object_ref(&()),
+                )
+                .await;
+            return Ok(Creds::Unusable { reason: reasons::SECRET_CONFLICT, message: format!("Secret {ns}/{secret_name} exists and is not owned by this activation: delete or rename it; Latchkey never overwrites it"), rejected: false });
+        }
+    }
+    let same_data = owned_meta.as_ref().and_then(|m| annotation(Some(m), DATA_HASH_ANNOTATION)) == Some(&hash);
+    let prev_generation = owned_meta.as_ref().and_then(|m| annotation(Some(m), GENERATION_ANNOTATION)).and_then(|g| g.parse::<u32>().ok()).unwrap_or(0);
+
+    let mut verified = None;
+    if !same_data {
+        let base_url = adm.connector.spec.base_url.clone();
+        match verify::verify(&ctx.http, adm.connector, adm.method, &credential, &base_url).await {
+            Ok(None) => {}
+            Ok(Some(verify::Verdict::Valid)) => verified = Some(true),
+            Ok(Some(verify::Verdict::Rejected { status: code })) => {
+                let v = adm.connector.spec.verification.as_ref().map(|v| format!("{:?} {}", v.method, v.path)).unwrap_or_default();
+                return Ok(Creds::Unusable { reason: reasons::CREDENTIALS_REJECTED, message: format!("the provider answered {code} to {v}: the credentials in Secret {} do not work", source.name), rejected: true });
+            }
+            Err(e) => {
+                status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+                return Err(e.into());
+            }
+        }
+    } else {
+        verified = conditions::find(&status.conditions, types::CREDENTIALS_VALID).map(|c| c.reason == reasons::VERIFIED).filter(|v| *v);
+    }
+    status.consecutive_failures = 0;
+    let generation = if same_data { prev_generation.max(1) } else { prev_generation + 1 };
+    let annotations = BTreeMap::from([
+        (DATA_HASH_ANNOTATION.to_string(), hash),
+        (SOURCE_VERSION_ANNOTATION.to_string(), src.resource_version.clone()),
+        (GENERATION_ANNOTATION.to_string(), generation.to_string()),
+    ]);
+    let unchanged = same_data && owned_meta.as_ref().and_then(|m| annotation(Some(m), SOURCE_VERSION_ANNOTATION)) == Some(&src.resource_version) && owned_meta.as_ref().and_then(|m| annotation(Some(m), GENERATION_ANNOTATION)) == Some(&generation.to_string());
+    if !unchanged {
+        write_secret(ctx, ua, secret_name, data, annotations).await?;
+        debug!(activation = %ua.name_any(), secret = %secret_name, generation, "credentials stored");
+    }
+    Ok(Creds::Stored { generation, verified })
+}
+
+fn reasons_static(r: &str) -> &'static str {
+    [reasons::CREDENTIALS_REJECTED, reasons::SOURCE_SECRET_INVALID, reasons::SECRET_CONFLICT].into_iter().find(|x| *x == r).unwrap_or(reasons::SOURCE_SECRET_INVALID)
+}
+
+/// Server-side apply of the owned Secret.
+pub async fn write_secret(ctx: &Context, ua: &UserActivation, name: &str, data: BTreeMap<String, k8s_openapi::ByteString>, annotations: BTreeMap<String, String>) -> Result<()> {
+    let ns = ua.namespace().unwrap_or_default();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.clone()),
+            labels: Some(naming::activation_labels(ua, "credentials")),
+            annotations: Some(annotations),
+            owner_references: Some(vec![naming::owner_ref(ua)]),
+            ..Default::default()
+        },
+        data: Some(data),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .patch(name, &PatchParams::apply(naming::FIELD_MANAGER).force(), &Patch::Apply(&secret))
+        .await
+        .map_err(Error::kube("writing the credentials Secret"))?;
+    Ok(())
+}
+
+/// Creates the Job of a run, after checking the template. `Ok(Err(message))` when the template cannot run here.
+async fn start_run(ctx: &Context, ua: &UserActivation, adm: &Admitted<'_>, kind: AuthKind, secret_name: &str, run: &Run) -> Result<Result<(), String>> {
+    let Some(spec) = &adm.connection.spec.job else { return Ok(Ok(())) };
+    let ns = ua.namespace().unwrap_or_default();
+    let template = match jobs::template(spec) {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let (cms, secrets) = jobs::referenced_objects(&template);
+    let mut missing = Vec::new();
+    let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    for name in &cms {
+        if cm_api.get_metadata_opt(name).await.map_err(Error::kube("checking ConfigMaps the job template names"))?.is_none() {
+            missing.push(format!("ConfigMap {name}"));
+        }
+    }
+    let s_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    for name in &secrets {
+        if s_api.get_metadata_opt(name).await.map_err(Error::kube("checking Secrets the job template names"))?.is_none() {
+            missing.push(format!("Secret {name}"));
+        }
+    }
+    if !missing.is_empty() {
+        return Ok(Err(format!("the job template names {} that do(es) not exist in namespace {ns}", missing.join(", "))));
+    }
+    let key = run.key();
+    let input = jobs::RunInput { ua, job: spec, kind, secret_name, run_key: &key, base_url: &adm.connector.spec.base_url };
+    let job = jobs::build(&input, template);
+    let name = job.name_any();
+    match Api::<Job>::namespaced(ctx.client.clone(), &ns).create(&PostParams { field_manager: Some(naming::FIELD_MANAGER.into()), ..Default::default() }, &job).await {
+        Ok(_) => {
+            info!(activation = %ua.name_any(), namespace = %ns, job = %name, run = %key, "started run");
+            ctx.metrics.job_started();
+            Ok(Ok(()))
+        }
+        // The run key makes the name: a restart never doubles a run.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Ok(())),
+        Err(e) => Err(Error::kube("creating the Job")(e)),
+    }
+}
+
+async fn prune_history(ctx: &Context, ns: &str, jobs: &[Arc<Job>], spec: &crate::api::embedded_connection::JobSpec) -> Result<()> {
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    for name in decide::beyond_history(jobs, spec) {
+        match api.delete(&name, &DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() }).await {
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(e) => return Err(Error::kube("deleting an old Job")(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Deletion: with `Retain`, the Secret loses its owner reference so that the garbage collector keeps it.
+async fn cleanup(ua: &UserActivation, ctx: &Context) -> Result<Action> {
+    let ns = ua.namespace().unwrap_or_default();
+    if !ua.finalizers().iter().any(|f| f == naming::FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let retain = connection_of(ctx, ua).is_some_and(|c| c.spec.secret_deletion_policy == SecretDeletionPolicy::Retain);
+    if retain {
+        let name = naming::credentials_secret_name(ua);
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = serde_json::json!({ "metadata": { "ownerReferences": null } });
+        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(e) => return Err(Error::kube("releasing the retained Secret")(e)),
+        }
+    }
+    remove_finalizer(ctx, ua).await?;
+    Ok(Action::await_change())
+}
+
+fn connection_of(ctx: &Context, ua: &UserActivation) -> Option<Arc<EmbeddedConnection>> {
+    ctx.stores.connections.get(&ObjectRef::new(&ua.spec.connection_ref.name).within(&ua.connection_namespace().unwrap_or_default()))
+}
+
+#[allow(dead_code)]
+fn connector_of(ctx: &Context, ec: &EmbeddedConnection) -> Option<Arc<Connector>> {
+    ctx.stores.connectors.get(&ObjectRef::new(&ec.spec.connector_ref.name).within(&ec.namespace().unwrap_or_default()))
+}
+
+async fn remove_finalizer(ctx: &Context, ua: &UserActivation) -> Result<()> {
+    let api: Api<UserActivation> = Api::namespaced(ctx.client.clone(), &ua.namespace().unwrap_or_default());
+    let remaining: Vec<_> = ua.finalizers().iter().filter(|f| *f != naming::FINALIZER).cloned().collect();
+    let patch = serde_json::json!({ "metadata": { "finalizers": remaining, "resourceVersion": ua.resource_version() } });
+    match api.patch(&ua.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube("removing the finalizer")(e)),
+    }
+}

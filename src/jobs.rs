@@ -1,0 +1,320 @@
+//! Building a tenant's Job (pure): the connection's pod template plus the credential contract, and the checks that
+//! keep the organisation's template from escaping the tenant's namespace.
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec as K8sJobSpec};
+use k8s_openapi::api::core::v1::{
+    DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector, PodTemplateSpec, SecretKeySelector,
+    SecretVolumeSource, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+
+use crate::api::UserActivation;
+use crate::api::connector::AuthKind;
+use crate::api::embedded_connection::JobSpec;
+use crate::credentials;
+use crate::naming;
+
+pub const CREDENTIALS_DIR: &str = "/var/run/latchkey/credentials";
+pub const VARIABLES_DIR: &str = "/var/run/latchkey/vars";
+const CREDENTIALS_VOLUME: &str = "latchkey-credentials";
+const VARIABLES_VOLUME: &str = "latchkey-variables";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TemplateError {
+    #[error("job.template is not a valid PodTemplateSpec: {0}")]
+    Invalid(String),
+    #[error("job.template has no containers")]
+    NoContainers,
+    #[error("job.template asks for {0}, which the connection does not allow (set job.allowPrivileged: true to allow it)")]
+    Privileged(&'static str),
+}
+
+/// What a run needs to know besides the activation and the connection's job spec.
+pub struct RunInput<'a> {
+    pub ua: &'a UserActivation,
+    pub job: &'a JobSpec,
+    pub kind: AuthKind,
+    pub secret_name: &'a str,
+    pub run_key: &'a str,
+    pub base_url: &'a str,
+}
+
+/// Parses and checks the template.
+pub fn template(spec: &JobSpec) -> Result<PodTemplateSpec, TemplateError> {
+    let t: PodTemplateSpec = serde_json::from_value(spec.template.clone()).map_err(|e| TemplateError::Invalid(e.to_string()))?;
+    let pod = t.spec.as_ref().ok_or(TemplateError::NoContainers)?;
+    if pod.containers.is_empty() {
+        return Err(TemplateError::NoContainers);
+    }
+    if !spec.allow_privileged {
+        if pod.host_network == Some(true) {
+            return Err(TemplateError::Privileged("hostNetwork"));
+        }
+        if pod.host_pid == Some(true) {
+            return Err(TemplateError::Privileged("hostPID"));
+        }
+        if pod.host_ipc == Some(true) {
+            return Err(TemplateError::Privileged("hostIPC"));
+        }
+        if pod.volumes.iter().flatten().any(|v| v.host_path.is_some()) {
+            return Err(TemplateError::Privileged("a hostPath volume"));
+        }
+        let containers = pod.containers.iter().chain(pod.init_containers.iter().flatten());
+        for c in containers {
+            let sc = c.security_context.as_ref();
+            if sc.and_then(|s| s.privileged) == Some(true) {
+                return Err(TemplateError::Privileged("a privileged container"));
+            }
+            if sc.and_then(|s| s.allow_privilege_escalation) == Some(true) {
+                return Err(TemplateError::Privileged("allowPrivilegeEscalation"));
+            }
+            if sc.and_then(|s| s.capabilities.as_ref()).and_then(|c| c.add.as_ref()).is_some_and(|a| !a.is_empty()) {
+                return Err(TemplateError::Privileged("added capabilities"));
+            }
+        }
+    }
+    Ok(t)
+}
+
+/// ConfigMaps and Secrets the template names (volumes, env, envFrom, image pull secrets): they must exist in the
+/// tenant's namespace.
+pub fn referenced_objects(t: &PodTemplateSpec) -> (BTreeSet<String>, BTreeSet<String>) {
+    let (mut cms, mut secrets) = (BTreeSet::new(), BTreeSet::new());
+    let Some(pod) = &t.spec else { return (cms, secrets) };
+    for v in pod.volumes.iter().flatten() {
+        if let Some(c) = &v.config_map {
+            if c.optional != Some(true) {
+                cms.insert(c.name.clone());
+            }
+        }
+        if let Some(s) = &v.secret {
+            if s.optional != Some(true) {
+                secrets.extend(s.secret_name.clone());
+            }
+        }
+    }
+    for s in pod.image_pull_secrets.iter().flatten() {
+        secrets.insert(s.name.clone());
+    }
+    for c in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
+        for e in c.env.iter().flatten() {
+            if let Some(src) = &e.value_from {
+                if let Some(r) = src.config_map_key_ref.as_ref().filter(|r| r.optional != Some(true)) {
+                    cms.insert(r.name.clone());
+                }
+                if let Some(r) = src.secret_key_ref.as_ref().filter(|r| r.optional != Some(true)) {
+                    secrets.insert(r.name.clone());
+                }
+            }
+        }
+        for f in c.env_from.iter().flatten() {
+            if let Some(r) = f.config_map_ref.as_ref().filter(|r| r.optional != Some(true)) {
+                cms.insert(r.name.clone());
+            }
+            if let Some(r) = f.secret_ref.as_ref().filter(|r| r.optional != Some(true)) {
+                secrets.insert(r.name.clone());
+            }
+        }
+    }
+    (cms, secrets)
+}
+
+/// `LATCHKEY_VAR_<UPPER_SNAKE>`: strings as they are, other values as JSON.
+pub fn variable_env(vars: &BTreeMap<String, serde_json::Value>) -> Vec<EnvVar> {
+    vars.iter()
+        .map(|(k, v)| {
+            let name: String = k.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+            let value = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            EnvVar { name: format!("LATCHKEY_VAR_{name}"), value: Some(value), value_from: None }
+        })
+        .collect()
+}
+
+/// The Job for one run of one tenant.
+pub fn build(input: &RunInput<'_>, mut template: PodTemplateSpec) -> Job {
+    let ua = input.ua;
+    let labels = naming::activation_labels(ua, "job");
+    let usable = credentials::job_keys(input.kind);
+    let variables_json = serde_json::to_string(&ua.spec.variables).unwrap_or_else(|_| "{}".into());
+
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    meta.labels.get_or_insert_with(BTreeMap::new).extend(labels.clone());
+    meta.annotations.get_or_insert_with(BTreeMap::new).insert(naming::VARIABLES_ANNOTATION.into(), variables_json);
+    let pod = template.spec.get_or_insert_with(Default::default);
+    if pod.restart_policy.is_none() || pod.restart_policy.as_deref() == Some("Always") {
+        pod.restart_policy = Some("Never".into());
+    }
+    if pod.automount_service_account_token.is_none() {
+        pod.automount_service_account_token = Some(false);
+    }
+    let volumes = pod.volumes.get_or_insert_with(Vec::new);
+    volumes.push(Volume {
+        name: CREDENTIALS_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(input.secret_name.into()),
+            // Only usable keys: never the refresh token or a client secret.
+            items: Some(usable.iter().map(|(k, _)| KeyToPath { key: (*k).into(), path: (*k).into(), mode: None }).collect()),
+            default_mode: Some(0o440),
+            optional: Some(false),
+        }),
+        ..Default::default()
+    });
+    volumes.push(Volume {
+        name: VARIABLES_VOLUME.into(),
+        downward_api: Some(DownwardAPIVolumeSource {
+            items: Some(vec![DownwardAPIVolumeFile {
+                path: "variables.json".into(),
+                field_ref: Some(ObjectFieldSelector { field_path: format!("metadata.annotations['{}']", naming::VARIABLES_ANNOTATION), api_version: None }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let mut env = vec![
+        EnvVar { name: "LATCHKEY_BASE_URL".into(), value: Some(input.base_url.into()), value_from: None },
+        EnvVar { name: "LATCHKEY_USER_ID".into(), value: Some(ua.spec.user.id.clone()), value_from: None },
+        EnvVar { name: "LATCHKEY_ACTIVATION".into(), value: Some(ua.name_any()), value_from: None },
+        EnvVar { name: "LATCHKEY_CREDENTIALS_DIR".into(), value: Some(CREDENTIALS_DIR.into()), value_from: None },
+        EnvVar { name: "LATCHKEY_VARIABLES_FILE".into(), value: Some(format!("{VARIABLES_DIR}/variables.json")), value_from: None },
+    ];
+    for (key, var) in &usable {
+        // Optional: an OAuth grant may lack token_type or expires_at.
+        let optional = !matches!(*key, credentials::keys::API_KEY | credentials::keys::ACCESS_TOKEN | credentials::keys::USERNAME | credentials::keys::PASSWORD);
+        env.push(EnvVar {
+            name: (*var).into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector { name: input.secret_name.into(), key: (*key).into(), optional: Some(optional) }),
+                ..Default::default()
+            }),
+        });
+    }
+    env.extend(variable_env(&ua.spec.variables));
+    let mounts = [
+        VolumeMount { name: CREDENTIALS_VOLUME.into(), mount_path: CREDENTIALS_DIR.into(), read_only: Some(true), ..Default::default() },
+        VolumeMount { name: VARIABLES_VOLUME.into(), mount_path: VARIABLES_DIR.into(), read_only: Some(true), ..Default::default() },
+    ];
+    for c in pod.containers.iter_mut().chain(pod.init_containers.iter_mut().flatten()) {
+        let e = c.env.get_or_insert_with(Vec::new);
+        e.retain(|v| !v.name.starts_with("LATCHKEY_"));
+        e.extend(env.iter().cloned());
+        c.volume_mounts.get_or_insert_with(Vec::new).extend(mounts.iter().cloned());
+    }
+
+    let mut job_labels = labels;
+    job_labels.insert(naming::COMPONENT_LABEL.into(), "job".into());
+    Job {
+        metadata: ObjectMeta {
+            name: Some(naming::job_name(ua, input.run_key)),
+            namespace: ua.namespace(),
+            labels: Some(job_labels),
+            annotations: Some(BTreeMap::from([(naming::RUN_KEY_ANNOTATION.into(), input.run_key.into())])),
+            owner_references: Some(vec![naming::owner_ref(ua)]),
+            ..Default::default()
+        },
+        spec: Some(K8sJobSpec {
+            template,
+            backoff_limit: Some(input.job.backoff_limit.unwrap_or(2)),
+            active_deadline_seconds: input.job.active_deadline_seconds,
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The outcome of a Job from its status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+pub fn outcome(job: &Job) -> Outcome {
+    let conds = job.status.as_ref().and_then(|s| s.conditions.as_ref());
+    let has = |t: &str| conds.is_some_and(|c| c.iter().any(|c| c.type_ == t && c.status == "True"));
+    if has("Complete") {
+        Outcome::Succeeded
+    } else if has("Failed") {
+        Outcome::Failed
+    } else {
+        Outcome::Running
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ua() -> UserActivation {
+        serde_json::from_value(json!({
+            "apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation",
+            "metadata": {"name": "acme", "namespace": "tenant-a", "uid": "uid-1"},
+            "spec": {"connectionRef": {"name": "sync", "namespace": "int"}, "user": {"id": "acme-42"},
+                     "variables": {"org": "acme", "limit": 50}}
+        }))
+        .unwrap()
+    }
+
+    fn spec(template: serde_json::Value) -> JobSpec {
+        serde_json::from_value(json!({ "template": template })).unwrap()
+    }
+
+    fn basic_template() -> serde_json::Value {
+        json!({"spec": {"containers": [{"name": "sync", "image": "busybox"}]}})
+    }
+
+    #[test]
+    fn job_gets_only_usable_keys_of_its_own_secret() {
+        let ua = ua();
+        let js = spec(basic_template());
+        let input = RunInput { ua: &ua, job: &js, kind: AuthKind::OAuth2AuthorizationCode, secret_name: "acme-sync-credentials", run_key: "cred-1", base_url: "https://api.example.com" };
+        let job = build(&input, template(&js).unwrap());
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let secret_vol = pod.volumes.as_ref().unwrap().iter().find_map(|v| v.secret.as_ref()).unwrap();
+        assert_eq!(secret_vol.secret_name.as_deref(), Some("acme-sync-credentials"));
+        let keys: Vec<_> = secret_vol.items.as_ref().unwrap().iter().map(|i| i.key.as_str()).collect();
+        assert!(!keys.contains(&"refresh_token") && keys.contains(&"access_token"));
+        let env = pod.containers[0].env.as_ref().unwrap();
+        let names: Vec<_> = env.iter().map(|e| e.name.as_str()).collect();
+        assert!(names.contains(&"LATCHKEY_ACCESS_TOKEN") && names.contains(&"LATCHKEY_VAR_ORG") && names.contains(&"LATCHKEY_VAR_LIMIT"));
+        assert!(env.iter().filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref()).all(|r| r.name == "acme-sync-credentials"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(job.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
+        assert_eq!(env.iter().find(|e| e.name == "LATCHKEY_VAR_LIMIT").unwrap().value.as_deref(), Some("50"));
+    }
+
+    #[test]
+    fn privileged_templates_are_refused_unless_allowed() {
+        let t = json!({"spec": {"hostNetwork": true, "containers": [{"name": "c", "image": "x"}]}});
+        assert_eq!(template(&spec(t.clone())), Err(TemplateError::Privileged("hostNetwork")));
+        let mut allowed = spec(t);
+        allowed.allow_privileged = true;
+        assert!(template(&allowed).is_ok());
+        let t = json!({"spec": {"containers": [{"name": "c", "image": "x", "securityContext": {"privileged": true}}]}});
+        assert!(matches!(template(&spec(t)), Err(TemplateError::Privileged(_))));
+        let t = json!({"spec": {"volumes": [{"name": "h", "hostPath": {"path": "/"}}], "containers": [{"name": "c", "image": "x"}]}});
+        assert!(matches!(template(&spec(t)), Err(TemplateError::Privileged(_))));
+        assert_eq!(template(&spec(json!({"spec": {"containers": []}}))), Err(TemplateError::NoContainers));
+    }
+
+    #[test]
+    fn referenced_objects_found() {
+        let t = json!({"spec": {
+            "imagePullSecrets": [{"name": "pull"}],
+            "volumes": [{"name": "cfg", "configMap": {"name": "settings"}}],
+            "containers": [{"name": "c", "image": "x", "envFrom": [{"secretRef": {"name": "extra"}}],
+                            "env": [{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "opt", "key": "k", "optional": true}}}]}]}});
+        let (cms, secrets) = referenced_objects(&template(&spec(t)).unwrap());
+        assert_eq!(cms.into_iter().collect::<Vec<_>>(), vec!["settings"]);
+        assert_eq!(secrets.into_iter().collect::<Vec<_>>(), vec!["extra", "pull"]);
+    }
+}

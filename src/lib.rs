@@ -1,0 +1,12 @@
+//! Latchkey: a Kubernetes operator for embedded connections.
+pub mod admin;
+pub mod api;
+pub mod config;
+pub mod connect;
+pub mod controller;
+pub mod credentials;
+pub mod jobs;
+pub mod metrics;
+pub mod naming;
+pub mod run;
+pub mod telemetry;

@@ -1,0 +1,96 @@
+//! `latchkey run`: the controllers, the connect server and the admin endpoints in one process.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::config::RunConfig;
+use crate::controller::{self, Context};
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no Kubernetes configuration: {0} (set KUBECONFIG or run in a cluster; `make run` starts a local control plane)")]
+    Config(#[source] kube::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("the Latchkey CRDs are not installed or not reachable: {0} (apply crds/ or install the Helm chart)")]
+    Crds(String),
+    #[error("building the HTTP client failed: {0}")]
+    Http(String),
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
+    let client = kube::Client::try_default().await.map_err(RunError::Config)?;
+    check_crds(&client).await?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let admin_listener = tokio::net::TcpListener::bind(cfg.metrics_bind).await.map_err(|source| RunError::Bind { addr: cfg.metrics_bind, source })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let admin = crate::admin::router(crate::admin::AdminState { metrics: metrics.clone(), ready: ready.clone() });
+    let mut admin_stop = stop_rx.clone();
+    let admin_task = tokio::spawn(async move {
+        let _ = axum::serve(admin_listener, admin).with_graceful_shutdown(async move { let _ = admin_stop.changed().await; }).await;
+    });
+    info!(metrics = %cfg.metrics_bind, namespaces = ?cfg.watched_namespaces(), concurrency = cfg.concurrency, "latchkey starting");
+
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .build()
+        .map_err(|e| RunError::Http(e.to_string()))?;
+    let namespaces = cfg.watched_namespaces();
+    let (stores, receivers) = controller::start_watches(&client, &namespaces);
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        stores: stores.clone(),
+        http,
+        recorder: controller::recorder(&client),
+        metrics: metrics.clone(),
+        connect: Some(Arc::new(crate::connect::ConnectConfig { base_url: cfg.connect_base_url.clone() })),
+        failures: Default::default(),
+    });
+    let started = std::time::Instant::now();
+    tokio::select! {
+        _ = stores.wait_until_ready() => {}
+        _ = shutdown_signal() => { let _ = stop_tx.send(true); return Ok(()); }
+    }
+    info!(elapsed_ms = started.elapsed().as_millis() as u64, "caches synced");
+    ready.store(true, Ordering::Relaxed);
+
+    controller::run_controllers(ctx, receivers, cfg.concurrency, shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(5), admin_task).await.is_err() {
+        error!("admin server did not stop in time");
+    }
+    info!("latchkey stopped");
+    Ok(())
+}
+
+async fn check_crds(client: &kube::Client) -> Result<(), RunError> {
+    use kube::discovery::ApiGroup;
+    let groups = client.list_api_groups().await.map_err(|e| RunError::Crds(e.to_string()))?;
+    if !groups.groups.iter().any(|g| g.name == crate::api::GROUP) {
+        return Err(RunError::Crds(format!("API group {} not found", crate::api::GROUP)));
+    }
+    let _ = std::marker::PhantomData::<ApiGroup>;
+    Ok(())
+}
