@@ -68,7 +68,7 @@ static SHARED: OnceCell<Result<BedInfo, String>> = OnceCell::const_new();
 
 /// The shared test bed: reuses a healthy one in the folder, otherwise starts it (and leaves it up).
 pub async fn bed() -> Bed {
-    let info = SHARED.get_or_init(|| ensure_bed(default_dir())).await;
+    let info = SHARED.get_or_init(|| ensure_bed(default_dir(), true)).await;
     match info {
         Ok(info) => Bed::from_info(info.clone()),
         Err(e) => panic!("{e}"),
@@ -78,7 +78,7 @@ pub async fn bed() -> Bed {
 /// A bed of its own in `dir` (other ports, other etcd), for tests that stop or restart parts of it. Stop it
 /// with [`Bed::down`].
 pub async fn private_bed(dir: impl AsRef<Path>) -> Bed {
-    match ensure_bed(dir.as_ref().to_path_buf()).await {
+    match ensure_bed(dir.as_ref().to_path_buf(), false).await {
         Ok(info) => Bed::from_info(info),
         Err(e) => panic!("{e}"),
     }
@@ -104,7 +104,7 @@ fn tell(msg: &str) {
     let _ = writeln!(std::io::stderr(), "testenv: {msg}");
 }
 
-async fn ensure_bed(dir: PathBuf) -> Result<BedInfo, String> {
+async fn ensure_bed(dir: PathBuf, shared: bool) -> Result<BedInfo, String> {
     if let Some(info) = try_existing(&dir).await {
         return Ok(info);
     }
@@ -114,7 +114,7 @@ async fn ensure_bed(dir: PathBuf) -> Result<BedInfo, String> {
         .map_err(|e| format!("starting the test bed panicked: {e}"))??;
     match try_existing(&dir).await {
         Some(info) => {
-            if started {
+            if started && shared {
                 tell(&format!(
                     "the test bed in {} stays up for later runs; `make testenv-down` (or scripts/testenv/down.sh {}) stops it",
                     dir.display(),
