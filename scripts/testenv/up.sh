@@ -59,7 +59,7 @@ admin_curl() { # PATH: GET on the apiserver as admin, prints the body
     "$APISERVER_URL$1"
 }
 
-node_state() { # prints "Ready=<status> taints=<count>"
+node_state() { # prints "Ready=<status> taints=<keys>"
   "$BIN/kubectl" --kubeconfig "$DIR/kubeconfig" --request-timeout=5s get node "$NODE" \
     -o 'jsonpath=Ready={.status.conditions[?(@.type=="Ready")].status} taints={.spec.taints[*].key}' 2>/dev/null
 }
@@ -258,6 +258,7 @@ wait_up() {
 }
 
 start_bed() {
+  MILESTONES=""
   mkdir -p "$DIR/logs" "$DIR/certs/kube-controller-manager" "$DIR/certs/kube-scheduler" "$DIR/kwok"
   : > "$DIR/pids"
   local ports; read -r -a ports <<< "$(pick_ports 5)"
