@@ -15,6 +15,7 @@
 #![allow(dead_code)]
 
 pub mod oauth_server;
+pub mod operator;
 
 use std::fmt::Display;
 use std::future::Future;
