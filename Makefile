@@ -3,9 +3,26 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 TESTENV_DIR ?= $(CURDIR)/.testenv
 CACHE ?= $(HOME)/.cache/latchkey
-export PATH := $(CACHE)/bin:$(PATH)
+export PATH := $(CACHE)/bin:$(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: testenv-build testenv testenv-down
+.PHONY: run test testenv-build testenv testenv-down crds build lint
+
+run: ## run the operator against the current cluster, or a local control plane it starts
+	@scripts/run.sh
+
+test: ## build what is missing, start the test control plane, run every test, stop it
+	@scripts/test.sh
+
+build:
+	cargo build --release --locked
+
+crds: ## regenerate crds/ (and the chart's copy) from src/api
+	cargo run --quiet --locked -- crds > crds/latchkey.dev_crds.yaml
+	@if [ -d charts/latchkey/templates ] && [ -x scripts/sync-chart-crds.sh ]; then scripts/sync-chart-crds.sh; fi
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --locked --all-targets -- -D warnings
 
 testenv-build: ## build and cache the control-plane binaries (cold ~9 min, then instant)
 	@scripts/testenv/build.sh
