@@ -20,6 +20,8 @@ pub enum RunError {
     Crds(String),
     #[error("building the HTTP client failed: {0}")]
     Http(String),
+    #[error("{0}")]
+    SigningKey(#[from] crate::connect::KeyError),
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -57,6 +59,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         .timeout(Duration::from_secs(15))
         .build()
         .map_err(|e| RunError::Http(e.to_string()))?;
+    let connect = start_connect_server(&cfg, &client, &http, stop_rx.clone()).await?;
     let namespaces = cfg.watched_namespaces();
     let (stores, receivers) = controller::start_watches(&client, &namespaces);
     let ctx = Arc::new(Context {
@@ -65,7 +68,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         http,
         recorder: controller::recorder(&client),
         metrics: metrics.clone(),
-        connect: Some(Arc::new(crate::connect::ConnectConfig { base_url: cfg.connect_base_url.clone() })),
+        connect: Some(connect),
         failures: Default::default(),
     });
     let started = std::time::Instant::now();
@@ -83,6 +86,24 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     }
     info!("latchkey stopped");
     Ok(())
+}
+
+/// Loads (or creates) the signing keys and serves the connect server on every replica.
+async fn start_connect_server(cfg: &RunConfig, client: &kube::Client, http: &reqwest::Client, mut stop: watch::Receiver<bool>) -> Result<Arc<crate::connect::ConnectConfig>, RunError> {
+    let ns = cfg.operator_namespace();
+    let keys = crate::connect::load_or_create_keys(client, &ns, &cfg.signing_key_secret).await?;
+    let keyring = crate::connect::Keyring::new(keys);
+    crate::connect::spawn_key_reloader(client.clone(), ns, cfg.signing_key_secret.clone(), keyring.clone());
+    let connect = Arc::new(crate::connect::ConnectConfig::new(&cfg.connect_base_url, keyring));
+    let listener = tokio::net::TcpListener::bind(cfg.connect_bind).await.map_err(|source| RunError::Bind { addr: cfg.connect_bind, source })?;
+    let state = crate::connect::routes::ConnectState::new(client.clone(), http.clone(), connect.clone());
+    tokio::spawn(async move {
+        if let Err(e) = crate::connect::routes::serve(listener, state, async move { let _ = stop.changed().await; }).await {
+            error!(error = %e, "the connect server stopped");
+        }
+    });
+    info!(connect = %cfg.connect_bind, base_url = %connect.base_url, "connect server listening");
+    Ok(connect)
 }
 
 async fn check_crds(client: &kube::Client) -> Result<(), RunError> {

@@ -95,6 +95,12 @@ pub struct UserActivationStatus {
     pub connect_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_url_expires_at: Option<DateTime<Utc>>,
+    /// The nonce the current connect link carries; completing a link rotates it (single use across replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_nonce: Option<String>,
+    /// Why the last connect attempt failed (e.g. the user declined consent); cleared when credentials arrive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_error: Option<String>,
     /// The Secret the operator owns with this user's credentials (Jobs mount it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,

@@ -1,5 +1,6 @@
 //! Credentials: a type that never prints its secrets, how each auth method's credential is read from a Secret,
 //! and the keys the owned Secret holds.
+pub mod oauth;
 pub mod verify;
 
 use std::collections::BTreeMap;

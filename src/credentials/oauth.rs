@@ -1,0 +1,402 @@
+//! The OAuth2 client: authorization URLs, code exchange, refresh, client credentials and revocation, with the
+//! `oauth2` crate over our one reqwest client (its own `reqwest` feature would pull a second HTTP stack).
+//!
+//! Errors are classified: `invalid_grant` means the grant is dead (re-authorization), a rejected client or scope
+//! is a configuration problem, and network errors, 429 and 5xx are transient. No error carries a token.
+use std::time::Duration;
+
+use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicRevocationErrorResponse, BasicTokenResponse};
+use oauth2::{
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, ErrorResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, RevocationErrorResponseType,
+    RevocationUrl, Scope, StandardRevocableToken, TokenResponse, TokenUrl,
+};
+
+use super::Sensitive;
+use crate::api::connector::{ClientAuth, OAuth2Method};
+
+/// Provider calls are bounded: a hung provider must not hold a reconcile or a user's browser for long.
+pub const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest provider response read.
+const MAX_RESPONSE: usize = 256 * 1024;
+
+/// The client that talks to the provider: the organisation's app (authorization code) or the tenant's own
+/// client (client credentials).
+#[derive(Clone, Debug)]
+pub struct OAuthClient {
+    pub client_id: String,
+    pub client_secret: Option<Sensitive>,
+    pub auth: ClientAuth,
+    pub token_url: String,
+    pub authorization_url: Option<String>,
+    pub revocation_url: Option<String>,
+    pub redirect_url: Option<String>,
+    pub scopes: Vec<String>,
+    pub scope_separator: String,
+}
+
+/// What a token endpoint answered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenSet {
+    pub access_token: Sensitive,
+    pub refresh_token: Option<Sensitive>,
+    pub expires_in: Option<Duration>,
+    pub token_type: Option<String>,
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    /// The grant is dead (revoked, expired, reused refresh token): the user has to consent again.
+    #[error("the provider refused the grant ({code}){}", describe(description))]
+    InvalidGrant { code: String, description: Option<String> },
+    /// The provider rejected the client, its credentials, the scope or the grant type: fix the configuration.
+    #[error("the provider rejected the request ({code}){}", describe(description))]
+    Rejected { code: String, description: Option<String> },
+    /// Network error, timeout, 429, 5xx, or an answer that could not be read: retry with backoff.
+    #[error("the provider is unavailable: {0}")]
+    Transient(String),
+    /// A URL in the connector that does not parse, or a missing client secret.
+    #[error("OAuth2 configuration: {0}")]
+    Config(String),
+}
+
+fn describe(d: &Option<String>) -> String {
+    d.as_deref().map(|d| format!(": {}", d.chars().take(200).collect::<String>())).unwrap_or_default()
+}
+
+impl OAuthError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, OAuthError::Transient(_))
+    }
+}
+
+/// Errors of the adapter between `oauth2` and reqwest.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{0}")]
+    Transport(String),
+    #[error("HTTP {0}")]
+    Status(u16),
+}
+
+/// Sends one `oauth2` request with reqwest. 429 and 5xx become errors here (transient), so that `oauth2` parses
+/// only real OAuth answers; the URL is dropped from errors.
+async fn send(http: &reqwest::Client, req: oauth2::HttpRequest, timeout: Duration) -> Result<oauth2::HttpResponse, HttpError> {
+    let mut request = reqwest::Request::try_from(req).map_err(|e| HttpError::Transport(e.without_url().to_string()))?;
+    *request.timeout_mut() = Some(timeout);
+    let response = http.execute(request).await.map_err(|e| HttpError::Transport(e.without_url().to_string()))?;
+    let status = response.status();
+    if status.as_u16() == 429 || status.is_server_error() {
+        return Err(HttpError::Status(status.as_u16()));
+    }
+    let headers = response.headers().clone();
+    let body = response.bytes().await.map_err(|e| HttpError::Transport(e.without_url().to_string()))?;
+    if body.len() > MAX_RESPONSE {
+        return Err(HttpError::Transport(format!("response of {} bytes is too large", body.len())));
+    }
+    let mut out = oauth2::HttpResponse::new(body.to_vec());
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    Ok(out)
+}
+
+/// `oauth2`'s async HTTP client over our reqwest client, with a per-request timeout.
+struct Http<'a>(&'a reqwest::Client, Duration);
+
+impl<'c> oauth2::AsyncHttpClient<'c> for Http<'_> {
+    type Error = HttpError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, HttpError>> + Send + 'c>>;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(send(self.0, request, self.1))
+    }
+}
+
+fn classify<T: ErrorResponse + 'static>(e: RequestTokenError<HttpError, T>, code_of: impl Fn(&T) -> (String, Option<String>)) -> OAuthError {
+    match e {
+        RequestTokenError::ServerResponse(r) => {
+            let (code, description) = code_of(&r);
+            match code.as_str() {
+                "invalid_grant" => OAuthError::InvalidGrant { code, description },
+                "invalid_client" | "unauthorized_client" | "invalid_scope" | "unsupported_grant_type" | "invalid_request" | "access_denied" => OAuthError::Rejected { code, description },
+                _ => OAuthError::Transient(format!("{code}{}", describe(&description))),
+            }
+        }
+        RequestTokenError::Request(HttpError::Status(s)) => OAuthError::Transient(format!("HTTP {s}")),
+        RequestTokenError::Request(HttpError::Transport(t)) => OAuthError::Transient(t),
+        RequestTokenError::Parse(_, _) => OAuthError::Transient("the token response could not be parsed".into()),
+        RequestTokenError::Other(o) => OAuthError::Transient(o.chars().take(200).collect()),
+    }
+}
+
+fn token_error_code(r: &oauth2::StandardErrorResponse<BasicErrorResponseType>) -> (String, Option<String>) {
+    (r.error().as_ref().to_string(), r.error_description().cloned())
+}
+
+fn revocation_error_code(r: &BasicRevocationErrorResponse) -> (String, Option<String>) {
+    let code = match r.error() {
+        RevocationErrorResponseType::UnsupportedTokenType => "unsupported_token_type".to_string(),
+        RevocationErrorResponseType::Basic(b) => b.as_ref().to_string(),
+    };
+    (code, r.error_description().cloned())
+}
+
+fn into_token_set(r: BasicTokenResponse) -> TokenSet {
+    TokenSet {
+        access_token: Sensitive::new(r.access_token().secret().clone()),
+        refresh_token: r.refresh_token().map(|t| Sensitive::new(t.secret().clone())),
+        expires_in: r.expires_in(),
+        token_type: Some(r.token_type().as_ref().to_string()),
+        scope: r.scopes().map(|s| s.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(" ")),
+    }
+}
+
+fn cfg<T>(r: Result<T, url::ParseError>, what: &str) -> Result<T, OAuthError> {
+    r.map_err(|e| OAuthError::Config(format!("{what} is not a valid URL: {e}")))
+}
+
+/// An authorization request: the URL to send the user to, and the PKCE verifier to keep (sealed in `state`).
+pub struct AuthorizationRequest {
+    pub url: String,
+    pub pkce_verifier: Option<Sensitive>,
+}
+
+/// Names the authorization request sets itself; `authorizationParams` cannot override them.
+const RESERVED_PARAMS: &[&str] = &["response_type", "client_id", "redirect_uri", "state", "scope", "code_challenge", "code_challenge_method"];
+
+impl OAuthClient {
+    /// The organisation's app of an authorization-code method.
+    pub fn for_method(m: &OAuth2Method, client_id: String, client_secret: Option<Sensitive>, redirect_url: Option<String>) -> Self {
+        OAuthClient {
+            client_id,
+            client_secret,
+            auth: m.client_auth,
+            token_url: m.token_url.clone(),
+            authorization_url: m.authorization_url.clone(),
+            revocation_url: m.revocation_url.clone(),
+            redirect_url,
+            scopes: m.scopes.clone(),
+            scope_separator: m.scope_separator.clone().unwrap_or_else(|| " ".into()),
+        }
+    }
+
+    fn base(&self) -> Result<BasicClient<oauth2::EndpointNotSet, oauth2::EndpointNotSet, oauth2::EndpointNotSet, oauth2::EndpointNotSet, oauth2::EndpointSet>, OAuthError> {
+        let mut c = BasicClient::new(ClientId::new(self.client_id.clone()))
+            .set_token_uri(cfg(TokenUrl::new(self.token_url.clone()), "tokenUrl")?)
+            .set_auth_type(match self.auth {
+                ClientAuth::Basic => AuthType::BasicAuth,
+                ClientAuth::Body => AuthType::RequestBody,
+            });
+        if let Some(s) = &self.client_secret {
+            c = c.set_client_secret(ClientSecret::new(s.expose().to_string()));
+        }
+        if let Some(r) = &self.redirect_url {
+            c = c.set_redirect_uri(cfg(RedirectUrl::new(r.clone()), "the redirect URL")?);
+        }
+        Ok(c)
+    }
+
+    /// The scopes as one parameter, joined by the connector's separator.
+    fn scope(&self) -> Option<Scope> {
+        (!self.scopes.is_empty()).then(|| Scope::new(self.scopes.join(&self.scope_separator)))
+    }
+
+    /// The provider's authorization URL with scopes, extra parameters, `state` and (when `pkce`) S256 PKCE.
+    /// `state` is computed from the PKCE verifier, so the caller seals it there.
+    pub fn authorization_url(&self, pkce: bool, params: &std::collections::BTreeMap<String, String>, state: impl FnOnce(Option<&Sensitive>) -> String) -> Result<AuthorizationRequest, OAuthError> {
+        let auth_url = self.authorization_url.clone().ok_or_else(|| OAuthError::Config("the method has no authorizationUrl".into()))?;
+        let client = self.base()?.set_auth_uri(cfg(AuthUrl::new(auth_url), "authorizationUrl")?);
+        let (challenge, verifier) = if pkce {
+            let (c, v) = PkceCodeChallenge::new_random_sha256();
+            (Some(c), Some(Sensitive::new(v.secret().clone())))
+        } else {
+            (None, None)
+        };
+        let state = state(verifier.as_ref());
+        let mut req = client.authorize_url(move || CsrfToken::new(state));
+        if let Some(s) = self.scope() {
+            req = req.add_scope(s);
+        }
+        if let Some(c) = challenge {
+            req = req.set_pkce_challenge(c);
+        }
+        for (k, v) in params {
+            if !RESERVED_PARAMS.contains(&k.as_str()) {
+                req = req.add_extra_param(k.clone(), v.clone());
+            }
+        }
+        let (url, _) = req.url();
+        Ok(AuthorizationRequest { url: url.to_string(), pkce_verifier: verifier })
+    }
+
+    /// Exchanges an authorization code (with the PKCE verifier when one was sent).
+    pub async fn exchange_code(&self, http: &reqwest::Client, code: &str, pkce_verifier: Option<&Sensitive>) -> Result<TokenSet, OAuthError> {
+        let client = self.base()?;
+        let mut req = client.exchange_code(AuthorizationCode::new(code.to_string()));
+        if let Some(v) = pkce_verifier {
+            req = req.set_pkce_verifier(PkceCodeVerifier::new(v.expose().to_string()));
+        }
+        let call = Http(http, TOKEN_TIMEOUT);
+        bounded(req.request_async(&call)).await?.map(into_token_set).map_err(|e| classify(e, token_error_code))
+    }
+
+    /// Uses a refresh token.
+    pub async fn refresh(&self, http: &reqwest::Client, refresh_token: &Sensitive) -> Result<TokenSet, OAuthError> {
+        let client = self.base()?;
+        let rt = RefreshToken::new(refresh_token.expose().to_string());
+        let req = client.exchange_refresh_token(&rt);
+        let call = Http(http, TOKEN_TIMEOUT);
+        bounded(req.request_async(&call)).await?.map(into_token_set).map_err(|e| classify(e, token_error_code))
+    }
+
+    /// The client-credentials grant (the tenant's own client).
+    pub async fn client_credentials(&self, http: &reqwest::Client) -> Result<TokenSet, OAuthError> {
+        let client = self.base()?;
+        let mut req = client.exchange_client_credentials();
+        if let Some(s) = self.scope() {
+            req = req.add_scope(s);
+        }
+        let call = Http(http, TOKEN_TIMEOUT);
+        bounded(req.request_async(&call)).await?.map(into_token_set).map_err(|e| classify(e, token_error_code))
+    }
+
+    /// RFC 7009 revocation of the refresh token (which ends the grant) or else the access token. Best effort,
+    /// bounded by [`REVOKE_TIMEOUT`]. `Ok(false)` when the connector has no revocation URL.
+    pub async fn revoke(&self, http: &reqwest::Client, refresh_token: Option<&Sensitive>, access_token: Option<&Sensitive>) -> Result<bool, OAuthError> {
+        let Some(url) = &self.revocation_url else { return Ok(false) };
+        let client = self.base()?.set_revocation_url(cfg(RevocationUrl::new(url.clone()), "revocationUrl")?);
+        let token = match (refresh_token, access_token) {
+            (Some(r), _) => StandardRevocableToken::RefreshToken(RefreshToken::new(r.expose().to_string())),
+            (None, Some(a)) => StandardRevocableToken::AccessToken(oauth2::AccessToken::new(a.expose().to_string())),
+            (None, None) => return Ok(false),
+        };
+        let req = client.revoke_token(token).map_err(|e| OAuthError::Config(e.to_string()))?;
+        let call = Http(http, REVOKE_TIMEOUT);
+        match tokio::time::timeout(REVOKE_TIMEOUT, req.request_async(&call)).await {
+            Err(_) => Err(OAuthError::Transient("revocation timed out".into())),
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e)) => Err(classify(e, revocation_error_code)),
+        }
+    }
+}
+
+/// Annotation on the owned Secret: when the stored access token expires (RFC 3339), so that a reconcile knows
+/// from the metadata store when to refresh, without reading the Secret's data.
+pub const EXPIRES_AT_ANNOTATION: &str = "latchkey.dev/expires-at";
+/// The credential generation the expires-at annotation belongs to (a new credential from the application's
+/// Secret makes an older annotation stale).
+pub const EXPIRY_GENERATION_ANNOTATION: &str = "latchkey.dev/expiry-generation";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppClientError {
+    #[error("the OAuth2 method has no clientSecretRef (the organisation's OAuth app)")]
+    NoRef,
+    #[error("Secret {0} (the connector's clientSecretRef) does not exist")]
+    NotFound(String),
+    #[error("Secret {0} (the connector's clientSecretRef) lacks client_id")]
+    NoClientId(String),
+    #[error("reading Secret {name} (the connector's clientSecretRef) failed: {source}")]
+    Kube { name: String, source: kube::Error },
+}
+
+/// The organisation's OAuth app of an authorization-code method: `client_id` and `client_secret` from the
+/// connector's `clientSecretRef`, in the connector's namespace.
+pub async fn organisation_app(client: &kube::Client, namespace: &str, m: &OAuth2Method, redirect_url: Option<String>) -> Result<OAuthClient, AppClientError> {
+    let name = m.client_secret_ref.as_ref().map(|r| r.name.clone()).ok_or(AppClientError::NoRef)?;
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let secret = api.get_opt(&name).await.map_err(|source| AppClientError::Kube { name: format!("{namespace}/{name}"), source })?.ok_or_else(|| AppClientError::NotFound(format!("{namespace}/{name}")))?;
+    let data = secret.data.unwrap_or_default();
+    let text = |k: &str| data.get(k).and_then(|b| String::from_utf8(b.0.clone()).ok()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let client_id = text(super::keys::CLIENT_ID).ok_or_else(|| AppClientError::NoClientId(format!("{namespace}/{name}")))?;
+    Ok(OAuthClient::for_method(m, client_id, text(super::keys::CLIENT_SECRET).map(Sensitive::new), redirect_url))
+}
+
+/// The tenant's own client of a client-credentials method.
+pub fn tenant_client(m: &OAuth2Method, client_id: &str, client_secret: &Sensitive) -> OAuthClient {
+    OAuthClient::for_method(m, client_id.to_string(), Some(client_secret.clone()), None)
+}
+
+/// When the tokens expire: `expires_in` when the provider sent it, else the connector's `defaultTokenLifetime`
+/// (default 1 h): a missing expiry never means "never".
+pub fn expiry(m: &OAuth2Method, expires_in: Option<Duration>, now: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    let lifetime = expires_in.unwrap_or_else(|| default_lifetime(m));
+    now + chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::hours(1))
+}
+
+pub fn default_lifetime(m: &OAuth2Method) -> Duration {
+    m.default_token_lifetime.as_deref().and_then(crate::api::parse_duration).unwrap_or(Duration::from_secs(3600))
+}
+
+/// The OAuth2 credential of a fresh token response (the client of a client-credentials method kept with it).
+pub fn tokens_from(set: TokenSet, expires_at: chrono::DateTime<chrono::Utc>, previous: Option<&super::OAuth2Tokens>) -> super::OAuth2Tokens {
+    super::OAuth2Tokens {
+        access_token: set.access_token,
+        // A refresh answer without a refresh token keeps the old one.
+        refresh_token: set.refresh_token.or_else(|| previous.and_then(|p| p.refresh_token.clone())),
+        expires_at: Some(expires_at),
+        token_type: set.token_type,
+        scope: set.scope.or_else(|| previous.and_then(|p| p.scope.clone())),
+        client_id: previous.and_then(|p| p.client_id.clone()),
+        client_secret: previous.and_then(|p| p.client_secret.clone()),
+    }
+}
+
+/// Bounds a token request by [`TOKEN_TIMEOUT`] (plus a little), whatever the HTTP client does.
+async fn bounded<T, E>(f: impl std::future::Future<Output = Result<T, E>>) -> Result<Result<T, E>, OAuthError> {
+    tokio::time::timeout(TOKEN_TIMEOUT + Duration::from_secs(1), f).await.map_err(|_| OAuthError::Transient("the token request timed out".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> OAuthClient {
+        OAuthClient {
+            client_id: "app".into(),
+            client_secret: Some(Sensitive::new("app-secret")),
+            auth: ClientAuth::Basic,
+            token_url: "https://idp.example/token".into(),
+            authorization_url: Some("https://idp.example/authorize?tenant=x".into()),
+            revocation_url: None,
+            redirect_url: Some("https://connect.example/oauth/callback".into()),
+            scopes: vec!["repo".into(), "read:user".into()],
+            scope_separator: ",".into(),
+        }
+    }
+
+    #[test]
+    fn authorization_url_carries_scopes_state_pkce_and_params() {
+        let params = std::collections::BTreeMap::from([("prompt".to_string(), "consent".to_string()), ("state".to_string(), "evil".to_string())]);
+        let mut seen = None;
+        let req = client()
+            .authorization_url(true, &params, |v| {
+                seen = v.cloned();
+                "STATE".into()
+            })
+            .unwrap();
+        let url = url::Url::parse(&req.url).unwrap();
+        let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+        assert_eq!(q["scope"], "repo,read:user");
+        assert_eq!(q["state"], "STATE");
+        assert_eq!(q["prompt"], "consent");
+        assert_eq!(q["code_challenge_method"], "S256");
+        assert_eq!(q["redirect_uri"], "https://connect.example/oauth/callback");
+        assert_eq!(q["tenant"], "x");
+        assert_eq!(q["response_type"], "code");
+        assert!(seen.is_some() && seen == req.pkce_verifier);
+        assert!(!req.url.contains("app-secret"));
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let grant = oauth2::StandardErrorResponse::new(BasicErrorResponseType::InvalidGrant, Some("used".into()), None);
+        assert!(matches!(classify(RequestTokenError::ServerResponse(grant), token_error_code), OAuthError::InvalidGrant { .. }));
+        let client = oauth2::StandardErrorResponse::new(BasicErrorResponseType::InvalidClient, None, None);
+        assert!(matches!(classify(RequestTokenError::ServerResponse(client), token_error_code), OAuthError::Rejected { .. }));
+        let busy = oauth2::StandardErrorResponse::new(BasicErrorResponseType::Extension("temporarily_unavailable".into()), None, None);
+        assert!(classify(RequestTokenError::ServerResponse(busy), token_error_code).is_transient());
+        let e: RequestTokenError<HttpError, oauth2::StandardErrorResponse<BasicErrorResponseType>> = RequestTokenError::Request(HttpError::Status(503));
+        assert!(classify(e, token_error_code).is_transient());
+    }
+}
