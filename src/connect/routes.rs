@@ -264,6 +264,7 @@ async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(fo
     }
     let _permit = st.provider_calls.acquire().await;
     let now = Utc::now();
+    let mut lifetime = None;
     let credential = match kind {
         AuthKind::ApiKey => Credential::ApiKey { key: Sensitive::new(value(keys::API_KEY).unwrap_or_default()) },
         AuthKind::Basic => Credential::Basic { username: value(keys::USERNAME).unwrap_or_default(), password: Sensitive::new(value(keys::PASSWORD).unwrap_or_default()) },
@@ -274,6 +275,7 @@ async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(fo
             match oauth::tenant_client(m, &id, &secret).client_credentials(&st.http).await {
                 Ok(set) => {
                     let prev = OAuth2Tokens { client_id: Some(id), client_secret: Some(secret), ..Default::default() };
+                    lifetime = Some(set.expires_in.unwrap_or_else(|| oauth::default_lifetime(m)));
                     let exp = oauth::expiry(m, set.expires_in, now);
                     Credential::OAuth2(oauth::tokens_from(set, exp, Some(&prev)))
                 }
@@ -301,7 +303,7 @@ async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(fo
             }
         }
     }
-    complete(&st, &r, &credential, StatusCode::SEE_OTHER).await
+    complete(&st, &r, &credential, lifetime, StatusCode::SEE_OTHER).await
 }
 
 #[derive(Deserialize)]
@@ -362,9 +364,10 @@ async fn callback(State(st): State<ConnectState>, Query(q): Query<CallbackQuery>
             return Refusal(status, "The sign-in could not be completed", format!("{name} did not accept the sign-in. Nothing was saved; start again from the application.")).into_response();
         }
     };
+    let lifetime = set.expires_in.unwrap_or_else(|| oauth::default_lifetime(m));
     let exp = oauth::expiry(m, set.expires_in, now);
     let credential = Credential::OAuth2(oauth::tokens_from(set, exp, None));
-    complete(&st, &r, &credential, StatusCode::FOUND).await
+    complete(&st, &r, &credential, Some(lifetime), StatusCode::FOUND).await
 }
 
 fn short_code(s: &str) -> String {
@@ -372,13 +375,14 @@ fn short_code(s: &str) -> String {
 }
 
 /// Claims the link (nonce compare-and-swap), stores the credential, and sends the user back.
-async fn complete(st: &ConnectState, r: &Resolved, credential: &Credential, redirect_status: StatusCode) -> Response {
+async fn complete(st: &ConnectState, r: &Resolved, credential: &Credential, lifetime: Option<std::time::Duration>, redirect_status: StatusCode) -> Response {
     match claim_link(st, &r.ua, None).await {
         Ok(true) => {}
         Ok(false) => return used().into_response(),
         Err(e) => return e.into_response(),
     }
-    let generation = match store(st, &r.ua, credential).await {
+    let timing = r.oauth2().zip(lifetime);
+    let generation = match store(st, &r.ua, credential, timing).await {
         Ok(g) => g,
         Err(e) => return e.into_response(),
     };
@@ -410,7 +414,7 @@ async fn claim_link(st: &ConnectState, ua: &UserActivation, connect_error: Optio
 
 /// Writes the credential into the activation's owned Secret (server-side apply, `latchkey-connect`) as the next
 /// credential generation. Never touches a Secret of that name that the activation does not own.
-async fn store(st: &ConnectState, ua: &UserActivation, credential: &Credential) -> Result<u32, Refusal> {
+async fn store(st: &ConnectState, ua: &UserActivation, credential: &Credential, timing: Option<(&OAuth2Method, std::time::Duration)>) -> Result<u32, Refusal> {
     let ns = ua.namespace().unwrap_or_default();
     let name = naming::credentials_secret_name(ua);
     let api: Api<Secret> = Api::namespaced(st.client.clone(), &ns);
@@ -424,7 +428,7 @@ async fn store(st: &ConnectState, ua: &UserActivation, credential: &Credential) 
     }
     let prev: u32 = existing.as_ref().and_then(|m| m.metadata.annotations.as_ref()).and_then(|a| a.get(naming::GENERATION_ANNOTATION)).and_then(|g| g.parse().ok()).unwrap_or(0);
     let generation = prev + 1;
-    let secret = owned_secret(ua, &name, credential, generation);
+    let secret = owned_secret(ua, &name, credential, generation, timing);
     api.patch(&name, &PatchParams::apply(naming::CONNECT_FIELD_MANAGER).force(), &Patch::Apply(&secret)).await.map_err(|e| {
         warn!(error = %e, secret = %name, namespace = %ns, "writing the credentials Secret failed");
         unavailable("Your credentials could not be saved.")
@@ -434,15 +438,14 @@ async fn store(st: &ConnectState, ua: &UserActivation, credential: &Credential) 
 
 /// The owned Secret for a credential: the labels, owner reference and annotations the reconciler's writes carry,
 /// plus the token expiry for OAuth2.
-pub fn owned_secret(ua: &UserActivation, name: &str, credential: &Credential, generation: u32) -> Secret {
+pub fn owned_secret(ua: &UserActivation, name: &str, credential: &Credential, generation: u32, timing: Option<(&OAuth2Method, std::time::Duration)>) -> Secret {
     let data = credential.to_secret_data();
     let mut annotations = BTreeMap::from([
         (naming::DATA_HASH_ANNOTATION.to_string(), credentials::data_hash(&data)),
         (naming::GENERATION_ANNOTATION.to_string(), generation.to_string()),
     ]);
-    if let Credential::OAuth2(OAuth2Tokens { expires_at: Some(e), .. }) = credential {
-        annotations.insert(oauth::EXPIRES_AT_ANNOTATION.into(), e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-        annotations.insert(oauth::EXPIRY_GENERATION_ANNOTATION.into(), generation.to_string());
+    if let (Credential::OAuth2(OAuth2Tokens { expires_at: Some(e), .. }), Some((m, lifetime))) = (credential, timing) {
+        annotations.extend(oauth::timing_annotations(m, *e, lifetime, generation));
     }
     Secret {
         metadata: ObjectMeta {

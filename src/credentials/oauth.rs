@@ -342,6 +342,36 @@ pub fn tokens_from(set: TokenSet, expires_at: chrono::DateTime<chrono::Utc>, pre
     }
 }
 
+/// Annotation: when the reconcile refreshes (RFC 3339): `expiresAt − margin − jitter`, fixed when the tokens are
+/// written, so that every reconcile computes the same time and status never churns.
+pub const REFRESH_AT_ANNOTATION: &str = "latchkey.dev/refresh-at";
+
+/// The margin before expiry: `min(refreshBefore (default 5 m), lifetime / 2)`.
+pub fn margin(m: &OAuth2Method, lifetime: Duration) -> Duration {
+    let before = m.refresh_before.as_deref().and_then(crate::api::parse_duration).unwrap_or(Duration::from_secs(300));
+    before.min(lifetime / 2)
+}
+
+/// When to refresh tokens that expire at `expires_at` after `lifetime`: `expires_at − margin`, moved earlier by
+/// `jitter` (0..1) × 10 % of the margin, never later; so a burst of tokens minted together spreads out.
+pub fn refresh_at(m: &OAuth2Method, expires_at: chrono::DateTime<chrono::Utc>, lifetime: Duration, jitter: f64) -> chrono::DateTime<chrono::Utc> {
+    let margin = margin(m, lifetime);
+    let extra = margin.mul_f64(0.1 * jitter.clamp(0.0, 1.0));
+    expires_at - chrono::Duration::from_std(margin + extra).unwrap_or_default()
+}
+
+/// The annotations that carry the token's timing on the owned Secret.
+pub fn timing_annotations(m: &OAuth2Method, expires_at: chrono::DateTime<chrono::Utc>, lifetime: Duration, generation: u32) -> Vec<(String, String)> {
+    use rand::Rng as _;
+    let at = refresh_at(m, expires_at, lifetime, rand::rng().random_range(0.0..=1.0));
+    let fmt = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    vec![
+        (EXPIRES_AT_ANNOTATION.into(), fmt(expires_at)),
+        (REFRESH_AT_ANNOTATION.into(), fmt(at)),
+        (EXPIRY_GENERATION_ANNOTATION.into(), generation.to_string()),
+    ]
+}
+
 /// Bounds a token request by [`TOKEN_TIMEOUT`] (plus a little), whatever the HTTP client does.
 async fn bounded<T, E>(f: impl std::future::Future<Output = Result<T, E>>) -> Result<Result<T, E>, OAuthError> {
     tokio::time::timeout(TOKEN_TIMEOUT + Duration::from_secs(1), f).await.map_err(|_| OAuthError::Transient("the token request timed out".into()))
@@ -386,6 +416,49 @@ mod tests {
         assert_eq!(q["response_type"], "code");
         assert!(seen.is_some() && seen == req.pkce_verifier);
         assert!(!req.url.contains("app-secret"));
+    }
+
+    fn method(refresh_before: Option<&str>) -> OAuth2Method {
+        serde_json::from_value(serde_json::json!({"flow": "AuthorizationCode", "tokenUrl": "https://x/token", "refreshBefore": refresh_before})).unwrap()
+    }
+
+    #[test]
+    fn refresh_margin_is_the_smaller_of_refresh_before_and_half_the_lifetime() {
+        let m = method(None);
+        assert_eq!(margin(&m, Duration::from_secs(3600)), Duration::from_secs(300));
+        assert_eq!(margin(&m, Duration::from_secs(3)), Duration::from_millis(1500));
+        assert_eq!(margin(&method(Some("10m")), Duration::from_secs(7200)), Duration::from_secs(600));
+    }
+
+    #[test]
+    fn jitter_only_moves_a_refresh_earlier_and_by_at_most_ten_percent() {
+        let m = method(None);
+        let exp = chrono::Utc::now() + chrono::Duration::hours(1);
+        let base = refresh_at(&m, exp, Duration::from_secs(3600), 0.0);
+        assert_eq!(base, exp - chrono::Duration::minutes(5));
+        for j in [0.1, 0.5, 1.0, 7.0] {
+            let at = refresh_at(&m, exp, Duration::from_secs(3600), j);
+            assert!(at <= base && at >= base - chrono::Duration::seconds(30), "{at} vs {base}");
+        }
+    }
+
+    #[test]
+    fn a_missing_expiry_uses_the_default_lifetime() {
+        let now = chrono::Utc::now();
+        assert_eq!(expiry(&method(None), None, now), now + chrono::Duration::hours(1));
+        let mut m = method(None);
+        m.default_token_lifetime = Some("2s".into());
+        assert_eq!(expiry(&m, None, now), now + chrono::Duration::seconds(2));
+        assert_eq!(expiry(&m, Some(Duration::from_secs(5)), now), now + chrono::Duration::seconds(5));
+    }
+
+    #[test]
+    fn a_refresh_without_a_refresh_token_keeps_the_old_one() {
+        let prev = crate::credentials::OAuth2Tokens { refresh_token: Some(Sensitive::new("r1")), client_id: Some("c".into()), ..Default::default() };
+        let set = TokenSet { access_token: Sensitive::new("a2"), refresh_token: None, expires_in: None, token_type: None, scope: None };
+        let t = tokens_from(set, chrono::Utc::now(), Some(&prev));
+        assert_eq!(t.refresh_token, Some(Sensitive::new("r1")));
+        assert_eq!(t.client_id.as_deref(), Some("c"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Each reconcile observes (stores first, a GET only where a store cannot serve), decides with the pure functions
 //! of [`decide`], applies only the differences, and writes status once, when it changed.
 pub mod decide;
+pub mod oauth;
 pub mod source;
 
 use std::collections::BTreeMap;
@@ -81,6 +82,7 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
 
     // Credentials into the owned Secret.
     let creds = sync_credentials(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref().map(|o| &o.metadata), &mut status).await?;
+    let creds = oauth::lifecycle(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref().map(|o| &o.metadata), creds, &mut status, &mut requeue, now).await?;
     let (ready, awaiting) = match &creds {
         Creds::Stored { generation: g, verified } => {
             status.secret_name = Some(secret_name.clone());
@@ -105,7 +107,7 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
             (false, false)
         }
     };
-    status.phase = Some(decide::phase(ready, ua.spec.suspend, awaiting, false));
+    status.phase = Some(decide::phase(ready, ua.spec.suspend, awaiting, oauth::needs_reauth(&creds)));
 
     // Jobs.
     let uid = ua.uid().unwrap_or_default();
@@ -410,6 +412,9 @@ async fn cleanup(ua: &UserActivation, ctx: &Context) -> Result<Action> {
             Ok(_) | Err(kube::Error::Api(_)) => {}
             Err(e) => return Err(Error::kube("releasing the retained Secret")(e)),
         }
+    }
+    if !retain {
+        oauth::revoke_on_delete(ctx, ua).await;
     }
     remove_finalizer(ctx, ua).await?;
     Ok(Action::await_change())

@@ -1,0 +1,385 @@
+//! The activation's side of the connect flow and of the OAuth2 token lifecycle.
+//!
+//! - While credentials are awaited from the user (or a dead grant needs consent again), `status.connectUrl`
+//!   carries a signed link with a fresh nonce; it is renewed when it expires, with a requeue at that time.
+//! - Stored OAuth2 tokens are refreshed at the `latchkey.dev/refresh-at` annotation of the owned Secret (set when
+//!   the tokens were written: `expiresAt − min(refreshBefore, lifetime/2) − jitter`), requeued exactly then. The
+//!   store holds Secret metadata only: the Secret's data is read at refresh time only. The rotated tokens are
+//!   written with the read resourceVersion as precondition, never a forced apply. A refresh is not a credential
+//!   change: the generation stays, so no Job starts.
+//! - `invalid_grant` re-reads the Secret: a refresh token that changed meanwhile was a race; otherwise the grant
+//!   is dead: `NeedsReauthorization`, a fresh link, an event. Network errors, 429 and 5xx back off exponentially
+//!   with `consecutiveFailures`; the activation stays Ready while the stored access token is valid.
+//! - Deletion revokes at the provider, best effort and bounded (the finalizer is added only when the connector
+//!   has a revocation URL and the Secret is to be deleted).
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use super::{Creds, decide::Admitted};
+use crate::api::UserActivationStatus;
+use crate::api::conditions::reasons;
+use crate::api::connector::{AuthKind, OAuth2Method};
+use crate::api::embedded_connection::SecretDeletionPolicy;
+use crate::api::user_activation::Phase;
+use crate::api::{UserActivation, parse_duration};
+use crate::connect::token::{Claims, new_nonce};
+use crate::controller::{Context, Error, Result, backoff_for};
+use crate::credentials::oauth::{self, EXPIRES_AT_ANNOTATION, EXPIRY_GENERATION_ANNOTATION, OAuthClient, OAuthError, REFRESH_AT_ANNOTATION};
+use crate::credentials::{self, Credential, OAuth2Tokens};
+use crate::naming;
+
+/// The user declined consent at the provider; a new link is published.
+pub const CONSENT_DECLINED: &str = "ConsentDeclined";
+/// Field manager of the refresher's compare-and-swap writes of rotated tokens.
+pub const REFRESH_FIELD_MANAGER: &str = "latchkey-refresh";
+/// A connect link is renewed this long before it expires, so that a published link is never about to die.
+const LINK_RENEW_BEFORE: chrono::Duration = chrono::Duration::seconds(30);
+
+/// Whether the activation's method is OAuth2.
+fn is_oauth(kind: AuthKind) -> bool {
+    matches!(kind, AuthKind::OAuth2AuthorizationCode | AuthKind::OAuth2ClientCredentials)
+}
+
+/// Whether the credentials step ended in a dead grant (phase `NeedsReauthorization`).
+pub(super) fn needs_reauth(creds: &Creds) -> bool {
+    matches!(creds, Creds::Awaiting { reason, .. } if *reason == reasons::INVALID_GRANT)
+}
+
+/// The token lifecycle and the connect link, after the credentials step. Takes the step's outcome and returns it,
+/// changed where the tokens say otherwise (a dead grant, an expired token that cannot be refreshed now).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn lifecycle(
+    ctx: &Context,
+    ua: &UserActivation,
+    adm: &Admitted<'_>,
+    kind: AuthKind,
+    secret_name: &str,
+    owned: Option<&ObjectMeta>,
+    creds: Creds,
+    status: &mut UserActivationStatus,
+    requeue: &mut Option<Duration>,
+    now: DateTime<Utc>,
+) -> Result<Creds> {
+    let creds = match (creds, adm.method.oauth2.as_ref()) {
+        (Creds::Stored { generation, verified }, Some(m)) if is_oauth(kind) => {
+            ensure_finalizer(ctx, ua, adm).await?;
+            tokens(ctx, ua, adm, m, kind, secret_name, owned, generation, verified, status, requeue, now).await?
+        }
+        (c, _) => c,
+    };
+    match &creds {
+        Creds::Awaiting { reason, .. } if *reason == reasons::AWAITING_USER || *reason == reasons::INVALID_GRANT => {
+            if let Some(at) = publish_link(ctx, ua, adm, status, now) {
+                *requeue = min(*requeue, until(at, now));
+            }
+            if *reason == reasons::AWAITING_USER {
+                if let Some(e) = status.connect_error.clone() {
+                    return Ok(Creds::Awaiting { reason: CONSENT_DECLINED, message: format!("{e}; a new link is in status.connectUrl") });
+                }
+            }
+        }
+        Creds::Stored { .. } => {
+            status.connect_url = None;
+            status.connect_url_expires_at = None;
+            status.connect_nonce = None;
+            status.connect_error = None;
+        }
+        _ => {}
+    }
+    Ok(creds)
+}
+
+fn min(a: Option<Duration>, b: Duration) -> Option<Duration> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+fn until(t: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+    (t - now).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(20)
+}
+
+/// Publishes a connect link with a fresh nonce unless the current one is still good. Returns when to renew it.
+fn publish_link(ctx: &Context, ua: &UserActivation, adm: &Admitted<'_>, status: &mut UserActivationStatus, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let cfg = ctx.connect.as_ref()?;
+    let good = status.connect_url.is_some() && status.connect_nonce.is_some() && status.connect_url_expires_at.is_some_and(|e| e - LINK_RENEW_BEFORE > now);
+    if !good {
+        let ttl = adm.connection.spec.connect_url_ttl.as_deref().and_then(parse_duration).unwrap_or(Duration::from_secs(24 * 3600));
+        let exp = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(24));
+        let nonce = new_nonce();
+        let claims = Claims { namespace: ua.namespace().unwrap_or_default(), name: ua.name_any(), uid: ua.uid().unwrap_or_default(), nonce: nonce.clone(), exp: exp.timestamp() };
+        match cfg.keys.sign(&claims) {
+            Ok(t) => {
+                status.connect_url = Some(cfg.connect_url(&t));
+                status.connect_url_expires_at = DateTime::from_timestamp(exp.timestamp(), 0);
+                status.connect_nonce = Some(nonce);
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot sign a connect link");
+                return None;
+            }
+        }
+    }
+    status.connect_url_expires_at.map(|e| e - LINK_RENEW_BEFORE)
+}
+
+fn annotation<'a>(meta: Option<&'a ObjectMeta>, key: &str) -> Option<&'a String> {
+    meta.and_then(|m| m.annotations.as_ref()).and_then(|a| a.get(key))
+}
+
+fn time(meta: Option<&ObjectMeta>, key: &str) -> Option<DateTime<Utc>> {
+    annotation(meta, key).and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc))
+}
+
+/// The token timing an owned Secret's annotations give, if they belong to this generation.
+fn timing(meta: Option<&ObjectMeta>, generation: u32) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    if annotation(meta, EXPIRY_GENERATION_ANNOTATION).and_then(|g| g.parse::<u32>().ok()) != Some(generation) {
+        return None;
+    }
+    Some((time(meta, EXPIRES_AT_ANNOTATION)?, time(meta, REFRESH_AT_ANNOTATION)?))
+}
+
+/// Refreshes when due; otherwise reports the timing in status and requeues at the refresh time.
+#[allow(clippy::too_many_arguments)]
+async fn tokens(
+    ctx: &Context,
+    ua: &UserActivation,
+    adm: &Admitted<'_>,
+    m: &OAuth2Method,
+    kind: AuthKind,
+    secret_name: &str,
+    owned: Option<&ObjectMeta>,
+    generation: u32,
+    verified: Option<bool>,
+    status: &mut UserActivationStatus,
+    requeue: &mut Option<Duration>,
+    now: DateTime<Utc>,
+) -> Result<Creds> {
+    let stored = Creds::Stored { generation, verified };
+    // A grant already found dead stays dead until new credentials arrive (a new generation).
+    if status.phase == Some(Phase::NeedsReauthorization) && status.credential_generation == generation {
+        return Ok(dead_grant(status));
+    }
+    // Not due by the store's metadata: nothing to read.
+    if let Some((expires_at, refresh_at)) = timing(owned, generation) {
+        if refresh_at > now {
+            report(status, expires_at, refresh_at);
+            *requeue = min(*requeue, until(refresh_at, now));
+            return Ok(stored);
+        }
+    }
+    // Due (or timing unknown): read the Secret itself, which also guards against a stale store.
+    let ns = ua.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(secret) = api.get_opt(secret_name).await.map_err(Error::kube("reading the credentials Secret for a refresh"))? else {
+        return Ok(stored);
+    };
+    if let Some((expires_at, refresh_at)) = timing(Some(&secret.metadata), generation) {
+        if refresh_at > now {
+            report(status, expires_at, refresh_at);
+            *requeue = min(*requeue, until(refresh_at, now));
+            return Ok(stored);
+        }
+    }
+    let data = secret.data.clone().unwrap_or_default();
+    let current = match Credential::from_secret_data(kind, &data) {
+        Ok(Credential::OAuth2(t)) => t,
+        _ => return Ok(Creds::Unusable { reason: reasons::SOURCE_SECRET_INVALID, message: format!("Secret {secret_name} holds no usable OAuth2 tokens"), rejected: false }),
+    };
+    let client = match refresh_client(ctx, adm, m, kind, &current).await {
+        Ok(c) => c,
+        Err(message) => return Ok(failure(ctx, ua, status, requeue, &current, now, reasons::CLIENT_SECRET_INVALID, message, stored)),
+    };
+    let Some(client) = client else {
+        // Nothing to refresh with: the access token serves until it expires, then consent is needed.
+        return match current.expires_at {
+            Some(e) if e > now => {
+                report(status, e, e);
+                *requeue = min(*requeue, until(e, now));
+                Ok(stored)
+            }
+            _ => Ok(declare_dead(ctx, ua, status, "the access token expired and there is no refresh token").await),
+        };
+    };
+    let used = current.refresh_token.clone();
+    let result = match (kind, &used) {
+        (AuthKind::OAuth2ClientCredentials, _) => client.client_credentials(&ctx.http).await,
+        (_, Some(rt)) => client.refresh(&ctx.http, rt).await,
+        (_, None) => unreachable_refresh(),
+    };
+    match result {
+        Ok(set) => {
+            let lifetime = set.expires_in.unwrap_or_else(|| oauth::default_lifetime(m));
+            let expires_at = oauth::expiry(m, set.expires_in, now);
+            let tokens = oauth::tokens_from(set, expires_at, Some(&current));
+            let refresh_at = write_rotated(ctx, &api, secret, &tokens, m, lifetime, generation).await?;
+            let recovered = status.consecutive_failures > 0;
+            status.consecutive_failures = 0;
+            status.last_refresh_time = Some(now);
+            report(status, expires_at, refresh_at);
+            *requeue = min(*requeue, until(refresh_at, now));
+            if recovered {
+                event(ctx, ua, EventType::Normal, "TokenRefreshRecovered", "the provider answered again; tokens refreshed").await;
+            }
+            Ok(stored)
+        }
+        Err(OAuthError::InvalidGrant { .. }) => {
+            // Re-read: a refresh token that changed meanwhile means another writer won a race, not a dead grant.
+            let again = api.get_opt(secret_name).await.map_err(Error::kube("re-reading the credentials Secret after invalid_grant"))?;
+            let now_rt = again.and_then(|s| Credential::from_secret_data(kind, &s.data.unwrap_or_default()).ok()).and_then(|c| match c {
+                Credential::OAuth2(t) => t.refresh_token,
+                _ => None,
+            });
+            if now_rt != used {
+                info!(activation = %ua.name_any(), namespace = %ns, "invalid_grant after a concurrent rotation; retrying with the stored token");
+                *requeue = min(*requeue, Duration::from_millis(200));
+                return Ok(stored);
+            }
+            Ok(declare_dead(ctx, ua, status, "the provider refused the refresh token (invalid_grant)").await)
+        }
+        Err(OAuthError::Rejected { code, .. }) if kind == AuthKind::OAuth2ClientCredentials => {
+            Ok(Creds::Unusable { reason: reasons::CREDENTIALS_REJECTED, message: format!("the provider rejected the client ID and secret ({code})"), rejected: true })
+        }
+        Err(e) => {
+            let reason = if e.is_transient() { reasons::PROVIDER_UNAVAILABLE } else { reasons::CLIENT_SECRET_INVALID };
+            Ok(failure(ctx, ua, status, requeue, &current, now, reason, format!("refreshing the tokens failed: {e}"), stored))
+        }
+    }
+}
+
+fn unreachable_refresh() -> std::result::Result<oauth::TokenSet, OAuthError> {
+    Err(OAuthError::Config("no refresh token".into()))
+}
+
+/// The client that refreshes: the organisation's app (authorization code, when there is a refresh token) or the
+/// tenant's own client (client credentials). `Ok(None)`: nothing to refresh with.
+async fn refresh_client(ctx: &Context, adm: &Admitted<'_>, m: &OAuth2Method, kind: AuthKind, t: &OAuth2Tokens) -> std::result::Result<Option<OAuthClient>, String> {
+    if kind == AuthKind::OAuth2ClientCredentials {
+        return match (&t.client_id, &t.client_secret) {
+            (Some(id), Some(secret)) => Ok(Some(oauth::tenant_client(m, id, secret))),
+            _ => Ok(None),
+        };
+    }
+    if t.refresh_token.is_none() {
+        return Ok(None);
+    }
+    let redirect = ctx.connect.as_ref().map(|c| c.redirect_uri());
+    oauth::organisation_app(&ctx.client, &adm.connector.namespace().unwrap_or_default(), m, redirect).await.map(Some).map_err(|e| e.to_string())
+}
+
+/// Writes rotated tokens with the read resourceVersion as precondition (a replace, never a forced apply). The
+/// generation stays: a refresh is not a credential change. Returns the new refresh time.
+async fn write_rotated(ctx: &Context, api: &Api<Secret>, mut secret: Secret, tokens: &OAuth2Tokens, m: &OAuth2Method, lifetime: Duration, generation: u32) -> Result<DateTime<Utc>> {
+    let _ = ctx;
+    let data = Credential::OAuth2(tokens.clone()).to_secret_data();
+    let expires_at = tokens.expires_at.unwrap_or_else(Utc::now);
+    let mut annotations: BTreeMap<String, String> = secret.metadata.annotations.clone().unwrap_or_default();
+    annotations.insert(naming::DATA_HASH_ANNOTATION.into(), credentials::data_hash(&data));
+    let timing = oauth::timing_annotations(m, expires_at, lifetime, generation);
+    let refresh_at = timing.iter().find(|(k, _)| k == REFRESH_AT_ANNOTATION).and_then(|(_, v)| DateTime::parse_from_rfc3339(v).ok()).map(|t| t.with_timezone(&Utc)).unwrap_or(expires_at);
+    annotations.extend(timing);
+    secret.metadata.annotations = Some(annotations);
+    secret.metadata.managed_fields = None;
+    secret.data = Some(data);
+    let name = secret.name_any();
+    // `replace` sends the read resourceVersion: a concurrent writer makes this fail with 409, never overwritten.
+    api.replace(&name, &PostParams { field_manager: Some(REFRESH_FIELD_MANAGER.into()), ..Default::default() }, &secret).await.map_err(Error::kube("writing the refreshed tokens"))?;
+    Ok(refresh_at)
+}
+
+/// Status timing of the stored tokens: deterministic (from the Secret's annotations), so resyncs write nothing.
+fn report(status: &mut UserActivationStatus, expires_at: DateTime<Utc>, refresh_at: DateTime<Utc>) {
+    status.expires_at = Some(expires_at);
+    status.next_refresh_time = Some(refresh_at);
+}
+
+/// A failed refresh that may pass: exponential backoff by `consecutiveFailures`; Ready while the token is valid.
+#[allow(clippy::too_many_arguments)]
+fn failure(ctx: &Context, ua: &UserActivation, status: &mut UserActivationStatus, requeue: &mut Option<Duration>, t: &OAuth2Tokens, now: DateTime<Utc>, reason: &'static str, message: String, stored: Creds) -> Creds {
+    let _ = ctx;
+    status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+    let delay = backoff_for(status.consecutive_failures);
+    warn!(activation = %ua.name_any(), namespace = %ua.namespace().unwrap_or_default(), failures = status.consecutive_failures, retry_in = ?delay, error = %message, "token refresh failed");
+    *requeue = min(*requeue, delay);
+    let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+    status.next_refresh_time = Some(DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at));
+    match t.expires_at {
+        Some(e) if e > now => {
+            status.expires_at = Some(e);
+            stored
+        }
+        _ => Creds::Unusable { reason: if reason == reasons::PROVIDER_UNAVAILABLE { reasons::TOKEN_EXPIRED } else { reason }, message: format!("the access token expired and {message}"), rejected: false },
+    }
+}
+
+fn dead_grant(status: &UserActivationStatus) -> Creds {
+    let _ = status;
+    Creds::Awaiting { reason: reasons::INVALID_GRANT, message: "the provider no longer accepts this grant: the user has to connect again through status.connectUrl".into() }
+}
+
+async fn declare_dead(ctx: &Context, ua: &UserActivation, status: &mut UserActivationStatus, why: &str) -> Creds {
+    warn!(activation = %ua.name_any(), namespace = %ua.namespace().unwrap_or_default(), reason = why, "grant is dead; reauthorization needed");
+    status.next_refresh_time = None;
+    status.connect_url = None; // a fresh link with a fresh nonce
+    event(ctx, ua, EventType::Warning, reasons::INVALID_GRANT, &format!("{why}: the user has to connect again through status.connectUrl")).await;
+    dead_grant(status)
+}
+
+async fn event(ctx: &Context, ua: &UserActivation, type_: EventType, reason: &str, note: &str) {
+    let _ = ctx.recorder.publish(&Event { type_, reason: reason.into(), note: Some(note.into()), action: "RefreshTokens".into(), secondary: None }, &ua.object_ref(&())).await;
+}
+
+/// Whether deleting the activation has something to revoke first.
+pub(super) fn revocable(adm: &Admitted<'_>) -> bool {
+    adm.connection.spec.secret_deletion_policy == SecretDeletionPolicy::Delete && adm.method.oauth2.as_ref().is_some_and(|m| m.revocation_url.is_some())
+}
+
+/// Adds the cleanup finalizer when there is something to revoke (and only then).
+async fn ensure_finalizer(ctx: &Context, ua: &UserActivation, adm: &Admitted<'_>) -> Result<()> {
+    if !revocable(adm) || ua.finalizers().iter().any(|f| f == naming::FINALIZER) {
+        return Ok(());
+    }
+    let api: Api<UserActivation> = Api::namespaced(ctx.client.clone(), &ua.namespace().unwrap_or_default());
+    let mut finalizers = ua.finalizers().to_vec();
+    finalizers.push(naming::FINALIZER.into());
+    let patch = serde_json::json!({ "metadata": { "finalizers": finalizers, "resourceVersion": ua.resource_version() } });
+    api.patch(&ua.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::kube("adding the finalizer"))?;
+    Ok(())
+}
+
+/// Revokes the activation's grant at the provider: best effort, bounded, never failing the deletion. A missing
+/// Secret (e.g. its namespace is going away) means nothing to revoke.
+pub(super) async fn revoke_on_delete(ctx: &Context, ua: &UserActivation) {
+    let ns = ua.namespace().unwrap_or_default();
+    let work = async {
+        let conn_ns = ua.connection_namespace().unwrap_or_default();
+        let connection = ctx.stores.connections.get(&kube::runtime::reflector::ObjectRef::new(&ua.spec.connection_ref.name).within(&conn_ns))?;
+        let connector = ctx.stores.connectors.get(&kube::runtime::reflector::ObjectRef::new(&connection.spec.connector_ref.name).within(&conn_ns))?;
+        let method = connector.auth_method(&connection.spec.auth_method)?.clone();
+        let m = method.oauth2.as_ref()?;
+        m.revocation_url.as_ref()?;
+        let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_opt(&naming::credentials_secret_name(ua)).await.ok()??;
+        if !naming::owned_by(secret.metadata.owner_references.as_ref(), &ua.uid().unwrap_or_default()) {
+            return None;
+        }
+        let Ok(Credential::OAuth2(t)) = Credential::from_secret_data(method.kind(), &secret.data.unwrap_or_default()) else { return None };
+        let client = match method.kind() {
+            AuthKind::OAuth2ClientCredentials => oauth::tenant_client(m, t.client_id.as_deref()?, t.client_secret.as_ref()?),
+            _ => oauth::organisation_app(&ctx.client, &conn_ns, m, None).await.ok()?,
+        };
+        let access = (!t.access_token.is_empty()).then_some(&t.access_token);
+        Some(client.revoke(&ctx.http, t.refresh_token.as_ref(), access).await)
+    };
+    match tokio::time::timeout(Duration::from_secs(6), work).await {
+        Ok(Some(Ok(true))) => info!(activation = %ua.name_any(), namespace = %ns, "revoked the grant at the provider"),
+        Ok(Some(Ok(false))) | Ok(None) => {}
+        Ok(Some(Err(e))) => warn!(activation = %ua.name_any(), namespace = %ns, error = %e, "revocation failed; deleting anyway"),
+        Err(_) => warn!(activation = %ua.name_any(), namespace = %ns, "revocation timed out; deleting anyway"),
+    }
+}
