@@ -6,6 +6,7 @@ pub mod connect;
 pub mod controller;
 pub mod credentials;
 pub mod jobs;
+pub mod leader;
 pub mod metrics;
 pub mod naming;
 pub mod run;

@@ -23,6 +23,8 @@ pub const RUN_KEY_ANNOTATION: &str = "latchkey.dev/run-key";
 pub const DATA_HASH_ANNOTATION: &str = "latchkey.dev/data-hash";
 pub const SOURCE_VERSION_ANNOTATION: &str = "latchkey.dev/source-resource-version";
 pub const GENERATION_ANNOTATION: &str = "latchkey.dev/credential-generation";
+/// `true` on an owned Secret whose credentials the connector's verification request accepted.
+pub const VERIFIED_ANNOTATION: &str = "latchkey.dev/verified";
 pub const VARIABLES_ANNOTATION: &str = "latchkey.dev/variables";
 pub const FINALIZER: &str = "latchkey.dev/cleanup";
 

@@ -21,6 +21,10 @@ pub enum RunError {
     #[error("building the HTTP client failed: {0}")]
     Http(String),
     #[error("{0}")]
+    Leader(#[from] crate::leader::LeaderError),
+    #[error("lost the leader-election Lease to another replica; exiting so that the restarted process rejoins as a follower")]
+    LeadershipLost,
+    #[error("{0}")]
     SigningKey(#[from] crate::connect::KeyError),
 }
 
@@ -70,6 +74,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         metrics: metrics.clone(),
         connect: Some(connect),
         failures: Default::default(),
+        not_before: Default::default(),
     });
     let started = std::time::Instant::now();
     tokio::select! {
@@ -79,8 +84,36 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     info!(elapsed_ms = started.elapsed().as_millis() as u64, "caches synced");
     ready.store(true, Ordering::Relaxed);
 
-    controller::run_controllers(ctx, receivers, cfg.concurrency, shutdown_signal()).await;
+    // Leader election: every replica stays ready (caches warm, connect page served); only the holder reconciles.
+    let (receivers, leadership) = if cfg.leader_election {
+        let mut l = crate::leader::Leadership::join(client.clone(), &cfg.operator_namespace(), &cfg.lease_name).await?;
+        let gated = crate::leader::gate(receivers, l.holding());
+        tokio::select! {
+            _ = l.acquired() => {}
+            _ = shutdown_signal() => { l.release().await; let _ = stop_tx.send(true); return Ok(()); }
+        }
+        (gated, Some(l))
+    } else {
+        (receivers, None)
+    };
+    let lost = Arc::new(AtomicBool::new(false));
+    let stop = {
+        let (lost, holding) = (lost.clone(), leadership.as_ref().map(|l| l.holding()));
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = crate::leader::until_lost(holding) => lost.store(true, Ordering::Relaxed),
+            }
+        }
+    };
+    controller::run_controllers(ctx, receivers, cfg.concurrency, stop).await;
     let _ = stop_tx.send(true);
+    if lost.load(Ordering::Relaxed) {
+        return Err(RunError::LeadershipLost);
+    }
+    if let Some(l) = leadership {
+        l.release().await;
+    }
     if tokio::time::timeout(Duration::from_secs(5), admin_task).await.is_err() {
         error!("admin server did not stop in time");
     }

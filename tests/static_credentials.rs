@@ -22,18 +22,24 @@ const T: Duration = Duration::from_secs(30);
 struct FakeProvider {
     url: String,
     requests: Arc<AtomicUsize>,
+    /// While true, every request gets 503.
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 async fn provider() -> FakeProvider {
     use axum::http::{HeaderMap, StatusCode};
     let requests = Arc::new(AtomicUsize::new(0));
-    let r = requests.clone();
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (r, d) = (requests.clone(), down.clone());
     let app = axum::Router::new().route(
         "/me",
         axum::routing::get(move |h: HeaderMap| {
-            let r = r.clone();
+            let (r, d) = (r.clone(), d.clone());
             async move {
                 r.fetch_add(1, Ordering::SeqCst);
+                if d.load(Ordering::SeqCst) {
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
                 let ok = h.get("authorization").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("Bearer good-"));
                 if ok { StatusCode::OK } else { StatusCode::UNAUTHORIZED }
             }
@@ -42,7 +48,7 @@ async fn provider() -> FakeProvider {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    FakeProvider { url, requests }
+    FakeProvider { url, requests, down }
 }
 
 /// An integrations namespace with a Connector (API key, verified against `provider`) and an EmbeddedConnection
@@ -54,6 +60,11 @@ struct Fixture {
 }
 
 async fn fixture(prefix: &str, provider_url: &str, job: serde_json::Value) -> Fixture {
+    fixture_with(prefix, provider_url, job, json!({})).await
+}
+
+/// Like [`fixture`], with extra fields merged into the EmbeddedConnection's spec.
+async fn fixture_with(prefix: &str, provider_url: &str, job: serde_json::Value, extra_spec: serde_json::Value) -> Fixture {
     let bed = bed().await;
     let client = bed.client();
     let integrations = namespace(&bed, prefix).await;
@@ -78,6 +89,9 @@ async fn fixture(prefix: &str, provider_url: &str, job: serde_json::Value) -> Fi
     });
     if !job.is_null() {
         spec["job"] = job;
+    }
+    for (k, v) in extra_spec.as_object().cloned().unwrap_or_default() {
+        spec[k] = v;
     }
     let ec: EmbeddedConnection = serde_json::from_value(json!({
         "apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection",
@@ -467,4 +481,122 @@ async fn invalid_manifests_are_rejected_at_apply_with_the_rule_message() {
     let err = ecs.create(&PostParams::default(), &serde_json::from_value(ec).unwrap()).await.expect_err("bad schedule rejected");
     assert!(err.to_string().contains("spec.job.schedule"), "{err}");
     let _ = BTreeMap::<String, String>::new();
+}
+
+#[tokio::test]
+async fn a_provider_outage_during_verification_is_retried_with_backoff_then_recovers() {
+    let p = provider().await;
+    p.down.store(true, Ordering::SeqCst);
+    let f = fixture("outage", &p.url, serde_json::Value::Null).await;
+    let t = f.tenant("tenant", true).await;
+    let _op = Operator::start(&bed().await, "outage", &[f.ns(), t.name()], &[]).await;
+    f.activate(&t, "acme", "u1", "good-key-outage-1").await;
+    let api = t.api::<UserActivation>();
+    let (reason, message) = wait_condition(&api, "acme", "CredentialsValid", "Unknown").await;
+    assert_eq!(reason, "VerificationUnavailable");
+    assert!(message.contains("503"), "{message}");
+    // Backoff 1 s, 2 s, 4 s, 8 s (+10 % jitter): in 10 s at most 5 attempts, never a tight loop.
+    let start = p.requests.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let attempts = p.requests.load(Ordering::SeqCst) - start;
+    assert!(attempts <= 5, "{attempts} verification attempts in 10 s: backoff is not working");
+    assert!(attempts >= 1, "no retry at all during the outage");
+    let ua = api.get("acme").await.unwrap();
+    assert!(ua.status.unwrap().consecutive_failures >= 2);
+    p.down.store(false, Ordering::SeqCst);
+    wait_for_value("recovery to Ready", Duration::from_secs(40), || async {
+        let ua = api.get("acme").await.map_err(|e| e.to_string())?;
+        match condition(&ua, "Ready") {
+            Some((s, _, _)) if s == "True" => Ok(ua),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let ua = api.get("acme").await.unwrap();
+    assert_eq!(ua.status.as_ref().unwrap().consecutive_failures, 0);
+    assert_eq!(condition(&ua, "CredentialsValid").map(|c| c.1).as_deref(), Some("Verified"));
+}
+
+#[tokio::test]
+async fn a_suspended_activation_starts_no_job_until_resumed() {
+    let p = provider().await;
+    let f = fixture("suspend", &p.url, busybox_job()).await;
+    let t = f.tenant("tenant", true).await;
+    let _op = Operator::start(&bed().await, "suspend", &[f.ns(), t.name()], &[]).await;
+    put_source(&t, "acme-key", "good-key-suspend-1").await;
+    let ua: UserActivation = serde_json::from_value(json!({
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": "acme"},
+        "spec": {"connectionRef": {"name": "acme-sync", "namespace": f.ns()}, "user": {"id": "u1"},
+                 "credentialsSecretRef": {"name": "acme-key"}, "suspend": true}
+    }))
+    .unwrap();
+    let api = t.api::<UserActivation>();
+    api.create(&PostParams::default(), &ua).await.unwrap();
+    wait_for("phase Suspended with Ready=True", T, || async {
+        let ua = api.get("acme").await.unwrap();
+        ua.status.as_ref().and_then(|s| s.phase) == Some(latchkey::api::user_activation::Phase::Suspended) && condition(&ua, "Ready").map(|c| c.0).as_deref() == Some("True")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(jobs_of(&t, "acme").await.is_empty(), "no Job while suspended");
+    api.patch("acme", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"suspend": false}}))).await.unwrap();
+    wait_for("the first Job after resuming", T, || async { jobs_of(&t, "acme").await.len() == 1 }).await;
+}
+
+#[tokio::test]
+async fn retain_keeps_the_tenant_secret_after_deletion() {
+    let p = provider().await;
+    let f = fixture_with("retain", &p.url, serde_json::Value::Null, json!({"secretDeletionPolicy": "Retain"})).await;
+    let t = f.tenant("tenant", true).await;
+    let _op = Operator::start(&bed().await, "retain", &[f.ns(), t.name()], &[]).await;
+    f.activate(&t, "acme", "u1", "good-key-retain-1").await;
+    let api = t.api::<UserActivation>();
+    wait_condition(&api, "acme", "Ready", "True").await;
+    assert!(api.get("acme").await.unwrap().finalizers().contains(&"latchkey.dev/cleanup".to_string()));
+    api.delete("acme", &DeleteParams::default()).await.unwrap();
+    wait_for("the activation to be gone", T, || async { api.get_opt("acme").await.unwrap().is_none() }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = t.api::<Secret>().get("acme-acme-sync-credentials").await.expect("the Secret is retained");
+    assert_eq!(decoded(&s, "api_key").as_deref(), Some("good-key-retain-1"));
+    assert!(s.owner_references().is_empty(), "released from its owner so the garbage collector keeps it");
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_operator_gracefully() {
+    let p = provider().await;
+    let f = fixture("sigterm", &p.url, serde_json::Value::Null).await;
+    let mut op = Operator::start(&bed().await, "sigterm", &[f.ns()], &[]).await;
+    let status = op.stop().expect("the operator was running");
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(op.log().contains("latchkey stopped"));
+}
+
+#[tokio::test]
+async fn no_secret_reaches_events_status_or_job_specs() {
+    let p = provider().await;
+    let f = fixture("leaks", &p.url, busybox_job()).await;
+    let t = f.tenant("tenant", true).await;
+    let op = Operator::start(&bed().await, "leaks", &[f.ns(), t.name()], &[]).await;
+    let keys = ["good-key-leak-aaaa", "bad-key-leak-bbbb"];
+    f.activate(&t, "acme", "u1", keys[0]).await;
+    f.activate(&t, "globex", "u2", keys[1]).await;
+    let api = t.api::<UserActivation>();
+    wait_condition(&api, "acme", "Ready", "True").await;
+    wait_condition(&api, "globex", "CredentialsValid", "False").await;
+    wait_for("acme's Job", T, || async { !jobs_of(&t, "acme").await.is_empty() }).await;
+    // Everything Latchkey wrote that people read: activations (status), events, Jobs.
+    let mut haystack = String::new();
+    for ua in api.list(&ListParams::default()).await.unwrap() {
+        haystack.push_str(&serde_json::to_string(&ua).unwrap());
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(f.client.clone(), t.name());
+    let evs = events.list(&ListParams::default()).await.unwrap();
+    assert!(!evs.items.is_empty(), "positive control: Latchkey published events");
+    haystack.push_str(&serde_json::to_string(&evs).unwrap());
+    haystack.push_str(&serde_json::to_string(&jobs_of(&t, "acme").await).unwrap());
+    assert!(haystack.contains("acme"), "positive control: the activation's name is in what was collected");
+    for k in keys {
+        assert!(!haystack.contains(k), "a secret value reached an event, a status or a Job spec");
+    }
+    op.assert_no_leaks("globex", &keys);
 }

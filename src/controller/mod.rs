@@ -42,6 +42,8 @@ pub struct Context {
     pub connect: Option<Arc<crate::connect::ConnectConfig>>,
     /// Consecutive failures per object, for per-object exponential backoff (kube has none built in).
     pub failures: Mutex<HashMap<String, u32>>,
+    /// When each failing object may try again: a watch event before then does not repeat the failed request.
+    pub not_before: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// What the reflectors keep: pruned objects, Secrets and the namespaces' metadata only.
@@ -98,6 +100,9 @@ impl Context {
         if let Ok(mut f) = self.failures.lock() {
             f.remove(&Self::key(obj));
         }
+        if let Ok(mut f) = self.not_before.lock() {
+            f.remove(&Self::key(obj));
+        }
     }
 
     /// The backoff after one more failure: 1 s doubling to 5 min, with up to 10 % jitter.
@@ -107,7 +112,17 @@ impl Context {
             *e = e.saturating_add(1);
             *e
         });
-        backoff_for(n.unwrap_or(1))
+        let delay = backoff_for(n.unwrap_or(1));
+        if let Ok(mut f) = self.not_before.lock() {
+            f.insert(Self::key(obj), std::time::Instant::now() + delay);
+        }
+        delay
+    }
+
+    /// How long a failing object must still wait before its failed request is tried again.
+    pub fn wait_remaining<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Option<Duration> {
+        let at = *self.not_before.lock().ok()?.get(&Self::key(obj))?;
+        at.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero())
     }
 }
 

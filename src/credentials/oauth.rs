@@ -8,7 +8,7 @@ use std::time::Duration;
 use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicRevocationErrorResponse, BasicTokenResponse};
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, ErrorResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, RevocationErrorResponseType,
-    RevocationUrl, Scope, StandardRevocableToken, TokenResponse, TokenUrl,
+    Scope, TokenResponse, TokenUrl,
 };
 
 use super::Sensitive;
@@ -147,7 +147,11 @@ fn into_token_set(r: BasicTokenResponse) -> TokenSet {
         access_token: Sensitive::new(r.access_token().secret().clone()),
         refresh_token: r.refresh_token().map(|t| Sensitive::new(t.secret().clone())),
         expires_in: r.expires_in(),
-        token_type: Some(r.token_type().as_ref().to_string()),
+        // `Bearer` as RFC 6750 spells it for the Authorization header (the crate lower-cases it).
+        token_type: Some(match r.token_type().as_ref() {
+            t if t.eq_ignore_ascii_case("bearer") => "Bearer".to_string(),
+            t => t.to_string(),
+        }),
         scope: r.scopes().map(|s| s.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(" ")),
     }
 }
@@ -262,21 +266,42 @@ impl OAuthClient {
     }
 
     /// RFC 7009 revocation of the refresh token (which ends the grant) or else the access token. Best effort,
-    /// bounded by [`REVOKE_TIMEOUT`]. `Ok(false)` when the connector has no revocation URL.
+    /// bounded by [`REVOKE_TIMEOUT`]. `Ok(false)` when the connector has no revocation URL. Sent by hand: the
+    /// `oauth2` crate insists on an https revocation URL, which local and test providers do not have.
     pub async fn revoke(&self, http: &reqwest::Client, refresh_token: Option<&Sensitive>, access_token: Option<&Sensitive>) -> Result<bool, OAuthError> {
         let Some(url) = &self.revocation_url else { return Ok(false) };
-        let client = self.base()?.set_revocation_url(cfg(RevocationUrl::new(url.clone()), "revocationUrl")?);
-        let token = match (refresh_token, access_token) {
-            (Some(r), _) => StandardRevocableToken::RefreshToken(RefreshToken::new(r.expose().to_string())),
-            (None, Some(a)) => StandardRevocableToken::AccessToken(oauth2::AccessToken::new(a.expose().to_string())),
+        let url = cfg(url::Url::parse(url), "revocationUrl")?;
+        let (token, hint) = match (refresh_token, access_token) {
+            (Some(r), _) => (r, "refresh_token"),
+            (None, Some(a)) => (a, "access_token"),
             (None, None) => return Ok(false),
         };
-        let req = client.revoke_token(token).map_err(|e| OAuthError::Config(e.to_string()))?;
-        let call = Http(http, REVOKE_TIMEOUT);
-        match tokio::time::timeout(REVOKE_TIMEOUT, req.request_async(&call)).await {
-            Err(_) => Err(OAuthError::Transient("revocation timed out".into())),
-            Ok(Ok(())) => Ok(true),
-            Ok(Err(e)) => Err(classify(e, revocation_error_code)),
+        let mut form: Vec<(&str, &str)> = vec![("token", token.expose()), ("token_type_hint", hint)];
+        let mut req = http.post(url).timeout(REVOKE_TIMEOUT);
+        match (self.auth, &self.client_secret) {
+            (ClientAuth::Basic, Some(secret)) => {
+                // RFC 6749 2.3.1: form-urlencode the id and secret before basic authentication.
+                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                req = req.basic_auth(enc(&self.client_id), Some(enc(secret.expose())));
+            }
+            (_, secret) => {
+                form.push(("client_id", &self.client_id));
+                if let Some(s) = secret {
+                    form.push(("client_secret", s.expose()));
+                }
+            }
+        }
+        let res = tokio::time::timeout(REVOKE_TIMEOUT, req.form(&form).send())
+            .await
+            .map_err(|_| OAuthError::Transient("revocation timed out".into()))?
+            .map_err(|e| OAuthError::Transient(e.without_url().to_string()))?;
+        let status = res.status();
+        if status.is_success() {
+            Ok(true)
+        } else if status.as_u16() == 429 || status.is_server_error() {
+            Err(OAuthError::Transient(format!("HTTP {status}")))
+        } else {
+            Err(OAuthError::Rejected { code: format!("HTTP {}", status.as_u16()), description: None })
         }
     }
 }

@@ -41,6 +41,8 @@ enum Creds {
     /// The application's Secret is unusable, or the provider rejected the credential, or a foreign Secret holds
     /// the name: Ready=False with this reason.
     Unusable { reason: &'static str, message: String, rejected: bool },
+    /// The verification request failed for a reason that may pass (network, 429, 5xx): retried with backoff.
+    Unverified { message: String, stored_generation: Option<u32>, retry_in: Option<Duration> },
 }
 
 pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Action> {
@@ -55,6 +57,7 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
     let mut status = UserActivationStatus { observed_generation: generation, ..prev.clone() };
     let mut desired: Vec<Condition> = Vec::new();
     let mut requeue: Option<Duration> = None;
+    let mut retry_after: Option<Duration> = None;
 
     // Observe references from the stores.
     let conn_ns = ua.connection_namespace().unwrap_or_default();
@@ -79,6 +82,9 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
         Ok(a) => a,
     };
     let kind = adm.method.kind();
+    if needs_finalizer(&adm) && !ua.finalizers().iter().any(|f| f == naming::FINALIZER) {
+        add_finalizer(&ctx, &ua).await?;
+    }
 
     // Credentials into the owned Secret.
     let creds = sync_credentials(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref().map(|o| &o.metadata), &mut status).await?;
@@ -98,6 +104,18 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
         Creds::Awaiting { reason, message } => {
             desired.push(Condition::new(types::READY, FALSE, reason, message.clone(), generation, now));
             (false, true)
+        }
+        Creds::Unverified { message, stored_generation, retry_in } => {
+            desired.push(Condition::new(types::CREDENTIALS_VALID, UNKNOWN, reasons::VERIFICATION_UNAVAILABLE, message.clone(), generation, now));
+            retry_after = Some(retry_in.unwrap_or_else(|| ctx.backoff(ua.as_ref())));
+            // The credentials stored before stay usable while the new ones cannot be checked.
+            let ready = stored_generation.is_some();
+            if ready {
+                desired.push(Condition::new(types::READY, TRUE, reasons::ACTIVE, format!("credentials stored in Secret {secret_name}; a newer version awaits verification"), generation, now));
+            } else {
+                desired.push(Condition::new(types::READY, FALSE, reasons::VERIFICATION_UNAVAILABLE, message.clone(), generation, now));
+            }
+            (ready, false)
         }
         Creds::Unusable { reason, message, rejected } => {
             if *rejected {
@@ -159,7 +177,25 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
             });
         }
     }
+    if let Some(r) = retry_after {
+        // Not a success: keep the failure count (finish would reset it) and retry after the backoff.
+        return finish_keeping_failures(&ua, &ctx, prev, status, desired, min_requeue(requeue, r)).await;
+    }
     finish(&ua, &ctx, prev, status, desired, requeue).await
+}
+
+/// Whether deleting the activation needs work before its Secret goes (kept with Retain; revocation).
+fn needs_finalizer(adm: &Admitted<'_>) -> bool {
+    adm.connection.spec.secret_deletion_policy == SecretDeletionPolicy::Retain
+}
+
+async fn add_finalizer(ctx: &Context, ua: &UserActivation) -> Result<()> {
+    let api: Api<UserActivation> = Api::namespaced(ctx.client.clone(), &ua.namespace().unwrap_or_default());
+    let mut finalizers = ua.finalizers().to_vec();
+    finalizers.push(naming::FINALIZER.into());
+    let patch = serde_json::json!({ "metadata": { "finalizers": finalizers, "resourceVersion": ua.resource_version() } });
+    api.patch(&ua.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::kube("adding the finalizer"))?;
+    Ok(())
 }
 
 fn ts(t: &k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
@@ -175,7 +211,7 @@ fn min_requeue(a: Option<Duration>, b: Duration) -> Option<Duration> {
 }
 
 /// Writes status (when changed), publishes an event on a phase transition, and says when to look again.
-async fn finish(ua: &UserActivation, ctx: &Context, prev: UserActivationStatus, mut status: UserActivationStatus, desired: Vec<Condition>, requeue: Option<Duration>) -> Result<Action> {
+async fn finish_keeping_failures(ua: &UserActivation, ctx: &Context, prev: UserActivationStatus, mut status: UserActivationStatus, desired: Vec<Condition>, requeue: Option<Duration>) -> Result<Action> {
     status.conditions = conditions::merge(&prev.conditions, desired);
     let api: Api<UserActivation> = Api::namespaced(ctx.client.clone(), &ua.namespace().unwrap_or_default());
     let wrote = apply_status(&api, ua, ua.status.as_ref(), &status).await?;
@@ -190,8 +226,13 @@ async fn finish(ua: &UserActivation, ctx: &Context, prev: UserActivationStatus, 
             .await;
     }
     ctx.metrics.activation_phase(prev.phase, status.phase);
-    ctx.succeeded(ua);
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+async fn finish(ua: &UserActivation, ctx: &Context, prev: UserActivationStatus, status: UserActivationStatus, desired: Vec<Condition>, requeue: Option<Duration>) -> Result<Action> {
+    let action = finish_keeping_failures(ua, ctx, prev, status, desired, requeue).await?;
+    ctx.succeeded(ua);
+    Ok(action)
 }
 
 /// An older activation (by creation time, then name) of the same connection and user id, if any.
@@ -232,7 +273,7 @@ async fn sync_credentials(
     let Some(source) = &ua.spec.credentials_secret_ref else {
         // No source: credentials come from the user through the connect flow.
         if let (true, Some(g)) = (owned_is_ours, stored_generation) {
-            return Ok(Creds::Stored { generation: g, verified: None });
+            return Ok(Creds::Stored { generation: g, verified: annotation(owned, naming::VERIFIED_ANNOTATION).map(|v| v == "true").filter(|v| *v) });
         }
         return Ok(Creds::Awaiting { reason: reasons::AWAITING_USER, message: "waiting for the user to connect through status.connectUrl".into() });
     };
@@ -242,14 +283,26 @@ async fn sync_credentials(
     if let Some(v) = &watched {
         if owned_is_ours && annotation(owned, SOURCE_VERSION_ANNOTATION) == Some(v) {
             if let Some(g) = stored_generation {
-                let verified = conditions::find(&status.conditions, types::CREDENTIALS_VALID).map(|c| c.reason == reasons::VERIFIED);
+                let verified = annotation(owned, naming::VERIFIED_ANNOTATION).map(|v| v == "true");
                 return Ok(Creds::Stored { generation: g, verified: verified.filter(|v| *v) });
             }
         }
         if status.source_resource_version.as_ref() == Some(v) {
-            if let Some(c) = conditions::find(&status.conditions, types::READY).filter(|c| !c.is_true()) {
+            let permanent = [reasons::CREDENTIALS_REJECTED, reasons::SOURCE_SECRET_INVALID];
+            if let Some(c) = conditions::find(&status.conditions, types::READY).filter(|c| !c.is_true() && permanent.contains(&c.reason.as_str())) {
                 // Already rejected this version: wait for a change.
                 return Ok(Creds::Unusable { reason: reasons_static(&c.reason), message: c.message.clone(), rejected: c.reason == reasons::CREDENTIALS_REJECTED });
+            }
+        }
+    }
+
+    // A failed verification of this same version: wait out the backoff (a watch event, such as our own status
+    // write, must not repeat the request).
+    if let (Some(wait), Some(v)) = (ctx.wait_remaining(ua), &watched) {
+        if status.source_resource_version.as_ref() == Some(v) {
+            if let Some(c) = conditions::find(&status.conditions, types::CREDENTIALS_VALID).filter(|c| c.reason == reasons::VERIFICATION_UNAVAILABLE) {
+                let stored = owned_is_ours.then_some(stored_generation).flatten();
+                return Ok(Creds::Unverified { message: c.message.clone(), stored_generation: stored, retry_in: Some(wait) });
             }
         }
     }
@@ -297,19 +350,22 @@ async fn sync_credentials(
             }
             Err(e) => {
                 status.consecutive_failures = status.consecutive_failures.saturating_add(1);
-                return Err(e.into());
+                return Ok(Creds::Unverified { message: e.to_string(), stored_generation: owned_is_ours.then_some(prev_generation).filter(|g| *g > 0), retry_in: None });
             }
         }
     } else {
-        verified = conditions::find(&status.conditions, types::CREDENTIALS_VALID).map(|c| c.reason == reasons::VERIFIED).filter(|v| *v);
+        verified = owned_meta.as_ref().and_then(|m| annotation(Some(m), naming::VERIFIED_ANNOTATION)).map(|v| v == "true").filter(|v| *v);
     }
     status.consecutive_failures = 0;
     let generation = if same_data { prev_generation.max(1) } else { prev_generation + 1 };
-    let annotations = BTreeMap::from([
+    let mut annotations = BTreeMap::from([
         (DATA_HASH_ANNOTATION.to_string(), hash),
         (SOURCE_VERSION_ANNOTATION.to_string(), src.resource_version.clone()),
         (GENERATION_ANNOTATION.to_string(), generation.to_string()),
     ]);
+    if verified == Some(true) {
+        annotations.insert(naming::VERIFIED_ANNOTATION.to_string(), "true".into());
+    }
     let unchanged = same_data && owned_meta.as_ref().and_then(|m| annotation(Some(m), SOURCE_VERSION_ANNOTATION)) == Some(&src.resource_version) && owned_meta.as_ref().and_then(|m| annotation(Some(m), GENERATION_ANNOTATION)) == Some(&generation.to_string());
     if !unchanged {
         write_secret(ctx, ua, secret_name, data, annotations).await?;
@@ -319,7 +375,7 @@ async fn sync_credentials(
 }
 
 fn reasons_static(r: &str) -> &'static str {
-    [reasons::CREDENTIALS_REJECTED, reasons::SOURCE_SECRET_INVALID, reasons::SECRET_CONFLICT].into_iter().find(|x| *x == r).unwrap_or(reasons::SOURCE_SECRET_INVALID)
+    [reasons::CREDENTIALS_REJECTED, reasons::SOURCE_SECRET_INVALID].into_iter().find(|x| *x == r).unwrap_or(reasons::SOURCE_SECRET_INVALID)
 }
 
 /// Server-side apply of the owned Secret.
