@@ -5,9 +5,9 @@
 //! is a configuration problem, and network errors, 429 and 5xx are transient. No error carries a token.
 use std::time::Duration;
 
-use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicRevocationErrorResponse, BasicTokenResponse};
+use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicTokenResponse};
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, ErrorResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, RevocationErrorResponseType,
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, ErrorResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError,
     Scope, TokenResponse, TokenUrl,
 };
 
@@ -132,14 +132,6 @@ fn classify<T: ErrorResponse + 'static>(e: RequestTokenError<HttpError, T>, code
 
 fn token_error_code(r: &oauth2::StandardErrorResponse<BasicErrorResponseType>) -> (String, Option<String>) {
     (r.error().as_ref().to_string(), r.error_description().cloned())
-}
-
-fn revocation_error_code(r: &BasicRevocationErrorResponse) -> (String, Option<String>) {
-    let code = match r.error() {
-        RevocationErrorResponseType::UnsupportedTokenType => "unsupported_token_type".to_string(),
-        RevocationErrorResponseType::Basic(b) => b.as_ref().to_string(),
-    };
-    (code, r.error_description().cloned())
 }
 
 fn into_token_set(r: BasicTokenResponse) -> TokenSet {

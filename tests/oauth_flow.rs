@@ -1,0 +1,300 @@
+//! OAuth2 end to end: the operator binary, the real control plane and the real OAuth2 server (oidc-provider).
+//! The user's browser is driven without one, from `status.connectUrl` to the operator's callback.
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, ResourceExt};
+use latchkey::api::{Connector, EmbeddedConnection, UserActivation};
+use serde_json::json;
+use support::oauth_server::{Fault, Login, OAuthClient, OAuthServer, OAuthServerConfig, authorize_without_browser, fingerprint};
+use support::operator::Operator;
+use support::{TestNamespace, wait_for_value};
+
+const RETURN_URL: &str = "https://app.example.com/integrations/done";
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(15)).build().unwrap()
+}
+
+struct Setup {
+    ns: TestNamespace,
+    op: Operator,
+    server: OAuthServer,
+}
+
+impl Setup {
+    fn callback(&self) -> String {
+        format!("{}/oauth/callback", self.op.connect_base_url)
+    }
+    fn activations(&self) -> Api<UserActivation> {
+        self.ns.api()
+    }
+    fn secrets(&self) -> Api<Secret> {
+        self.ns.api()
+    }
+}
+
+/// An operator, an OAuth server whose client redirects to the operator's callback, and the app's Secret.
+async fn setup(name: &str, config: impl FnOnce(OAuthServerConfig) -> OAuthServerConfig) -> Setup {
+    let bed = support::bed().await;
+    let ns = support::namespace(&bed, name).await;
+    let op = Operator::start(&bed, name, &[ns.name()], &[]).await;
+    let client = OAuthClient::confidential("app", "app-secret").redirect_uri(&format!("{}/oauth/callback", op.connect_base_url));
+    let server = OAuthServer::start(config(OAuthServerConfig::default().client(client)));
+    let app: Secret = serde_json::from_value(json!({"metadata": {"name": "oauth-app"}, "stringData": {"client_id": "app", "client_secret": "app-secret"}})).unwrap();
+    ns.api::<Secret>().create(&PostParams::default(), &app).await.unwrap();
+    Setup { ns, op, server }
+}
+
+async fn create_connection(s: &Setup, flow: &str, extra: serde_json::Value) {
+    let mut oauth2 = json!({
+        "flow": flow,
+        "authorizationUrl": s.server.authorize_url(),
+        "tokenUrl": s.server.token_url(),
+        "revocationUrl": s.server.revocation_url(),
+        "scopes": ["read", "write"],
+        "clientSecretRef": {"name": "oauth-app"},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        oauth2[k] = v.clone();
+    }
+    let connector: Connector = serde_json::from_value(json!({
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector", "metadata": {"name": "idp"},
+        "spec": {"displayName": "Test Provider", "baseUrl": s.server.issuer(), "authMethods": [{"name": "oauth", "oauth2": oauth2}]}
+    }))
+    .unwrap();
+    s.ns.api::<Connector>().create(&PostParams::default(), &connector).await.unwrap();
+    let ec: EmbeddedConnection = serde_json::from_value(json!({
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection", "metadata": {"name": "sync"},
+        "spec": {"connectorRef": {"name": "idp"}, "authMethod": "oauth", "allowedReturnUrls": ["https://app.example.com/"]}
+    }))
+    .unwrap();
+    s.ns.api::<EmbeddedConnection>().create(&PostParams::default(), &ec).await.unwrap();
+}
+
+async fn create_activation(s: &Setup, name: &str, source: Option<&str>) {
+    let mut spec = json!({"connectionRef": {"name": "sync"}, "user": {"id": name, "displayName": "Acme Corp"}, "returnUrl": RETURN_URL});
+    if let Some(src) = source {
+        spec["credentialsSecretRef"] = json!({"name": src});
+    }
+    let ua: UserActivation = serde_json::from_value(json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": name}, "spec": spec})).unwrap();
+    s.activations().create(&PostParams::default(), &ua).await.unwrap();
+}
+
+async fn connect_url(s: &Setup, name: &str, not: Option<&str>) -> String {
+    let api = s.activations();
+    wait_for_value("status.connectUrl", Duration::from_secs(30), || async {
+        let ua = api.get(name).await.map_err(|e| e.to_string())?;
+        let st = ua.status.unwrap_or_default();
+        match st.connect_url {
+            Some(u) if Some(u.as_str()) != not => Ok(u),
+            _ => Err(format!("phase {:?}, conditions {:?}", st.phase, st.conditions.iter().map(|c| (&c.type_, &c.reason)).collect::<Vec<_>>())),
+        }
+    })
+    .await
+}
+
+async fn phase(s: &Setup, name: &str, want: &str, timeout: Duration) -> UserActivation {
+    let api = s.activations();
+    wait_for_value(&format!("phase {want}"), timeout, || async {
+        let ua = api.get(name).await.map_err(|e| e.to_string())?;
+        let p = ua.status.as_ref().and_then(|s| s.phase).map(|p| format!("{p:?}")).unwrap_or_default();
+        if p == want { Ok(ua) } else { Err(format!("phase {p}, status {:?}", ua.status)) }
+    })
+    .await
+}
+
+fn text(secret: &Secret, key: &str) -> Option<String> {
+    secret.data.as_ref()?.get(key).map(|b| String::from_utf8_lossy(&b.0).to_string())
+}
+
+/// Connects the user: consent at the provider, then the operator's callback. Returns the callback URL used.
+async fn connect(s: &Setup, name: &str) -> String {
+    let url = connect_url(s, name, None).await;
+    let redirect = authorize_without_browser(&url, &s.callback(), &Login::default()).await.expect("consent");
+    let cb = redirect.url.to_string();
+    let res = http().get(&cb).send().await.unwrap();
+    assert_eq!(res.status(), 302, "callback: {}", res.text().await.unwrap_or_default());
+    let loc = res.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(loc, format!("{RETURN_URL}?status=success"));
+    cb
+}
+
+#[tokio::test]
+async fn a_user_connects_through_the_link_and_tokens_refresh_before_expiry() {
+    let s = setup("oauth-flow", |c| c.access_ttl(3)).await;
+    create_connection(&s, "AuthorizationCode", json!({})).await;
+    create_activation(&s, "acme", None).await;
+
+    // Opening the link changes nothing; a forged link or state is refused before any write.
+    let url = connect_url(&s, "acme", None).await;
+    assert!(url.starts_with(&format!("{}/connect/", s.op.connect_base_url)));
+    let first = http().get(&url).send().await.unwrap();
+    assert_eq!(first.status(), 302);
+    let to = first.headers()["location"].to_str().unwrap().to_string();
+    assert!(to.starts_with(s.server.authorize_url()) && to.contains("code_challenge_method=S256") && to.contains("scope=read+write"), "{to}");
+    assert_eq!(first.headers()["x-frame-options"], "DENY");
+    assert_eq!(first.headers()["cache-control"], "no-store");
+    let forged = http().get(format!("{}/connect/eyJucyI6Inh4In0.AAAA", s.op.connect_base_url)).send().await.unwrap();
+    assert_eq!(forged.status(), 400);
+    let bad_state = http().get(format!("{}/oauth/callback?code=abc&state=s1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", s.op.connect_base_url)).send().await.unwrap();
+    assert_eq!(bad_state.status(), 400);
+    let secret_name = "acme-sync-credentials";
+    assert!(s.secrets().get_opt(secret_name).await.unwrap().is_none(), "nothing written by refused requests");
+
+    // The user consents; the callback stores the tokens and sends them back.
+    let cb = connect(&s, "acme").await;
+    let ua = phase(&s, "acme", "Active", Duration::from_secs(30)).await;
+    let st = ua.status.unwrap();
+    assert!(st.connect_url.is_none() && st.expires_at.is_some() && st.next_refresh_time.is_some());
+    let secret = s.secrets().get(secret_name).await.unwrap();
+    assert!(text(&secret, "access_token").is_some() && text(&secret, "refresh_token").is_some());
+    assert_eq!(text(&secret, "token_type").as_deref(), Some("Bearer"));
+    let code_events: Vec<_> = s.server.token_events().await.into_iter().filter(|e| e.grant_type.as_deref() == Some("authorization_code")).collect();
+    assert_eq!(code_events.len(), 1);
+    assert_eq!(code_events[0].pkce, Some(true));
+
+    // Replaying the callback (same state, same code) is refused and writes nothing.
+    let rv = s.secrets().get(secret_name).await.unwrap().resource_version();
+    let replay = http().get(&cb).send().await.unwrap();
+    assert_eq!(replay.status(), 410);
+    let generation = |s: &Secret| s.annotations().get("latchkey.dev/credential-generation").cloned();
+    let after = s.secrets().get(secret_name).await.unwrap();
+    assert_eq!(generation(&after).as_deref(), Some("1"));
+    let _ = rv;
+
+    // 3-second tokens: refreshed before expiry, repeatedly, each refresh token used once.
+    let old_refresh = text(&after, "refresh_token").unwrap();
+    let probe = http();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let sec = s.secrets().get(secret_name).await.unwrap();
+        let token = text(&sec, "access_token").unwrap();
+        let r = probe.get(s.server.resource_url()).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status(), 200, "the stored access token works at every moment");
+    }
+    let refreshes = s.server.refresh_events().await;
+    assert!(refreshes.len() >= 3, "expected at least 3 refreshes in 7 s of 3 s tokens, got {}", refreshes.len());
+    for e in &refreshes {
+        assert_eq!(e.outcome, "ok", "{e:?}");
+        let rt = e.refresh_token.as_ref().unwrap();
+        assert_eq!(rt.prior_uses, 0, "each refresh token is used once");
+        assert!(!rt.expired);
+    }
+    let resource_expired = s.server.events().await.into_iter().filter(|e| e.endpoint == "resource").any(|e| e.access_token.as_ref().is_some_and(|t| t.expired));
+    assert!(!resource_expired, "no expired token was ever served");
+    let ua = s.activations().get("acme").await.unwrap();
+    let st = ua.status.unwrap();
+    assert!(st.last_refresh_time.is_some());
+    assert_eq!(st.credential_generation, 1, "a refresh is not a credential change");
+
+    // A reused refresh token kills the grant at the provider: NeedsReauthorization and a new link.
+    let reuse = http().post(s.server.token_url()).basic_auth("app", Some("app-secret")).form(&[("grant_type", "refresh_token"), ("refresh_token", old_refresh.as_str())]).send().await.unwrap();
+    assert_eq!(reuse.status(), 400);
+    let ua = phase(&s, "acme", "NeedsReauthorization", Duration::from_secs(20)).await;
+    let new_link = ua.status.unwrap().connect_url.expect("a fresh connect link");
+    assert_ne!(new_link, url);
+    let events = s.server.refresh_events().await;
+    let invalid = events.iter().filter(|e| e.error.as_deref() == Some("invalid_grant")).count();
+    assert!(invalid <= 2, "the operator stops after invalid_grant ({invalid} refused refreshes including the test's own)");
+
+    // The user connects again; deleting the activation revokes the grant.
+    connect(&s, "acme").await;
+    let ua = phase(&s, "acme", "Active", Duration::from_secs(30)).await;
+    assert!(ua.finalizers().iter().any(|f| f == "latchkey.dev/cleanup"));
+    assert_eq!(ua.status.unwrap().credential_generation, 2);
+    s.activations().delete("acme", &DeleteParams::default()).await.unwrap();
+    wait_for_value("the activation to be gone", Duration::from_secs(20), || async {
+        match s.activations().get_opt("acme").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|o| o.map(|u| u.finalizers().to_vec())))),
+        }
+    })
+    .await;
+    let revocations = s.server.revocations().await;
+    assert_eq!(revocations.len(), 1, "{revocations:?}");
+    assert_eq!(revocations[0].status, 200);
+    s.op.assert_no_leaks("acme", &[&old_refresh, "app-secret"]);
+}
+
+#[tokio::test]
+async fn client_credentials_are_fetched_and_refetched_without_a_user() {
+    let s = setup("oauth-cc", |mut c| {
+        c.client_credentials_ttl = Some(4);
+        c.clients.push(OAuthClient::confidential("tenant-client", "tenant-secret").grant_types(&["client_credentials"]));
+        c
+    })
+    .await;
+    create_connection(&s, "ClientCredentials", json!({})).await;
+    let src: Secret = serde_json::from_value(json!({"metadata": {"name": "acme-client"}, "stringData": {"client_id": "tenant-client", "client_secret": "tenant-secret"}})).unwrap();
+    s.secrets().create(&PostParams::default(), &src).await.unwrap();
+    create_activation(&s, "acme", Some("acme-client")).await;
+    phase(&s, "acme", "Active", Duration::from_secs(30)).await;
+    let secret = wait_for_value("an access token in the owned Secret", Duration::from_secs(15), || async {
+        let sec = s.secrets().get("acme-sync-credentials").await.map_err(|e| e.to_string())?;
+        if text(&sec, "access_token").is_some() { Ok(sec) } else { Err("no access_token yet".to_string()) }
+    })
+    .await;
+    let first = text(&secret, "access_token").unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let cc: Vec<_> = s.server.token_events().await.into_iter().filter(|e| e.grant_type.as_deref() == Some("client_credentials") && e.outcome == "ok").collect();
+    assert!(cc.len() >= 2, "re-fetched before expiry: {} fetches", cc.len());
+    let now = text(&s.secrets().get("acme-sync-credentials").await.unwrap(), "access_token").unwrap();
+    assert_ne!(fingerprint(&first), fingerprint(&now));
+    let r = http().get(s.server.resource_url()).bearer_auth(&now).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_failing_provider_is_retried_with_backoff_then_recovers() {
+    let s = setup("oauth-backoff", |c| c.access_ttl(30)).await;
+    create_connection(&s, "AuthorizationCode", json!({"refreshBefore": "28s"})).await;
+    create_activation(&s, "acme", None).await;
+    // refreshBefore 28s with 30 s tokens: margin = min(28 s, 15 s) = 15 s, so the first refresh is due ~15 s in.
+    s.server.inject_fault(Fault::token(500, 1000).grant_type("refresh_token")).await;
+    connect(&s, "acme").await;
+    phase(&s, "acme", "Active", Duration::from_secs(30)).await;
+    let window = Duration::from_secs(30);
+    tokio::time::sleep(window).await;
+    let tried = s.server.refresh_events().await.len();
+    // Backoff 1, 2, 4, 8, 16 s from the first due refresh (~14-15 s in): at most 5 attempts in the remaining
+    // ~16 s; allow 7 for timing. A tight loop would make hundreds.
+    assert!((1..=7).contains(&tried), "{tried} refresh attempts in {window:?}");
+    let ua = s.activations().get("acme").await.unwrap();
+    let st = ua.status.unwrap();
+    assert!(st.consecutive_failures >= 1, "{st:?}");
+    s.server.clear_faults().await;
+    wait_for_value("a successful refresh after the provider recovered", Duration::from_secs(40), || async {
+        let ok = s.server.refresh_events().await.into_iter().any(|e| e.outcome == "ok");
+        let ua = s.activations().get("acme").await.map_err(|e| e.to_string())?;
+        let failures = ua.status.map(|s| s.consecutive_failures).unwrap_or(99);
+        if ok && failures == 0 { Ok(()) } else { Err(format!("ok={ok} failures={failures}")) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_provider_without_expires_in_still_refreshes() {
+    let s = setup("oauth-noexp", |mut c| {
+        c.omit_expires_in = true;
+        c
+    })
+    .await;
+    create_connection(&s, "AuthorizationCode", json!({"defaultTokenLifetime": "4s"})).await;
+    create_activation(&s, "acme", None).await;
+    connect(&s, "acme").await;
+    let ua = phase(&s, "acme", "Active", Duration::from_secs(30)).await;
+    let st = ua.status.unwrap();
+    let lifetime = st.expires_at.unwrap() - chrono::Utc::now();
+    assert!(lifetime <= chrono::Duration::seconds(4), "the default lifetime applies: {lifetime}");
+    wait_for_value("two refreshes", Duration::from_secs(15), || async {
+        let n = s.server.refresh_events().await.iter().filter(|e| e.outcome == "ok").count();
+        if n >= 2 { Ok(n) } else { Err(format!("{n} refreshes")) }
+    })
+    .await;
+    let _ = BTreeMap::<String, String>::new();
+}
