@@ -166,6 +166,16 @@ async fn tokens(
     if status.phase == Some(Phase::NeedsReauthorization) && status.credential_generation == generation {
         return Ok(dead_grant(status));
     }
+    // Backing off after a failed refresh: a watch event (our own status write among them) does not retry early.
+    if status.consecutive_failures > 0 {
+        if let Some(next) = status.next_refresh_time.filter(|t| *t > now) {
+            *requeue = min(*requeue, until(next, now));
+            return Ok(match timing(owned, generation).map(|(e, _)| e).or(status.expires_at) {
+                Some(e) if e > now => stored,
+                _ => Creds::Unusable { reason: reasons::TOKEN_EXPIRED, message: format!("the access token expired; refreshing is retried with backoff ({} failures so far)", status.consecutive_failures), rejected: false },
+            });
+        }
+    }
     // Not due by the store's metadata: nothing to read.
     if let Some((expires_at, refresh_at)) = timing(owned, generation) {
         if refresh_at > now {
@@ -307,8 +317,7 @@ fn failure(ctx: &Context, ua: &UserActivation, status: &mut UserActivationStatus
     let delay = backoff_for(status.consecutive_failures);
     warn!(activation = %ua.name_any(), namespace = %ua.namespace().unwrap_or_default(), failures = status.consecutive_failures, retry_in = ?delay, error = %message, "token refresh failed");
     *requeue = min(*requeue, delay);
-    let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
-    status.next_refresh_time = Some(DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at));
+    status.next_refresh_time = Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
     match t.expires_at {
         Some(e) if e > now => {
             status.expires_at = Some(e);
