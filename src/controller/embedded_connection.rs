@@ -16,7 +16,7 @@ pub async fn reconcile(ec: Arc<EmbeddedConnection>, ctx: Arc<Context>) -> Result
     let ns = ec.namespace().ok_or(Error::NoNamespace)?;
     let name = ec.name_any();
     let (mut active, mut total) = (0, 0);
-    for ua in ctx.stores.activations.state() {
+    for ua in ctx.stores.relations.activations_of_connection(&ec).iter().filter_map(|r| ctx.stores.activations.get(r)) {
         if ua.spec.connection_ref.name == name && ua.connection_namespace().as_deref() == Some(ns.as_str()) {
             total += 1;
             if ua.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, types::READY)) {

@@ -59,6 +59,8 @@ pub struct Stores {
     pub source_secrets: Store<PartialObjectMeta<Secret>>,
     /// Jobs the operator created, without their spec.
     pub jobs: Store<Job>,
+    /// Indexes from referenced objects to referrers (and Jobs by activation), so a reconcile never scans a store.
+    pub relations: Arc<Relations>,
 }
 
 /// Errors of a reconcile: each names the step that failed. Transient ones are retried with backoff.
@@ -240,7 +242,7 @@ pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores,
         })
     };
     let jobs = {
-        let t = triggers.clone();
+        let (t, r) = (triggers.clone(), relations.clone());
         reflect(
             "Job",
             full_watches::<Job>(client, namespaces, &managed),
@@ -248,10 +250,13 @@ pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores,
                 prune_meta(job);
                 job.spec = None;
             },
-            move |j, _| t.owner_of(&j.metadata),
+            move |j, change| {
+                r.job_changed(&j.metadata, change);
+                t.owner_of(&j.metadata)
+            },
         )
     };
-    let stores = Stores { connectors, connections, activations, namespaces: namespaces_store, owned_secrets, source_secrets, jobs };
+    let stores = Stores { connectors, connections, activations, namespaces: namespaces_store, owned_secrets, source_secrets, jobs, relations };
     (stores, receivers)
 }
 

@@ -23,18 +23,28 @@ struct Index {
     by_connection: HashMap<Key, HashSet<ObjectRef<UserActivation>>>,
     by_secret: HashMap<Key, HashSet<ObjectRef<UserActivation>>>,
     by_namespace: HashMap<String, HashSet<ObjectRef<UserActivation>>>,
+    /// (connection namespace, connection name, user id) → activations: for the DuplicateUser check.
+    by_user: HashMap<(String, String, String), HashSet<ObjectRef<UserActivation>>>,
     /// What each activation was indexed under, to unindex it.
-    entries: HashMap<ObjectRef<UserActivation>, (Key, Option<Key>)>,
+    entries: HashMap<ObjectRef<UserActivation>, (Key, Option<Key>, (String, String, String))>,
+    /// (namespace, activation uid) → names of its Jobs.
+    jobs: HashMap<Key, HashSet<String>>,
 }
 
 impl Relations {
     pub fn activation_changed(&self, ua: &UserActivation, change: Change) {
         let r = ObjectRef::from_obj(ua);
         let Ok(mut idx) = self.inner.write() else { return };
-        if let Some((conn, secret)) = idx.entries.remove(&r) {
+        if let Some((conn, secret, user)) = idx.entries.remove(&r) {
             remove(&mut idx.by_connection, &conn, &r);
             if let Some(s) = secret {
                 remove(&mut idx.by_secret, &s, &r);
+            }
+            if let Some(set) = idx.by_user.get_mut(&user) {
+                set.remove(&r);
+                if set.is_empty() {
+                    idx.by_user.remove(&user);
+                }
             }
         }
         let ns = ua.namespace().unwrap_or_default();
@@ -51,7 +61,38 @@ impl Relations {
             idx.by_secret.entry(s.clone()).or_default().insert(r.clone());
         }
         idx.by_namespace.entry(ns).or_default().insert(r.clone());
-        idx.entries.insert(r, (conn, secret));
+        let user = (conn.0.clone(), conn.1.clone(), ua.spec.user.id.clone());
+        idx.by_user.entry(user.clone()).or_default().insert(r.clone());
+        idx.entries.insert(r, (conn, secret, user));
+    }
+
+    /// Activations of the same connection with the same user id (including `ua` itself).
+    pub fn activations_of_user(&self, ua: &UserActivation) -> Vec<ObjectRef<UserActivation>> {
+        let key = (ua.connection_namespace().unwrap_or_default(), ua.spec.connection_ref.name.clone(), ua.spec.user.id.clone());
+        self.inner.read().ok().and_then(|i| i.by_user.get(&key).map(|s| s.iter().cloned().collect())).unwrap_or_default()
+    }
+
+    /// Keeps the index of Jobs by owning activation (label `latchkey.dev/activation-uid`).
+    pub fn job_changed(&self, meta: &ObjectMeta, change: Change) {
+        let (Some(ns), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else { return };
+        let Some(uid) = meta.labels.as_ref().and_then(|l| l.get(crate::naming::ACTIVATION_UID_LABEL)).cloned() else { return };
+        let Ok(mut idx) = self.inner.write() else { return };
+        let key = (ns, uid);
+        if change == Change::Deleted {
+            if let Some(set) = idx.jobs.get_mut(&key) {
+                set.remove(&name);
+                if set.is_empty() {
+                    idx.jobs.remove(&key);
+                }
+            }
+        } else {
+            idx.jobs.entry(key).or_default().insert(name);
+        }
+    }
+
+    /// Names of the Jobs of the activation with `uid` in `ns`.
+    pub fn jobs_of(&self, ns: &str, uid: &str) -> Vec<String> {
+        self.inner.read().ok().and_then(|i| i.jobs.get(&(ns.to_string(), uid.to_string())).map(|s| s.iter().cloned().collect())).unwrap_or_default()
     }
 
     pub fn activations_of_connection(&self, ec: &EmbeddedConnection) -> Vec<ObjectRef<UserActivation>> {

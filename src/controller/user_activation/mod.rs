@@ -129,7 +129,7 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
 
     // Jobs.
     let uid = ua.uid().unwrap_or_default();
-    let own_jobs: Vec<Arc<Job>> = ctx.stores.jobs.state().into_iter().filter(|j| j.namespace().as_deref() == Some(ns.as_str()) && j.labels().get(naming::ACTIVATION_UID_LABEL) == Some(&uid)).collect();
+    let own_jobs: Vec<Arc<Job>> = ctx.stores.relations.jobs_of(&ns, &uid).iter().filter_map(|name| ctx.stores.jobs.get(&ObjectRef::new(name).within(&ns))).collect();
     if let Some(job_spec) = &adm.connection.spec.job {
         if ready && !ua.spec.suspend {
             match decide::plan_run(job_spec, status.credential_generation, status.run_generation, status.last_schedule_time, decide::any_active(&own_jobs), now) {
@@ -240,9 +240,10 @@ fn older_activation_of_same_user(ctx: &Context, ua: &UserActivation) -> Option<S
     let me = (ua.metadata.creation_timestamp.as_ref().map(|t| t.0), ua.namespace(), ua.name_any());
     let conn = (ua.connection_namespace(), &ua.spec.connection_ref.name);
     ctx.stores
-        .activations
-        .state()
+        .relations
+        .activations_of_user(ua)
         .into_iter()
+        .filter_map(|r| ctx.stores.activations.get(&r))
         .filter(|o| o.uid() != ua.uid() && o.spec.user.id == ua.spec.user.id && (o.connection_namespace(), &o.spec.connection_ref.name) == conn)
         .filter(|o| o.metadata.deletion_timestamp.is_none())
         .filter(|o| (o.metadata.creation_timestamp.as_ref().map(|t| t.0), o.namespace(), o.name_any()) < me)
