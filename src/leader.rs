@@ -7,6 +7,7 @@
 //! after the Lease's duration.
 use std::collections::HashSet;
 use std::hash::Hash;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
@@ -35,7 +36,9 @@ pub enum LeaderError {
 pub struct Leadership {
     identity: String,
     state: watch::Receiver<bool>,
-    task: JoinHandle<Result<LeaseManager, LeaseManagerError>>,
+    manager: Arc<LeaseManager>,
+    /// Competes for and renews the Lease, publishing the holding state to `state`.
+    task: JoinHandle<()>,
 }
 
 /// This replica's identity in the Lease: the pod's name, else the host's, with the process id (two processes on one
@@ -65,9 +68,30 @@ impl Leadership {
             .build()
             .await
             .map_err(err)?;
-        let (state, task) = manager.watch().await;
+        // Not the crate's `watch()`: its task releases the Lease only once every receiver is gone, and ours live in
+        // several tasks. Driving `changed()` here keeps the manager at hand for `release`.
+        let manager = Arc::new(manager);
+        let (tx, state) = watch::channel(false);
+        let task = {
+            let manager = manager.clone();
+            tokio::spawn(async move {
+                loop {
+                    match manager.changed().await {
+                        Ok(holding) => {
+                            if tx.send(holding).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "leader election: Lease request failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            })
+        };
         info!(lease = %format!("{namespace}/{name}"), %identity, duration_s = LEASE_DURATION.as_secs(), "joined the leader election");
-        Ok(Leadership { identity, state, task })
+        Ok(Leadership { identity, state, manager, task })
     }
 
     pub fn identity(&self) -> &str {
@@ -90,12 +114,12 @@ impl Leadership {
 
     /// Gives the Lease up (a graceful stop), so that another replica takes over without waiting for it to expire.
     pub async fn release(self) {
-        let Leadership { identity, state, task } = self;
-        drop(state); // closing the channel makes the manager's task release the Lease and end
-        match tokio::time::timeout(RELEASE_TIMEOUT, task).await {
-            Ok(Ok(Ok(_))) => info!(%identity, "released the Lease"),
-            Ok(Ok(Err(e))) => warn!(%identity, error = %e, "releasing the Lease failed; it expires on its own"),
-            Ok(Err(e)) => warn!(%identity, error = %e, "the Lease manager task failed"),
+        let Leadership { identity, manager, task, .. } = self;
+        task.abort();
+        let _ = task.await;
+        match tokio::time::timeout(RELEASE_TIMEOUT, manager.release()).await {
+            Ok(Ok(())) => info!(%identity, "released the Lease"),
+            Ok(Err(e)) => warn!(%identity, error = %e, "releasing the Lease failed; it expires on its own"),
             Err(_) => warn!(%identity, "releasing the Lease timed out; it expires on its own"),
         }
     }
