@@ -16,7 +16,8 @@
 #   operator.kubeconfig   token user latchkey-operator (system:masters): a separate name in the audit log
 #   unprivileged.kubeconfig, unprivileged-token   token user latchkey-test-user, no groups, no RBAC grants
 #   admin-token, operator-token   bearer tokens (admin token user is latchkey-admin, like the certificate)
-#   audit.log             one JSON line per create/update/patch/delete (level Metadata, stage ResponseComplete)
+#   audit.log             one JSON line per create/update/patch/delete (level Metadata, stage ResponseComplete);
+#                         $LATCHKEY_TESTENV_AUDIT_POLICY names another policy file (the benchmark's adds Secret GETs)
 #   ports                 shell variables ETCD_PORT, APISERVER_PORT, APISERVER_URL, ...
 #   pki/                  ca.crt, ca.key, apiserver.crt, admin.crt, sa.key, sa.pub, ...
 #   logs/*.log            one per component; pids: "name pid starttime" per process
@@ -275,7 +276,7 @@ SCHEDULER_PORT=$SCHEDULER_PORT
 EOF
   gen_pki || return 1
   mark pki
-  cp "$HERE/audit-policy.yaml" "$DIR/audit-policy.yaml"
+  cp "${LATCHKEY_TESTENV_AUDIT_POLICY:-$HERE/audit-policy.yaml}" "$DIR/audit-policy.yaml"
 
   local data=/dev/shm
   [ -d /dev/shm ] && [ -w /dev/shm ] || data=$DIR
