@@ -167,7 +167,8 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-kubectl apply --server-side --field-manager=latchkey-crds -f "$ROOT/crds/latchkey.dev_crds.yaml" >/dev/null
+# The same field manager as scripts/run.sh (make run), so the two never conflict.
+kubectl apply --server-side --force-conflicts --field-manager=latchkey-install -f "$ROOT/crds/latchkey.dev_crds.yaml" >/dev/null
 kubectl create namespace "$NS" >/dev/null
 # kwok runs the pods (no image is pulled), so --wait sees the Deployment become available: probes, Services,
 # PDB and RBAC are all accepted by a real 1.34 apiserver.
