@@ -39,6 +39,20 @@ pub struct RunInput<'a> {
     pub secret_name: &'a str,
     pub run_key: &'a str,
     pub base_url: &'a str,
+    /// The variables with the schema's defaults filled in.
+    pub variables: &'a BTreeMap<String, serde_json::Value>,
+    /// The same user's other connections that the Job needs.
+    pub extra: &'a [ExtraConnection],
+}
+
+/// Another connection of the same user, as a Job gets it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtraConnection {
+    /// `SALESFORCE`: env `LATCHKEY_SALESFORCE_*`, folder `/var/run/latchkey/salesforce/`.
+    pub as_: String,
+    pub secret_name: String,
+    pub kind: AuthKind,
+    pub base_url: String,
 }
 
 /// Parses and checks the template.
@@ -140,7 +154,7 @@ pub fn build(input: &RunInput<'_>, mut template: PodTemplateSpec) -> Job {
     let ua = input.ua;
     let labels = naming::activation_labels(ua, "job");
     let usable = credentials::job_keys(input.kind);
-    let variables_json = serde_json::to_string(&ua.spec.variables).unwrap_or_else(|_| "{}".into());
+    let variables_json = serde_json::to_string(input.variables).unwrap_or_else(|_| "{}".into());
 
     let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
     meta.labels.get_or_insert_with(BTreeMap::new).extend(labels.clone());
@@ -152,7 +166,7 @@ pub fn build(input: &RunInput<'_>, mut template: PodTemplateSpec) -> Job {
     if pod.automount_service_account_token.is_none() {
         pod.automount_service_account_token = Some(false);
     }
-    let volumes = pod.volumes.get_or_insert_with(Vec::new);
+    let mut volumes = pod.volumes.take().unwrap_or_default();
     volumes.push(Volume {
         name: CREDENTIALS_VOLUME.into(),
         secret: Some(SecretVolumeSource {
@@ -195,11 +209,40 @@ pub fn build(input: &RunInput<'_>, mut template: PodTemplateSpec) -> Job {
             }),
         });
     }
-    env.extend(variable_env(&ua.spec.variables));
-    let mounts = [
+    env.extend(variable_env(input.variables));
+    let mut mounts = vec![
         VolumeMount { name: CREDENTIALS_VOLUME.into(), mount_path: CREDENTIALS_DIR.into(), read_only: Some(true), ..Default::default() },
         VolumeMount { name: VARIABLES_VOLUME.into(), mount_path: VARIABLES_DIR.into(), read_only: Some(true), ..Default::default() },
     ];
+    for x in input.extra {
+        let lower = x.as_.to_ascii_lowercase().replace('_', "-");
+        let volume = format!("latchkey-{lower}");
+        let keys = credentials::job_keys(x.kind);
+        volumes.push(Volume {
+            name: volume.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(x.secret_name.clone()),
+                items: Some(keys.iter().map(|(k, _)| KeyToPath { key: (*k).into(), path: (*k).into(), mode: None }).collect()),
+                default_mode: Some(0o440),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount { name: volume, mount_path: format!("/var/run/latchkey/{lower}"), read_only: Some(true), ..Default::default() });
+        env.push(EnvVar { name: format!("LATCHKEY_{}_BASE_URL", x.as_), value: Some(x.base_url.clone()), value_from: None });
+        for (key, var) in &keys {
+            let optional = !matches!(*key, credentials::keys::API_KEY | credentials::keys::ACCESS_TOKEN | credentials::keys::USERNAME | credentials::keys::PASSWORD);
+            env.push(EnvVar {
+                name: var.replacen("LATCHKEY_", &format!("LATCHKEY_{}_", x.as_), 1),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector { name: x.secret_name.clone(), key: (*key).into(), optional: Some(optional) }),
+                    ..Default::default()
+                }),
+            });
+        }
+    }
+    pod.volumes = Some(volumes);
     for c in pod.containers.iter_mut().chain(pod.init_containers.iter_mut().flatten()) {
         let e = c.env.get_or_insert_with(Vec::new);
         e.retain(|v| !v.name.starts_with("LATCHKEY_"));
@@ -275,7 +318,16 @@ mod tests {
     fn job_gets_only_usable_keys_of_its_own_secret() {
         let ua = ua();
         let js = spec(basic_template());
-        let input = RunInput { ua: &ua, job: &js, kind: AuthKind::OAuth2AuthorizationCode, secret_name: "acme-sync-credentials", run_key: "cred-1", base_url: "https://api.example.com" };
+        let extra = vec![ExtraConnection { as_: "SALESFORCE".into(), secret_name: "acme-sf-credentials".into(), kind: AuthKind::OAuth2AuthorizationCode, base_url: "https://acme.my.salesforce.com".into() }];
+        let input = RunInput { ua: &ua, job: &js, kind: AuthKind::OAuth2AuthorizationCode, secret_name: "acme-sync-credentials", run_key: "cred-1", base_url: "https://api.example.com", variables: &ua.spec.variables, extra: &[] };
+        let with_extra = build(&RunInput { extra: &extra, ..input }, template(&js).unwrap());
+        let pod2 = with_extra.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let env2: Vec<_> = pod2.containers[0].env.iter().flatten().map(|e| e.name.clone()).collect();
+        assert!(env2.contains(&"LATCHKEY_SALESFORCE_ACCESS_TOKEN".to_string()) && env2.contains(&"LATCHKEY_SALESFORCE_BASE_URL".to_string()), "{env2:?}");
+        let sf = pod2.volumes.as_ref().unwrap().iter().find(|v| v.name == "latchkey-salesforce").unwrap();
+        assert!(!sf.secret.as_ref().unwrap().items.as_ref().unwrap().iter().any(|i| i.key == "refresh_token"));
+        assert!(pod2.containers[0].volume_mounts.as_ref().unwrap().iter().any(|m| m.mount_path == "/var/run/latchkey/salesforce"));
+        let input = RunInput { ua: &ua, job: &js, kind: AuthKind::OAuth2AuthorizationCode, secret_name: "acme-sync-credentials", run_key: "cred-1", base_url: "https://api.example.com", variables: &ua.spec.variables, extra: &[] };
         let job = build(&input, template(&js).unwrap());
         let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let secret_vol = pod.volumes.as_ref().unwrap().iter().find_map(|v| v.secret.as_ref()).unwrap();

@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod naming;
 pub mod run;
 pub mod telemetry;
+pub mod variables;

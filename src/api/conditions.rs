@@ -33,6 +33,7 @@ pub mod types {
     pub const READY: &str = "Ready";
     pub const CREDENTIALS_VALID: &str = "CredentialsValid";
     pub const LAST_RUN_SUCCEEDED: &str = "LastRunSucceeded";
+    pub const CONNECTIONS_READY: &str = "ConnectionsReady";
 }
 
 /// Reasons, named so that a person knows what to fix.
@@ -64,6 +65,8 @@ pub mod reasons {
     pub const INVALID_GRANT: &str = "InvalidGrant";
     pub const TOKEN_EXPIRED: &str = "TokenExpired";
     pub const PROVIDER_UNAVAILABLE: &str = "ProviderUnavailable";
+    pub const INVALID_VARIABLES: &str = "InvalidVariables";
+    pub const WAITING_FOR_CONNECTIONS: &str = "WaitingForConnections";
     pub const UNSUPPORTED_AUTH_METHOD: &str = "UnsupportedAuthMethod";
 }
 

@@ -46,6 +46,11 @@ pub struct EmbeddedConnectionSpec {
     /// revocation) or `Retain` (kept, not revoked).
     #[serde(default)]
     pub secret_deletion_policy: SecretDeletionPolicy,
+    /// A JSON Schema for each activation's `spec.variables`: violations show as `Ready=False,
+    /// reason=InvalidVariables`; top-level `default`s fill missing values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::preserve_object_opt")]
+    pub variables_schema: Option<serde_json::Value>,
     /// The per-tenant integration Job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobSpec>,
@@ -91,6 +96,12 @@ pub struct JobSpec {
     /// concurrently.
     #[serde(default)]
     pub concurrency_policy: ConcurrencyPolicy,
+    /// Further connections the Job needs from the same user (same namespace, same `user.id`): it runs only when
+    /// the user has an active activation of each, and gets their credentials under `LATCHKEY_<AS>_*` and
+    /// `/var/run/latchkey/<as>/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub connections: Vec<JobConnection>,
     /// Finished successful Jobs kept per user. Default 3.
     #[serde(default = "default_history")]
     #[schemars(range(min = 0, max = 100))]
@@ -106,6 +117,26 @@ fn default_true() -> bool {
 }
 fn default_history() -> i32 {
     3
+}
+
+/// Another connection a Job needs, and the prefix its credentials get.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobConnection {
+    /// The EmbeddedConnection; `namespace` defaults to this connection's.
+    pub connection_ref: JobConnectionRef,
+    /// Prefix of its env vars (`LATCHKEY_<AS>_ACCESS_TOKEN`) and folder (`/var/run/latchkey/<as>/`).
+    #[serde(rename = "as")]
+    #[schemars(regex(pattern = r"^[A-Z][A-Z0-9_]{0,30}$"))]
+    pub as_: String,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct JobConnectionRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

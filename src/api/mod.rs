@@ -43,6 +43,11 @@ pub(crate) fn preserve_object(_: &mut schemars::SchemaGenerator) -> schemars::Sc
     schemars::json_schema!({ "type": "object", "x-kubernetes-preserve-unknown-fields": true })
 }
 
+/// Schema for an optional free-form JSON object.
+pub(crate) fn preserve_object_opt(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    preserve_object(g)
+}
+
 /// Schema for a map of free-form JSON values.
 pub(crate) fn preserve_value_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({

@@ -22,7 +22,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 #[allow(deprecated)]
 use kube::runtime::metadata_watcher;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -186,6 +186,12 @@ pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores,
         reflect("UserActivation", full_watches::<UserActivation>(client, namespaces, &any), prune_meta, move |ua, change| {
             r.activation_changed(ua, change);
             t.activation_changed(ua);
+            // The same user's other activations may run Jobs that need this one.
+            for other in r.activations_of_tenant_user(&ua.namespace().unwrap_or_default(), &ua.spec.user.id) {
+                if other.name != ua.name_any() {
+                    t.activation(other);
+                }
+            }
         })
     };
     let connections = {

@@ -25,6 +25,8 @@ struct Index {
     by_namespace: HashMap<String, HashSet<ObjectRef<UserActivation>>>,
     /// (connection namespace, connection name, user id) → activations: for the DuplicateUser check.
     by_user: HashMap<(String, String, String), HashSet<ObjectRef<UserActivation>>>,
+    /// (namespace, user id) → activations: a user's other connections, for Jobs that need several.
+    by_tenant_user: HashMap<Key, HashSet<ObjectRef<UserActivation>>>,
     /// What each activation was indexed under, to unindex it.
     entries: HashMap<ObjectRef<UserActivation>, (Key, Option<Key>, (String, String, String))>,
     /// (namespace, activation uid) → names of its Jobs.
@@ -46,6 +48,8 @@ impl Relations {
                     idx.by_user.remove(&user);
                 }
             }
+            let tu = (r.namespace.clone().unwrap_or_default(), user.2.clone());
+            remove(&mut idx.by_tenant_user, &tu, &r);
         }
         let ns = ua.namespace().unwrap_or_default();
         if change == Change::Deleted {
@@ -63,7 +67,13 @@ impl Relations {
         idx.by_namespace.entry(ns).or_default().insert(r.clone());
         let user = (conn.0.clone(), conn.1.clone(), ua.spec.user.id.clone());
         idx.by_user.entry(user.clone()).or_default().insert(r.clone());
+        idx.by_tenant_user.entry((ns_of(&r), user.2.clone())).or_default().insert(r.clone());
         idx.entries.insert(r, (conn, secret, user));
+    }
+
+    /// The activations of one user (by `user.id`) in one namespace.
+    pub fn activations_of_tenant_user(&self, ns: &str, user_id: &str) -> Vec<ObjectRef<UserActivation>> {
+        self.get(|i| i.by_tenant_user.get(&(ns.to_string(), user_id.to_string())))
     }
 
     /// Activations of the same connection with the same user id (including `ua` itself).
@@ -110,6 +120,10 @@ impl Relations {
     fn get(&self, f: impl FnOnce(&Index) -> Option<&HashSet<ObjectRef<UserActivation>>>) -> Vec<ObjectRef<UserActivation>> {
         self.inner.read().ok().and_then(|i| f(&i).map(|s| s.iter().cloned().collect())).unwrap_or_default()
     }
+}
+
+fn ns_of(r: &ObjectRef<UserActivation>) -> String {
+    r.namespace.clone().unwrap_or_default()
 }
 
 fn remove(map: &mut HashMap<Key, HashSet<ObjectRef<UserActivation>>>, key: &Key, r: &ObjectRef<UserActivation>) {

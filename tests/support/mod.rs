@@ -14,6 +14,7 @@
 //! (`scripts/testenv/kwok-stages.yaml`).
 #![allow(dead_code)]
 
+pub mod fixtures;
 pub mod oauth_server;
 pub mod operator;
 
@@ -70,10 +71,63 @@ static SHARED: OnceCell<Result<BedInfo, String>> = OnceCell::const_new();
 /// The shared test bed: reuses a healthy one in the folder, otherwise starts it (and leaves it up).
 pub async fn bed() -> Bed {
     let info = SHARED.get_or_init(|| ensure_bed(default_dir(), true)).await;
-    match info {
+    let bed = match info {
         Ok(info) => Bed::from_info(info.clone()),
         Err(e) => panic!("{e}"),
-    }
+    };
+    CRDS.get_or_init(|| install_crds(bed.config())).await;
+    bed
+}
+
+static CRDS: OnceCell<()> = OnceCell::const_new();
+
+/// Server-side applies the CRDs of this build (what `latchkey crds` prints) once per test process, so that the
+/// bed always serves the schema the code under test expects, and waits until they are served.
+async fn install_crds(config: Config) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    // A client on a runtime of its own: this runs once, and the first test's runtime ends with that test.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+        rt.block_on(async move {
+            let client = Client::try_from(config).expect("a kube Client");
+            let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+            let mut changed = false;
+            for crd in latchkey::api::crds() {
+                let name = crd.metadata.name.clone().expect("a CRD has a name");
+                let before = api.get_opt(&name).await.ok().flatten().and_then(|c| c.metadata.resource_version);
+                let after = api
+                    .patch(&name, &PatchParams::apply("latchkey-tests").force(), &Patch::Apply(&crd))
+                    .await
+                    .unwrap_or_else(|e| panic!("installing CRD {name}: {e}"));
+                changed |= before != after.metadata.resource_version;
+            }
+            let start = Instant::now();
+            loop {
+                let served = futures_served(&client).await;
+                if served {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(30), "the Latchkey CRDs were not served within 30 s");
+                tokio::time::sleep(POLL).await;
+            }
+            if changed {
+                // A changed schema takes effect in the apiserver's handlers shortly after the update.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+    })
+    .join()
+    .expect("installing the CRDs");
+}
+
+async fn futures_served(client: &Client) -> bool {
+    use kube::api::ListParams;
+    use latchkey::api::{Connector, EmbeddedConnection, UserActivation};
+    let lp = ListParams::default().limit(1);
+    Api::<Connector>::all(client.clone()).list(&lp).await.is_ok()
+        && Api::<EmbeddedConnection>::all(client.clone()).list(&lp).await.is_ok()
+        && Api::<UserActivation>::all(client.clone()).list(&lp).await.is_ok()
 }
 
 /// A bed of its own in `dir` (other ports, other etcd), for tests that stop or restart parts of it. Stop it

@@ -127,6 +127,18 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
     };
     status.phase = Some(decide::phase(ready, ua.spec.suspend, awaiting, oauth::needs_reauth(&creds)));
 
+    // Variables, with the schema's defaults.
+    let variables = match crate::variables::effective(adm.connection.spec.variables_schema.as_ref(), &ua.spec.variables) {
+        Ok(v) => Some(v),
+        Err(message) => {
+            desired.retain(|c| c.type_ != types::READY);
+            desired.push(Condition::new(types::READY, FALSE, reasons::INVALID_VARIABLES, message, generation, now));
+            status.phase = Some(Phase::Failing);
+            None
+        }
+    };
+    let ready = ready && variables.is_some();
+
     // Jobs.
     let uid = ua.uid().unwrap_or_default();
     let own_jobs: Vec<Arc<Job>> = ctx.stores.relations.jobs_of(&ns, &uid).iter().filter_map(|name| ctx.stores.jobs.get(&ObjectRef::new(name).within(&ns))).collect();
@@ -139,8 +151,21 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
                     if let Some(next) = plan.next_tick {
                         requeue = min_requeue(requeue, until(next, now));
                     }
-                    if let Some(run) = plan.run {
-                        match start_run(&ctx, &ua, &adm, kind, &secret_name, &run).await? {
+                    let extra = match extra_connections(&ctx, &ua, job_spec, &conn_ns) {
+                        Ok(x) => {
+                            if !job_spec.connections.is_empty() {
+                                desired.push(Condition::new(types::CONNECTIONS_READY, TRUE, reasons::READY, "the user has activated every connection the job needs", generation, now));
+                            }
+                            Some(x)
+                        }
+                        Err(missing) => {
+                            desired.push(Condition::new(types::CONNECTIONS_READY, FALSE, reasons::WAITING_FOR_CONNECTIONS, format!("the job also needs this user's active activation of {missing}"), generation, now));
+                            None
+                        }
+                    };
+                    if let (Some(run), Some(extra)) = (plan.run.filter(|_| extra.is_some()), &extra) {
+                        let vars = variables.clone().unwrap_or_default();
+                        match start_run(&ctx, &ua, &adm, kind, &secret_name, &run, &vars, extra).await? {
                             Ok(()) => {
                                 if let Run::Credentials(g) = run {
                                     status.run_generation = g;
@@ -403,7 +428,44 @@ pub async fn write_secret(ctx: &Context, ua: &UserActivation, name: &str, data: 
 }
 
 /// Creates the Job of a run, after checking the template. `Ok(Err(message))` when the template cannot run here.
-async fn start_run(ctx: &Context, ua: &UserActivation, adm: &Admitted<'_>, kind: AuthKind, secret_name: &str, run: &Run) -> Result<Result<(), String>> {
+/// The same user's active activations of the other connections the job needs; `Err` names the missing ones.
+fn extra_connections(ctx: &Context, ua: &UserActivation, spec: &crate::api::embedded_connection::JobSpec, conn_ns: &str) -> Result<Vec<jobs::ExtraConnection>, String> {
+    let ns = ua.namespace().unwrap_or_default();
+    let mine = ctx.stores.relations.activations_of_tenant_user(&ns, &ua.spec.user.id);
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    for need in &spec.connections {
+        let need_ns = need.connection_ref.namespace.clone().unwrap_or_else(|| conn_ns.to_string());
+        let found = mine.iter().filter_map(|r| ctx.stores.activations.get(r)).find(|o| {
+            o.spec.connection_ref.name == need.connection_ref.name
+                && o.connection_namespace().as_deref() == Some(need_ns.as_str())
+                && o.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, types::READY) && s.secret_name.is_some())
+        });
+        let resolved = found.and_then(|o| {
+            let ec = ctx.stores.connections.get(&ObjectRef::new(&need.connection_ref.name).within(&need_ns))?;
+            let connector = ctx.stores.connectors.get(&ObjectRef::new(&ec.spec.connector_ref.name).within(&need_ns))?;
+            let method = connector.auth_method(&ec.spec.auth_method)?;
+            Some(jobs::ExtraConnection { as_: need.as_.clone(), secret_name: o.status.as_ref()?.secret_name.clone()?, kind: method.kind(), base_url: connector.spec.base_url.clone() })
+        });
+        match resolved {
+            Some(x) => out.push(x),
+            None => missing.push(format!("{need_ns}/{}", need.connection_ref.name)),
+        }
+    }
+    if missing.is_empty() { Ok(out) } else { Err(missing.join(", ")) }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_run(
+    ctx: &Context,
+    ua: &UserActivation,
+    adm: &Admitted<'_>,
+    kind: AuthKind,
+    secret_name: &str,
+    run: &Run,
+    variables: &BTreeMap<String, serde_json::Value>,
+    extra: &[jobs::ExtraConnection],
+) -> Result<Result<(), String>> {
     let Some(spec) = &adm.connection.spec.job else { return Ok(Ok(())) };
     let ns = ua.namespace().unwrap_or_default();
     let template = match jobs::template(spec) {
@@ -428,7 +490,7 @@ async fn start_run(ctx: &Context, ua: &UserActivation, adm: &Admitted<'_>, kind:
         return Ok(Err(format!("the job template names {} that do(es) not exist in namespace {ns}", missing.join(", "))));
     }
     let key = run.key();
-    let input = jobs::RunInput { ua, job: spec, kind, secret_name, run_key: &key, base_url: &adm.connector.spec.base_url };
+    let input = jobs::RunInput { ua, job: spec, kind, secret_name, run_key: &key, base_url: &adm.connector.spec.base_url, variables, extra };
     let job = jobs::build(&input, template);
     let name = job.name_any();
     match Api::<Job>::namespaced(ctx.client.clone(), &ns).create(&PostParams { field_manager: Some(naming::FIELD_MANAGER.into()), ..Default::default() }, &job).await {
