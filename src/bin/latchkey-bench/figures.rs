@@ -230,14 +230,6 @@ pub async fn startup(o: &Opts, res: &mut Results) -> Result<()> {
     Ok(())
 }
 
-pub async fn refresh(_o: &Opts, res: &mut Results) -> Result<()> {
-    let note = "not measured yet: the refresh figure (1,000 OAuth activations, 60 s tokens, 10 min) needs a driver that obtains the grants through the test OAuth server; see BENCHMARKS.md";
-    for k in ["expired_tokens_served", "refresh_lag_p99_seconds", "token_calls_per_refresh", "writes_per_activation_oauth"] {
-        res.missing(k, note);
-    }
-    Ok(())
-}
-
 /// The table: key, value, spread, target.
 pub fn table(v: &Value) -> String {
     let rows: &[(&str, &str)] = &[

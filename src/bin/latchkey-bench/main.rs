@@ -12,6 +12,7 @@ mod eso;
 mod figures;
 mod load;
 mod process;
+mod refresh;
 mod results;
 
 use std::path::PathBuf;
@@ -116,7 +117,7 @@ async fn main() {
             "startup" => figures::startup(&opts, &mut res).await,
             "eso" => eso::figure(&opts, &mut res).await,
             "connect" => connect::figure(&opts, &mut res).await,
-            "refresh" => figures::refresh(&opts, &mut res).await,
+            "refresh" => refresh::figure(&opts, &mut res).await,
             other => Err(format!("unknown figure {other}").into()),
         };
         res.save();
