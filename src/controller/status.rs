@@ -13,15 +13,29 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq,
 {
+    apply_status_checked(api, obj, current, status, false).await
+}
+
+/// Like [`apply_status`]; with `precondition`, the write carries the read `resourceVersion` and fails with a
+/// conflict (retried) when the object changed meanwhile — for fields another writer also changes (the connect
+/// server rotates the link's nonce).
+pub async fn apply_status_checked<K, S>(api: &Api<K>, obj: &K, current: Option<&S>, status: &S, precondition: bool) -> Result<bool>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
     if current == Some(status) {
         return Ok(false);
     }
     let name = obj.meta().name.clone().unwrap_or_default();
-    let patch = serde_json::json!({
+    let mut patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
     });
+    if precondition {
+        patch["metadata"] = serde_json::json!({ "name": name, "resourceVersion": obj.meta().resource_version });
+    }
     api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map_err(Error::kube("writing status"))?;

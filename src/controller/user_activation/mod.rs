@@ -21,7 +21,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info};
 
-use super::{Context, Error, Result, status::apply_status};
+use super::{Context, Error, Result, status::apply_status_checked};
 use crate::api::conditions::{self, Condition, FALSE, TRUE, UNKNOWN, reasons, types};
 use crate::api::connector::AuthKind;
 use crate::api::embedded_connection::SecretDeletionPolicy;
@@ -239,7 +239,9 @@ fn min_requeue(a: Option<Duration>, b: Duration) -> Option<Duration> {
 async fn finish_keeping_failures(ua: &UserActivation, ctx: &Context, prev: UserActivationStatus, mut status: UserActivationStatus, desired: Vec<Condition>, requeue: Option<Duration>) -> Result<Action> {
     status.conditions = conditions::merge(&prev.conditions, desired);
     let api: Api<UserActivation> = Api::namespaced(ctx.client.clone(), &ua.namespace().unwrap_or_default());
-    let wrote = apply_status(&api, ua, ua.status.as_ref(), &status).await?;
+    // A change of the connect link races with the connect server's nonce rotation: write it only over what was read.
+    let link_changed = prev.connect_nonce != status.connect_nonce || prev.connect_url != status.connect_url;
+    let wrote = apply_status_checked(&api, ua, ua.status.as_ref(), &status, link_changed).await?;
     if wrote && prev.phase != status.phase {
         let ready = conditions::find(&status.conditions, types::READY);
         let (reason, note) = ready.map(|c| (c.reason.clone(), c.message.clone())).unwrap_or_default();
