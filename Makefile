@@ -5,7 +5,7 @@ TESTENV_DIR ?= $(CURDIR)/.testenv
 CACHE ?= $(HOME)/.cache/latchkey
 export PATH := $(CACHE)/bin:$(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: run test testenv-build testenv testenv-down crds build lint
+.PHONY: run test testenv-build testenv testenv-down crds build lint chart-check faults bench
 
 run: ## run the operator against the current cluster, or a local control plane it starts
 	@scripts/run.sh
@@ -32,3 +32,6 @@ testenv: testenv-build ## start etcd, kube-apiserver, controller-manager, schedu
 
 testenv-down: ## stop exactly what `make testenv` started and remove its state
 	@scripts/testenv/down.sh "$(TESTENV_DIR)"
+
+chart-check: testenv ## helm lint, kubeconform -strict (chart + examples), helm install into the bed
+	@KUBECONFIG="$(TESTENV_DIR)/kubeconfig" scripts/chart-check.sh
