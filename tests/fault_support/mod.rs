@@ -1,0 +1,337 @@
+//! Helpers of the fault, bad-input and isolation suites (`mod support; mod fault_support;` in each file):
+//! an API-key connection on a fake provider, activations, a leak scan with a positive control, and the figures
+//! each test leaves in `target/faults/parts/<test>.json` for `make faults` (scripts/faults.sh) to add up.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use latchkey::api::{Connector, EmbeddedConnection, UserActivation};
+use serde_json::{Value, json};
+
+/// How many of a thing a test makes: `$NAME` when set (make faults sets the long figures), else `default`.
+pub fn figure(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn faults_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/faults")
+}
+
+/// Leaves a test's figures for scripts/faults.sh: `target/faults/parts/<test>.json`.
+pub fn record(test: &str, figures: Value) {
+    let dir = faults_dir().join("parts");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(format!("{test}.json")), serde_json::to_string_pretty(&figures).unwrap_or_default());
+}
+
+/// Registers the secret values a test created and a marker that must appear in the logs, for the suite-wide
+/// scan of scripts/faults.sh (`target/faults/secrets/<test>.json`: test values only).
+pub fn register_secrets(test: &str, marker: &str, secrets: &[String]) {
+    let dir = faults_dir().join("secrets");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(format!("{test}.json")), json!({"marker": marker, "secrets": secrets}).to_string());
+}
+
+/// A provider's API: `GET /me` answers 200 to `Authorization: Bearer good-*`, 401 otherwise, 503 while down.
+pub struct Provider {
+    pub url: String,
+    pub requests: Arc<AtomicUsize>,
+    pub down: Arc<AtomicBool>,
+}
+
+pub async fn provider() -> Provider {
+    use axum::http::{HeaderMap, StatusCode};
+    let requests = Arc::new(AtomicUsize::new(0));
+    let down = Arc::new(AtomicBool::new(false));
+    let (r, d) = (requests.clone(), down.clone());
+    let app = axum::Router::new().route(
+        "/me",
+        axum::routing::get(move |h: HeaderMap| {
+            let (r, d) = (r.clone(), d.clone());
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                if d.load(Ordering::SeqCst) {
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
+                let ok = h.get("authorization").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("Bearer good-"));
+                if ok { StatusCode::OK } else { StatusCode::UNAUTHORIZED }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Provider { url, requests, down }
+}
+
+/// The tenant label a connection made by [`api_key_connection`] admits: `latchkey.dev/tenant-of=<its namespace>`.
+pub const TENANT_OF: &str = "latchkey.dev/tenant-of";
+
+/// Connector `acme-api` (API key, verified at `provider_url/me`) and EmbeddedConnection `acme-sync` in `ns`,
+/// admitting namespaces labelled `latchkey.dev/tenant-of=<ns>`, with a busybox Job when `job`.
+pub async fn api_key_connection(client: &Client, ns: &str, provider_url: &str, job: bool) {
+    let connector: Connector = serde_json::from_value(json!({
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector",
+        "metadata": {"name": "acme-api", "namespace": ns},
+        "spec": {
+            "displayName": "Acme API",
+            "baseUrl": provider_url,
+            "authMethods": [{"name": "token", "apiKey": {"in": "Header", "name": "Authorization", "prefix": "Bearer "}}],
+            "verification": {"path": "/me"}
+        }
+    }))
+    .unwrap();
+    Api::<Connector>::namespaced(client.clone(), ns).create(&PostParams::default(), &connector).await.unwrap();
+    let mut spec = json!({
+        "connectorRef": {"name": "acme-api"},
+        "authMethod": "token",
+        "allowedNamespaces": {"matchLabels": {TENANT_OF: ns}},
+        "allowedReturnUrls": ["https://app.example.com/"],
+    });
+    if job {
+        spec["job"] = busybox_job();
+    }
+    let ec: EmbeddedConnection = serde_json::from_value(json!({
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection",
+        "metadata": {"name": "acme-sync", "namespace": ns}, "spec": spec
+    }))
+    .unwrap();
+    Api::<EmbeddedConnection>::namespaced(client.clone(), ns).create(&PostParams::default(), &ec).await.unwrap();
+}
+
+pub fn busybox_job() -> Value {
+    json!({"template": {"spec": {"containers": [{"name": "sync", "image": "busybox", "command": ["sh", "-c", "echo sync"]}]}}})
+}
+
+/// Labels namespace `tenant` so that the connection in `integrations` admits it.
+pub async fn admit(client: &Client, tenant: &str, integrations: &str) {
+    let patch = json!({"metadata": {"labels": {TENANT_OF: integrations}}});
+    Api::<Namespace>::all(client.clone()).patch(tenant, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+}
+
+/// The application writes a tenant's API key into its own Secret.
+pub async fn put_source(client: &Client, ns: &str, name: &str, key: &str) {
+    let s: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "labels": {"latchkey.dev/source": "true"}},
+        "stringData": {"api_key": key}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns).patch(name, &PatchParams::apply("the-application").force(), &Patch::Apply(&s)).await.unwrap();
+}
+
+/// An activation of `conn_ns/acme-sync` for `user`, with the API key in Secret `<name>-key`.
+pub async fn activate(client: &Client, ns: &str, name: &str, user: &str, conn_ns: &str, key: &str) {
+    put_source(client, ns, &format!("{name}-key"), key).await;
+    let ua: UserActivation = serde_json::from_value(json!({
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "connectionRef": {"name": "acme-sync", "namespace": conn_ns},
+            "user": {"id": user},
+            "credentialsSecretRef": {"name": format!("{name}-key")},
+        }
+    }))
+    .unwrap();
+    Api::<UserActivation>::namespaced(client.clone(), ns).create(&PostParams::default(), &ua).await.unwrap();
+}
+
+/// The activation's condition `type_`: (status, reason, message).
+pub fn condition(ua: &UserActivation, type_: &str) -> Option<(String, String, String)> {
+    ua.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+pub fn is_ready(ua: &UserActivation) -> bool {
+    condition(ua, "Ready").is_some_and(|c| c.0 == "True")
+}
+
+/// Jobs per activation uid and run key in `ns`.
+pub async fn jobs_by_run(client: &Client, ns: &str) -> BTreeMap<(String, String), usize> {
+    let jobs = Api::<Job>::namespaced(client.clone(), ns).list(&ListParams::default().labels("app.kubernetes.io/managed-by=latchkey")).await.unwrap().items;
+    let mut out = BTreeMap::new();
+    for j in jobs {
+        let uid = j.labels().get("latchkey.dev/activation-uid").cloned().unwrap_or_default();
+        let key = j.annotations().get("latchkey.dev/run-key").cloned().unwrap_or_default();
+        *out.entry((uid, key)).or_insert(0) += 1;
+    }
+    out
+}
+
+/// Where secret values were found: one line per place (never the value).
+#[derive(Debug, Default)]
+pub struct Leaks {
+    pub places: Vec<String>,
+    /// What the positive controls saw, so an empty scan is not an empty capture.
+    pub scanned: BTreeMap<&'static str, usize>,
+}
+
+/// Searches operator logs, Events, the Latchkey objects (status, conditions) and the Jobs (spec included) in
+/// `namespaces` for every value in `secrets`. Positive control: each log must contain `marker`, and the scan must
+/// see at least one activation; it panics when a control fails (a scan that saw nothing proves nothing).
+pub async fn leak_scan(client: &Client, namespaces: &[&str], logs: &[&Path], marker: &str, secrets: &[String]) -> Leaks {
+    let mut leaks = Leaks::default();
+    let secrets: Vec<&String> = secrets.iter().filter(|s| s.len() >= 6).collect();
+    let check = |place: String, text: &str, leaks: &mut Leaks| {
+        for (i, s) in secrets.iter().enumerate() {
+            if text.contains(s.as_str()) {
+                leaks.places.push(format!("{place} (secret #{i})"));
+            }
+        }
+    };
+    for log in logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(text.contains(marker), "leak scan positive control: {marker:?} not in {}", log.display());
+        *leaks.scanned.entry("log lines").or_default() += text.lines().count();
+        check(format!("log {}", log.display()), &text, &mut leaks);
+        for line in text.lines().filter(|l| l.contains("panicked")) {
+            leaks.places.push(format!("panic in {}: {}", log.display(), line.chars().take(200).collect::<String>()));
+        }
+    }
+    for ns in namespaces {
+        for e in Api::<Event>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items {
+            *leaks.scanned.entry("events").or_default() += 1;
+            check(format!("event {ns}/{}", e.name_any()), &serde_json::to_string(&e).unwrap(), &mut leaks);
+        }
+        for ua in Api::<UserActivation>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items {
+            *leaks.scanned.entry("activations").or_default() += 1;
+            check(format!("UserActivation {ns}/{}", ua.name_any()), &serde_json::to_string(&ua).unwrap(), &mut leaks);
+        }
+        for ec in Api::<EmbeddedConnection>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items {
+            check(format!("EmbeddedConnection {ns}/{}", ec.name_any()), &serde_json::to_string(&ec).unwrap(), &mut leaks);
+        }
+        for c in Api::<Connector>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items {
+            check(format!("Connector {ns}/{}", c.name_any()), &serde_json::to_string(&c).unwrap(), &mut leaks);
+        }
+        for j in Api::<Job>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items {
+            *leaks.scanned.entry("jobs").or_default() += 1;
+            check(format!("Job {ns}/{}", j.name_any()), &serde_json::to_string(&j).unwrap(), &mut leaks);
+        }
+    }
+    assert!(leaks.scanned.get("activations").copied().unwrap_or(0) > 0, "leak scan positive control: no activation seen in {namespaces:?}");
+    leaks
+}
+
+/// Waits (bounded) until `f` holds, polling every 250 ms; returns whether it did.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if f().await {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The most attempts a per-object backoff of 1 s doubling to 300 s (jitter only lengthens it: see
+/// `backoff_for` in src/controller/mod.rs) allows in `window`, counting the first, plus `slack`.
+pub fn backoff_bound(window: Duration, slack: usize) -> usize {
+    let mut t = 0.0;
+    let mut n = 1;
+    loop {
+        let next = 2f64.powi(n as i32 - 1).min(300.0);
+        if t + next > window.as_secs_f64() {
+            return n + slack;
+        }
+        t += next;
+        n += 1;
+    }
+}
+
+#[test]
+fn the_backoff_bound_counts_doublings() {
+    assert_eq!(backoff_bound(Duration::from_secs(0), 0), 1);
+    assert_eq!(backoff_bound(Duration::from_secs(1), 0), 2);
+    assert_eq!(backoff_bound(Duration::from_secs(60), 0), 6);
+}
+
+/// A TCP proxy on loopback in front of `upstream` (`host:port`) that counts the requests whose body carries
+/// `needle` (e.g. `grant_type=refresh_token`), client to server. Counts what the operator sent, whether or not the
+/// upstream ever answered (a suspended server records nothing).
+pub struct CountingProxy {
+    pub addr: String,
+    pub count: Arc<AtomicUsize>,
+}
+
+pub async fn counting_proxy(upstream: String, needle: &'static [u8]) -> CountingProxy {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let (c, upstream) = (c.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let (mut ri, mut wi) = inbound.split();
+                let (mut ro, mut wo) = outbound.split();
+                let up = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut tail: Vec<u8> = Vec::new();
+                    loop {
+                        let n = match ri.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        tail.extend_from_slice(&buf[..n]);
+                        let found = tail.windows(needle.len()).filter(|w| *w == needle).count();
+                        c.fetch_add(found, Ordering::SeqCst);
+                        let keep = tail.len().min(needle.len().saturating_sub(1));
+                        // Keep a needle's length minus one, so a match split across reads is still seen once.
+                        if found > 0 {
+                            tail.clear();
+                        } else {
+                            tail.drain(..tail.len() - keep);
+                        }
+                        if wo.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = wo.shutdown().await;
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut ro, &mut wi).await;
+                    let _ = wi.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    CountingProxy { addr, count }
+}
+
+/// Installs (server-side apply) the Latchkey CRDs from src/api and waits until they are served: a fresh or
+/// private bed has none.
+pub async fn ensure_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in latchkey::api::crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        if api.get_opt(&name).await.ok().flatten().is_some() {
+            continue;
+        }
+        api.patch(&name, &PatchParams::apply("latchkey-tests").force(), &Patch::Apply(&crd)).await.unwrap();
+    }
+    let ok = eventually(Duration::from_secs(30), || async {
+        Api::<UserActivation>::all(client.clone()).list(&ListParams::default().limit(1)).await.is_ok()
+            && Api::<Connector>::all(client.clone()).list(&ListParams::default().limit(1)).await.is_ok()
+            && Api::<EmbeddedConnection>::all(client.clone()).list(&ListParams::default().limit(1)).await.is_ok()
+    })
+    .await;
+    assert!(ok, "the Latchkey CRDs are not served");
+}
