@@ -16,6 +16,8 @@ pub enum Command {
     Run(RunConfig),
     /// Print the CustomResourceDefinitions (the YAML that crds/ holds).
     Crds,
+    /// List the provider catalogue: the names `spec.provider` takes on a Connector.
+    Providers,
 }
 
 #[derive(Parser, Debug, Clone)]

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod leader;
 pub mod metrics;
 pub mod naming;
+pub mod providers;
 pub mod run;
 pub mod telemetry;
 pub mod variables;

@@ -15,6 +15,10 @@ async fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        Command::Providers => {
+            print!("{}", latchkey::providers::table());
+            std::process::ExitCode::SUCCESS
+        }
         Command::Run(cfg) => {
             latchkey::telemetry::init(cfg.log_format);
             match latchkey::run::run(cfg).await {

@@ -23,8 +23,21 @@ use super::{Condition, DURATION_PATTERN, LocalObjectRef};
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[x_kube(validation = Rule::new("has(self.provider) || has(self.baseUrl)").message("baseUrl is required (or set provider)"))]
+#[x_kube(validation = Rule::new("has(self.provider) || (has(self.authMethods) && size(self.authMethods) > 0)").message("authMethods needs at least one method (or set provider)"))]
+#[x_kube(validation = Rule::new("has(self.provider) || !has(self.authMethods) || self.authMethods.all(m, !has(m.oauth2) || (has(m.oauth2.flow) && has(m.oauth2.tokenUrl)))").message("an oauth2 method needs flow and tokenUrl (or set provider)"))]
+#[x_kube(validation = Rule::new("has(self.provider) || !has(self.authMethods) || self.authMethods.all(m, !has(m.apiKey) || (has(m.apiKey.__in__) && has(m.apiKey.name)))").message("an apiKey method needs in and name (or set provider)"))]
+#[x_kube(validation = Rule::new("!has(self.authMethods) || self.authMethods.all(m, !has(m.oauth2) || (has(m.oauth2.flow) && m.oauth2.flow != 'AuthorizationCode') || ((has(self.provider) || has(m.oauth2.authorizationUrl)) && has(m.oauth2.clientSecretRef)))").message("the AuthorizationCode flow needs authorizationUrl and clientSecretRef (the organisation's OAuth app)"))]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectorSpec {
+    /// A provider from the catalogue compiled into the operator (`latchkey providers` lists them), e.g. `github`.
+    /// It fills every field this Connector leaves out: base URL, display name, OAuth2 endpoints, scopes, PKCE,
+    /// client authentication and authorization parameters, API-key placement, the verification request. Fields
+    /// set here win. Without `authMethods`, the provider's API-key and basic methods are offered (named
+    /// `api-key` and `basic`); an OAuth2 method always needs its `clientSecretRef` here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::providers::provider_schema")]
+    pub provider: Option<String>,
     /// Name shown to end users on the connect page, e.g. `GitHub`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128))]
@@ -32,11 +45,15 @@ pub struct ConnectorSpec {
     /// Base URL of the API, e.g. `https://api.github.com`. Jobs receive it as `LATCHKEY_BASE_URL`; the
     /// verification request is sent relative to it.
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("baseUrl must be an http:// or https:// URL"))]
-    #[schemars(length(min = 8, max = 2048))]
+    /// Filled from `provider` when left out.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(min = 8, max = 2048), transform = no_default)]
     pub base_url: String,
     /// The ways to authenticate, each with a unique name that an EmbeddedConnection chooses by.
     #[x_kube(validation = Rule::new("self.all(m, self.exists_one(n, n.name == m.name))").message("authMethods names must be unique"))]
-    #[schemars(length(min = 1, max = 16))]
+    /// At least one unless `provider` is set.
+    #[serde(default)]
+    #[schemars(length(max = 16), transform = no_default)]
     pub auth_methods: Vec<AuthMethod>,
     /// How to check that a credential works: a request to `baseUrl` + `path` with the credential applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,18 +79,24 @@ pub struct AuthMethod {
     pub basic: Option<BasicMethod>,
 }
 
+/// Without a Connector `provider`, `flow`, `tokenUrl` and (for AuthorizationCode) `authorizationUrl` are
+/// required; with one, what is left out comes from the catalogue. `clientSecretRef` is always needed for
+/// AuthorizationCode.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("self.flow != 'AuthorizationCode' || (has(self.authorizationUrl) && has(self.clientSecretRef))").message("the AuthorizationCode flow needs authorizationUrl and clientSecretRef (the organisation's OAuth app)"))]
 #[serde(rename_all = "camelCase")]
 pub struct OAuth2Method {
     /// `AuthorizationCode` (each end user consents on the provider's page) or `ClientCredentials` (each end user
-    /// supplies their own client id and secret).
+    /// supplies their own client id and secret). Default AuthorizationCode when `provider` is set.
+    #[serde(default)]
+    #[schemars(transform = no_default)]
     pub flow: OAuth2Flow,
     /// The provider's authorization endpoint (AuthorizationCode only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("authorizationUrl must be an http(s) URL"))]
     pub authorization_url: Option<String>,
     /// The provider's token endpoint.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(transform = no_default)]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("tokenUrl must be an http(s) URL"))]
     pub token_url: String,
     /// The provider's revocation endpoint (RFC 7009); called best-effort when an activation is deleted.
@@ -108,12 +131,19 @@ pub struct OAuth2Method {
     pub refresh_before: Option<String>,
 }
 
+/// Keeps a serde default out of the schema, so the apiserver stores only what was written (the catalogue, not
+/// a schema default, fills a provider Connector's gaps).
+fn no_default(s: &mut schemars::Schema) {
+    s.remove("default");
+}
+
 fn default_true() -> bool {
     true
 }
 
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum OAuth2Flow {
+    #[default]
     AuthorizationCode,
     ClientCredentials,
 }
@@ -128,19 +158,23 @@ pub enum ClientAuth {
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeyMethod {
-    /// Where the key goes: `Header` or `Query`.
-    #[serde(rename = "in")]
+    /// Where the key goes: `Header` or `Query`. With `provider` and no `name`, from the catalogue.
+    #[serde(rename = "in", default)]
+    #[schemars(transform = no_default)]
     pub in_: ApiKeyLocation,
-    /// Header or query parameter name, e.g. `Authorization` or `api_key`.
-    #[schemars(length(min = 1, max = 256))]
+    /// Header or query parameter name, e.g. `Authorization` or `api_key`. Left out with `provider`, the
+    /// catalogue's name, placement and prefix apply.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(min = 1, max = 256), transform = no_default)]
     pub name: String,
     /// Prepended to the key, e.g. `Bearer `.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
 }
 
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ApiKeyLocation {
+    #[default]
     Header,
     Query,
 }

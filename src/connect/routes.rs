@@ -176,7 +176,11 @@ async fn resolve(st: &ConnectState, claims: &Claims) -> Result<Resolved, Refusal
         .get_opt(&connection.spec.connector_ref.name)
         .await
         .map_err(|_| unavailable("The connect service could not reach its storage."))?
-        .ok_or_else(|| fail("The connector was removed"))?;
+        .ok_or_else(|| fail("The connector was removed"))
+        .map(|mut c| {
+            crate::providers::resolve(&mut c.spec);
+            c
+        })?;
     let method = connector.auth_method(&connection.spec.auth_method).cloned().ok_or_else(|| fail("The connection's sign-in method does not exist"))?;
     Ok(Resolved { ua, connector, connection, method })
 }

@@ -23,9 +23,10 @@ pub async fn reconcile(c: Arc<Connector>, ctx: Arc<Context>) -> Result<Action> {
     let ns = c.namespace().ok_or(Error::NoNamespace)?;
     let generation = c.metadata.generation;
     let now = Utc::now();
-    let ready = match client_secret_name(&c) {
-        None => Condition::new(types::READY, TRUE, reasons::READY, "all references resolve", generation, now),
-        Some(name) => {
+    let ready = match (crate::providers::problem(&c.spec), client_secret_name(&c)) {
+        (Some((reason, message)), _) => Condition::new(types::READY, FALSE, reason, message, generation, now),
+        (None, None) => Condition::new(types::READY, TRUE, reasons::READY, "all references resolve", generation, now),
+        (None, Some(name)) => {
             let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
             match api.get_opt(name).await.map_err(Error::kube("reading the OAuth client Secret"))? {
                 None => Condition::new(types::READY, FALSE, reasons::CLIENT_SECRET_NOT_FOUND, format!("Secret {ns}/{name} (the organisation's OAuth app, keys client_id and client_secret) does not exist"), generation, now),

@@ -207,7 +207,12 @@ pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores,
     let connectors = {
         let (t, r) = (triggers.clone(), relations.clone());
         let conns = connections.clone();
-        reflect("Connector", full_watches::<Connector>(client, namespaces, &any), prune_meta, move |c, _| {
+        // Stored resolved: every consumer sees the catalogue's facts for `spec.provider` filled in.
+        let resolve = |c: &mut Connector| {
+            prune_meta(c);
+            crate::providers::resolve(&mut c.spec);
+        };
+        reflect("Connector", full_watches::<Connector>(client, namespaces, &any), resolve, move |c, _| {
             t.connector(ObjectRef::from_obj(c));
             for ec in conns.state().iter().filter(|ec| ec.metadata.namespace == c.metadata.namespace && ec.spec.connector_ref.name == c.metadata.name.clone().unwrap_or_default()) {
                 t.connection(ObjectRef::from_obj(ec.as_ref()));

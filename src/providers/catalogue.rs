@@ -1,0 +1,685 @@
+//! The providers Latchkey knows by name: facts from each provider's public documentation (the `docs` links).
+//!
+//! Values containing `{param}` are per-tenant addresses (a Shopify shop, a Zendesk subdomain, a Salesforce
+//! instance): the entry keeps the template for the tenant-address work (issue 10, "Tenant-specific instances"),
+//! and resolution never copies a template into a Connector: such a Connector sets that field itself for now.
+use crate::api::connector::{ApiKeyLocation, ClientAuth, HttpMethod};
+
+/// One provider.
+#[derive(Clone, Copy, Debug)]
+pub struct Provider {
+    /// What `spec.provider` names: lower-case, `[a-z0-9-]`.
+    pub id: &'static str,
+    /// Shown on the connect page.
+    pub name: &'static str,
+    /// The API's base URL; may be a `{param}` template (see `tenant`).
+    pub base_url: &'static str,
+    /// The provider's documentation of its API authentication.
+    pub docs: &'static str,
+    /// Set when part of the address is per tenant: which parameter and where its value comes from.
+    pub tenant: Option<&'static str>,
+    pub oauth2: Option<OAuth2>,
+    pub api_key: Option<ApiKey>,
+    /// HTTP basic authentication (what the username and password are, in `notes`).
+    pub basic: bool,
+    /// A request that succeeds only with a working credential, relative to the base URL.
+    pub verification: Option<Verify>,
+    /// Token-response quirks and whatever a Connector author should know.
+    pub notes: &'static str,
+}
+
+/// OAuth2 authorization-code facts.
+#[derive(Clone, Copy, Debug)]
+pub struct OAuth2 {
+    pub authorization_url: &'static str,
+    pub token_url: &'static str,
+    /// An RFC 7009 endpoint only (`token=` form post); providers with another revocation API have none here.
+    pub revocation_url: Option<&'static str>,
+    pub scopes: &'static [&'static str],
+    pub scope_separator: &'static str,
+    pub pkce: bool,
+    pub client_auth: ClientAuth,
+    pub authorization_params: &'static [(&'static str, &'static str)],
+}
+
+/// Where an API key goes.
+#[derive(Clone, Copy, Debug)]
+pub struct ApiKey {
+    pub location: ApiKeyLocation,
+    pub name: &'static str,
+    pub prefix: Option<&'static str>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Verify {
+    pub method: HttpMethod,
+    pub path: &'static str,
+}
+
+const OAUTH: OAuth2 = OAuth2 {
+    authorization_url: "",
+    token_url: "",
+    revocation_url: None,
+    scopes: &[],
+    scope_separator: " ",
+    pkce: true,
+    client_auth: ClientAuth::Body,
+    authorization_params: &[],
+};
+const BEARER: ApiKey = ApiKey { location: ApiKeyLocation::Header, name: "Authorization", prefix: Some("Bearer ") };
+const fn header(name: &'static str) -> ApiKey {
+    ApiKey { location: ApiKeyLocation::Header, name, prefix: None }
+}
+const fn get(path: &'static str) -> Option<Verify> {
+    Some(Verify { method: HttpMethod::GET, path })
+}
+const P: Provider = Provider { id: "", name: "", base_url: "", docs: "", tenant: None, oauth2: None, api_key: None, basic: false, verification: None, notes: "" };
+
+/// The catalogue, sorted by id.
+pub static PROVIDERS: &[Provider] = &[
+    Provider {
+        id: "airtable",
+        name: "Airtable",
+        base_url: "https://api.airtable.com/v0",
+        docs: "https://airtable.com/developers/web/api/oauth-reference",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://airtable.com/oauth2/v1/authorize",
+            token_url: "https://airtable.com/oauth2/v1/token",
+            scopes: &["data.records:read", "schema.bases:read"],
+            client_auth: ClientAuth::Basic,
+            ..OAUTH
+        }),
+        api_key: Some(BEARER),
+        verification: get("/meta/whoami"),
+        notes: "PKCE is required. Access tokens last 60 minutes; refresh tokens rotate. API key: a personal access token.",
+        ..P
+    },
+    Provider {
+        id: "anthropic",
+        name: "Anthropic",
+        base_url: "https://api.anthropic.com/v1",
+        docs: "https://docs.anthropic.com/en/api/overview",
+        api_key: Some(header("x-api-key")),
+        notes: "Requests also need an `anthropic-version` header, which Jobs add; no verification request (it needs that header too).",
+        ..P
+    },
+    Provider {
+        id: "asana",
+        name: "Asana",
+        base_url: "https://app.asana.com/api/1.0",
+        docs: "https://developers.asana.com/docs/oauth",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://app.asana.com/-/oauth_authorize",
+            token_url: "https://app.asana.com/-/oauth_token",
+            revocation_url: Some("https://app.asana.com/-/oauth_revoke"),
+            ..OAUTH
+        }),
+        api_key: Some(BEARER),
+        verification: get("/users/me"),
+        notes: "Access tokens last one hour. Scopes are configured on the app unless listed. API key: a personal access token.",
+        ..P
+    },
+    Provider {
+        id: "atlassian",
+        name: "Atlassian (Jira, Confluence)",
+        base_url: "https://api.atlassian.com",
+        docs: "https://developer.atlassian.com/cloud/jira/platform/oauth-2-3lo-apps/",
+        tenant: Some("cloudid: each site's id, from GET https://api.atlassian.com/oauth/token/accessible-resources; product APIs live under /ex/jira/{cloudid} and /ex/confluence/{cloudid}"),
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://auth.atlassian.com/authorize",
+            token_url: "https://auth.atlassian.com/oauth/token",
+            scopes: &["read:jira-user", "read:jira-work", "offline_access"],
+            pkce: false,
+            authorization_params: &[("audience", "api.atlassian.com"), ("prompt", "consent")],
+            ..OAUTH
+        }),
+        verification: get("/me"),
+        notes: "offline_access gives a rotating refresh token. Base URL is the gateway; Jobs add /ex/jira/{cloudid}.",
+        ..P
+    },
+    Provider {
+        id: "bitbucket",
+        name: "Bitbucket Cloud",
+        base_url: "https://api.bitbucket.org/2.0",
+        docs: "https://developer.atlassian.com/cloud/bitbucket/oauth-2/",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://bitbucket.org/site/oauth2/authorize",
+            token_url: "https://bitbucket.org/site/oauth2/access_token",
+            pkce: false,
+            client_auth: ClientAuth::Basic,
+            ..OAUTH
+        }),
+        verification: get("/user"),
+        notes: "Scopes are set on the OAuth consumer. Access tokens last two hours.",
+        ..P
+    },
+    Provider {
+        id: "box",
+        name: "Box",
+        base_url: "https://api.box.com/2.0",
+        docs: "https://developer.box.com/guides/authentication/oauth2/",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://account.box.com/api/oauth2/authorize",
+            token_url: "https://api.box.com/oauth2/token",
+            revocation_url: Some("https://api.box.com/oauth2/revoke"),
+            pkce: false,
+            ..OAUTH
+        }),
+        verification: get("/users/me"),
+        notes: "Scopes are set on the app. Access tokens last about an hour; each refresh token is single-use (rotates).",
+        ..P
+    },
+    Provider {
+        id: "calendly",
+        name: "Calendly",
+        base_url: "https://api.calendly.com",
+        docs: "https://developer.calendly.com/create-a-developer-account",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://auth.calendly.com/oauth/authorize",
+            token_url: "https://auth.calendly.com/oauth/token",
+            revocation_url: Some("https://auth.calendly.com/oauth/revoke"),
+            ..OAUTH
+        }),
+        api_key: Some(BEARER),
+        verification: get("/users/me"),
+        notes: "API key: a personal access token.",
+        ..P
+    },
+    Provider {
+        id: "clickup",
+        name: "ClickUp",
+        base_url: "https://api.clickup.com/api/v2",
+        docs: "https://developer.clickup.com/docs/authentication",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://app.clickup.com/api",
+            token_url: "https://api.clickup.com/api/v2/oauth/token",
+            pkce: false,
+            ..OAUTH
+        }),
+        api_key: Some(header("Authorization")),
+        verification: get("/user"),
+        notes: "Access tokens do not expire and no refresh token is issued: set defaultTokenLifetime long. API key: a personal token (pk_...) sent as is.",
+        ..P
+    },
+    Provider {
+        id: "cloudflare",
+        name: "Cloudflare",
+        base_url: "https://api.cloudflare.com/client/v4",
+        docs: "https://developers.cloudflare.com/fundamentals/api/get-started/create-token/",
+        api_key: Some(BEARER),
+        verification: get("/user/tokens/verify"),
+        notes: "API key: an API token (not the legacy global key).",
+        ..P
+    },
+    Provider {
+        id: "datadog",
+        name: "Datadog",
+        base_url: "https://api.datadoghq.com",
+        docs: "https://docs.datadoghq.com/account_management/api-app-keys/",
+        tenant: Some("site: US1 is api.datadoghq.com; other sites (datadoghq.eu, us3/us5.datadoghq.com, ap1.datadoghq.com) set baseUrl"),
+        api_key: Some(header("DD-API-KEY")),
+        verification: get("/api/v1/validate"),
+        notes: "Most read APIs also need an application key (DD-APPLICATION-KEY), which one API-key method cannot carry yet.",
+        ..P
+    },
+    Provider {
+        id: "discord",
+        name: "Discord",
+        base_url: "https://discord.com/api/v10",
+        docs: "https://discord.com/developers/docs/topics/oauth2",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://discord.com/oauth2/authorize",
+            token_url: "https://discord.com/api/oauth2/token",
+            revocation_url: Some("https://discord.com/api/oauth2/token/revoke"),
+            scopes: &["identify", "guilds"],
+            pkce: false,
+            client_auth: ClientAuth::Basic,
+            ..OAUTH
+        }),
+        api_key: Some(ApiKey { prefix: Some("Bot "), ..header("Authorization") }),
+        verification: get("/users/@me"),
+        notes: "API key: a bot token, sent as `Bot <token>` (/users/@me then names the bot).",
+        ..P
+    },
+    Provider {
+        id: "dropbox",
+        name: "Dropbox",
+        base_url: "https://api.dropboxapi.com/2",
+        docs: "https://developers.dropbox.com/oauth-guide",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://www.dropbox.com/oauth2/authorize",
+            token_url: "https://api.dropboxapi.com/oauth2/token",
+            scopes: &["account_info.read", "files.metadata.read"],
+            authorization_params: &[("token_access_type", "offline")],
+            ..OAUTH
+        }),
+        verification: Some(Verify { method: HttpMethod::POST, path: "/users/get_current_account" }),
+        notes: "token_access_type=offline is what yields a refresh token; access tokens last four hours. Revocation is POST /2/auth/token/revoke with the token as bearer (not RFC 7009).",
+        ..P
+    },
+    Provider {
+        id: "github",
+        name: "GitHub",
+        base_url: "https://api.github.com",
+        docs: "https://docs.github.com/en/apps/oauth-apps/building-oauth-apps/authorizing-oauth-apps",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://github.com/login/oauth/authorize",
+            token_url: "https://github.com/login/oauth/access_token",
+            scopes: &["repo", "read:user"],
+            ..OAUTH
+        }),
+        api_key: Some(BEARER),
+        verification: get("/user"),
+        notes: "OAuth-app tokens never expire and come without a refresh token (set defaultTokenLifetime long); GitHub-App user tokens last 8 hours with a 6-month refresh token. PKCE (S256) supported since July 2025. The token endpoint answers form-encoded unless asked for JSON. Revocation is DELETE /applications/{client_id}/token (not RFC 7009). API key: a personal access token.",
+        ..P
+    },
+    Provider {
+        id: "gitlab",
+        name: "GitLab",
+        base_url: "https://gitlab.com/api/v4",
+        docs: "https://docs.gitlab.com/api/oauth2/",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://gitlab.com/oauth/authorize",
+            token_url: "https://gitlab.com/oauth/token",
+            revocation_url: Some("https://gitlab.com/oauth/revoke"),
+            scopes: &["read_user", "read_api"],
+            ..OAUTH
+        }),
+        api_key: Some(BEARER),
+        verification: get("/user"),
+        notes: "gitlab.com; a self-managed GitLab sets baseUrl and the three URLs to its own host. Access tokens last two hours; refresh tokens rotate. API key: a personal, group or project access token.",
+        ..P
+    },
+    Provider {
+        id: "google",
+        name: "Google",
+        base_url: "https://www.googleapis.com",
+        docs: "https://developers.google.com/identity/protocols/oauth2/web-server",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://accounts.google.com/o/oauth2/v2/auth",
+            token_url: "https://oauth2.googleapis.com/token",
+            revocation_url: Some("https://oauth2.googleapis.com/revoke"),
+            scopes: &["openid", "email", "profile"],
+            authorization_params: &[("access_type", "offline"), ("prompt", "consent")],
+            ..OAUTH
+        }),
+        verification: get("/oauth2/v3/userinfo"),
+        notes: "access_type=offline gives a refresh token, prompt=consent gives one again on re-consent. Access tokens last one hour. Add the API's scopes (e.g. https://www.googleapis.com/auth/drive.readonly).",
+        ..P
+    },
+    Provider {
+        id: "hubspot",
+        name: "HubSpot",
+        base_url: "https://api.hubapi.com",
+        docs: "https://developers.hubspot.com/docs/api/oauth-quickstart-guide",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://app.hubspot.com/oauth/authorize",
+            token_url: "https://api.hubapi.com/oauth/v1/token",
+            scopes: &["oauth", "crm.objects.contacts.read"],
+            pkce: false,
+            ..OAUTH
+        }),
+        api_key: Some(BEARER),
+        verification: get("/crm/v3/objects/contacts?limit=1"),
+        notes: "Client credentials go in the form body. Access tokens last 30 minutes. Revocation is DELETE /oauth/v1/refresh-tokens/{token} (not RFC 7009). API key: a private-app access token.",
+        ..P
+    },
+    Provider {
+        id: "intercom",
+        name: "Intercom",
+        base_url: "https://api.intercom.io",
+        docs: "https://developers.intercom.com/docs/build-an-integration/learn-more/authentication/setting-up-oauth",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://app.intercom.com/oauth",
+            token_url: "https://api.intercom.io/auth/eagle/token",
+            pkce: false,
+            ..OAUTH
+        }),
+        api_key: Some(BEARER),
+        verification: get("/me"),
+        notes: "Access tokens do not expire and no refresh token is issued: set defaultTokenLifetime long. Permissions are set on the app. EU and AU workspaces use api.eu.intercom.io / api.au.intercom.io.",
+        ..P
+    },
+    Provider {
+        id: "linear",
+        name: "Linear",
+        base_url: "https://api.linear.app",
+        docs: "https://linear.app/developers/oauth-2-0-authentication",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://linear.app/oauth/authorize",
+            token_url: "https://api.linear.app/oauth/token",
+            revocation_url: Some("https://api.linear.app/oauth/revoke"),
+            scopes: &["read"],
+            scope_separator: ",",
+            ..OAUTH
+        }),
+        api_key: Some(header("Authorization")),
+        notes: "Scopes are comma-separated. The API is GraphQL (POST /graphql), so no verification request. API key: a personal API key sent without a prefix.",
+        ..P
+    },
+    Provider {
+        id: "linkedin",
+        name: "LinkedIn",
+        base_url: "https://api.linkedin.com/v2",
+        docs: "https://learn.microsoft.com/en-us/linkedin/shared/authentication/authorization-code-flow",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://www.linkedin.com/oauth/v2/authorization",
+            token_url: "https://www.linkedin.com/oauth/v2/accessToken",
+            revocation_url: Some("https://www.linkedin.com/oauth/v2/revoke"),
+            scopes: &["openid", "profile", "email"],
+            pkce: false,
+            ..OAUTH
+        }),
+        verification: get("/userinfo"),
+        notes: "Access tokens last 60 days; refresh tokens only for approved partners. PKCE is for native clients only.",
+        ..P
+    },
+    Provider {
+        id: "mailchimp",
+        name: "Mailchimp",
+        base_url: "https://{dc}.api.mailchimp.com/3.0",
+        docs: "https://mailchimp.com/developer/marketing/guides/access-user-data-oauth-2/",
+        tenant: Some("dc: the account's data centre, from GET https://login.mailchimp.com/oauth2/metadata after consent (or the API key's suffix)"),
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://login.mailchimp.com/oauth2/authorize",
+            token_url: "https://login.mailchimp.com/oauth2/token",
+            pkce: false,
+            ..OAUTH
+        }),
+        api_key: Some(BEARER),
+        verification: get("/ping"),
+        notes: "Access tokens do not expire; no refresh token.",
+        ..P
+    },
+    Provider {
+        id: "mailgun",
+        name: "Mailgun",
+        base_url: "https://api.mailgun.net/v3",
+        docs: "https://documentation.mailgun.com/docs/mailgun/api-reference/authentication",
+        basic: true,
+        verification: get("/domains"),
+        notes: "Basic: username `api`, password the API key. EU accounts use https://api.eu.mailgun.net/v3.",
+        ..P
+    },
+    Provider {
+        id: "microsoft",
+        name: "Microsoft (Graph)",
+        base_url: "https://graph.microsoft.com/v1.0",
+        docs: "https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-auth-code-flow",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
+            token_url: "https://login.microsoftonline.com/common/oauth2/v2.0/token",
+            scopes: &["offline_access", "User.Read"],
+            ..OAUTH
+        }),
+        verification: get("/me"),
+        notes: "`common` admits work and personal accounts; a single-tenant app puts its tenant id there. offline_access gives a refresh token. No RFC 7009 revocation endpoint.",
+        ..P
+    },
+    Provider {
+        id: "monday",
+        name: "monday.com",
+        base_url: "https://api.monday.com/v2",
+        docs: "https://developer.monday.com/apps/docs/oauth",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://auth.monday.com/oauth2/authorize",
+            token_url: "https://auth.monday.com/oauth2/token",
+            pkce: false,
+            ..OAUTH
+        }),
+        api_key: Some(header("Authorization")),
+        notes: "Access tokens do not expire; no refresh token. GraphQL API (POST), so no verification request. API key: a personal API token sent without a prefix.",
+        ..P
+    },
+    Provider {
+        id: "notion",
+        name: "Notion",
+        base_url: "https://api.notion.com/v1",
+        docs: "https://developers.notion.com/docs/authorization",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://api.notion.com/v1/oauth/authorize",
+            token_url: "https://api.notion.com/v1/oauth/token",
+            pkce: false,
+            client_auth: ClientAuth::Basic,
+            authorization_params: &[("owner", "user")],
+            ..OAUTH
+        }),
+        api_key: Some(BEARER),
+        notes: "The token endpoint takes HTTP basic client authentication. Every request needs a Notion-Version header, so no verification request. API key: an internal integration secret.",
+        ..P
+    },
+    Provider {
+        id: "openai",
+        name: "OpenAI",
+        base_url: "https://api.openai.com/v1",
+        docs: "https://platform.openai.com/docs/api-reference/authentication",
+        api_key: Some(BEARER),
+        verification: get("/models"),
+        ..P
+    },
+    Provider {
+        id: "pagerduty",
+        name: "PagerDuty",
+        base_url: "https://api.pagerduty.com",
+        docs: "https://developer.pagerduty.com/docs/authentication",
+        api_key: Some(ApiKey { prefix: Some("Token token="), ..header("Authorization") }),
+        verification: get("/abilities"),
+        notes: "API key: a REST API key, sent as `Authorization: Token token=<key>`. EU accounts use api.eu.pagerduty.com.",
+        ..P
+    },
+    Provider {
+        id: "pipedrive",
+        name: "Pipedrive",
+        base_url: "https://api.pipedrive.com/v1",
+        docs: "https://pipedrive.readme.io/docs/marketplace-oauth-authorization",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://oauth.pipedrive.com/oauth/authorize",
+            token_url: "https://oauth.pipedrive.com/oauth/token",
+            revocation_url: Some("https://oauth.pipedrive.com/oauth/revoke"),
+            pkce: false,
+            client_auth: ClientAuth::Basic,
+            ..OAUTH
+        }),
+        api_key: Some(ApiKey { location: ApiKeyLocation::Query, name: "api_token", prefix: None }),
+        verification: get("/users/me"),
+        notes: "The token response carries api_domain (the company's own host, e.g. https://acme.pipedrive.com) for OAuth calls. Scopes are set on the app.",
+        ..P
+    },
+    Provider {
+        id: "postmark",
+        name: "Postmark",
+        base_url: "https://api.postmarkapp.com",
+        docs: "https://postmarkapp.com/developer/api/overview#authentication",
+        api_key: Some(header("X-Postmark-Server-Token")),
+        verification: get("/server"),
+        notes: "API key: a server token (account-level calls use X-Postmark-Account-Token instead).",
+        ..P
+    },
+    Provider {
+        id: "quickbooks",
+        name: "QuickBooks Online",
+        base_url: "https://quickbooks.api.intuit.com/v3",
+        docs: "https://developer.intuit.com/app/developer/qbo/docs/develop/authentication-and-authorization/oauth-2.0",
+        tenant: Some("realmId: the company id, a query parameter of the OAuth callback; APIs live under /v3/company/{realmId}"),
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://appcenter.intuit.com/connect/oauth2",
+            token_url: "https://oauth.platform.intuit.com/oauth2/v1/tokens/bearer",
+            revocation_url: Some("https://developer.api.intuit.com/v2/oauth2/tokens/revoke"),
+            scopes: &["com.intuit.quickbooks.accounting"],
+            pkce: false,
+            client_auth: ClientAuth::Basic,
+            ..OAUTH
+        }),
+        notes: "Access tokens last one hour, refresh tokens 100 days and rotate. Sandbox companies use sandbox-quickbooks.api.intuit.com. No verification request (it needs the realmId).",
+        ..P
+    },
+    Provider {
+        id: "salesforce",
+        name: "Salesforce",
+        base_url: "{instance_url}/services/data/v62.0",
+        docs: "https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_web_server_flow.htm",
+        tenant: Some("instance_url: the org's My Domain, a field of the token response"),
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://login.salesforce.com/services/oauth2/authorize",
+            token_url: "https://login.salesforce.com/services/oauth2/token",
+            revocation_url: Some("https://login.salesforce.com/services/oauth2/revoke"),
+            scopes: &["api", "refresh_token"],
+            ..OAUTH
+        }),
+        verification: get("/limits"),
+        notes: "The token response has no expires_in (session timeout set by the org): defaultTokenLifetime applies. Sandboxes use test.salesforce.com. Until tenant addresses land, set baseUrl (one org).",
+        ..P
+    },
+    Provider {
+        id: "sendgrid",
+        name: "SendGrid",
+        base_url: "https://api.sendgrid.com",
+        docs: "https://www.twilio.com/docs/sendgrid/for-developers/sending-email/authentication",
+        api_key: Some(BEARER),
+        verification: get("/v3/scopes"),
+        ..P
+    },
+    Provider {
+        id: "shopify",
+        name: "Shopify",
+        base_url: "https://{shop}.myshopify.com/admin/api/2025-01",
+        docs: "https://shopify.dev/docs/apps/build/authentication-authorization/access-tokens/authorization-code-grant",
+        tenant: Some("shop: the store's myshopify.com subdomain, asked of the user; authorization and token URLs are per shop too"),
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://{shop}.myshopify.com/admin/oauth/authorize",
+            token_url: "https://{shop}.myshopify.com/admin/oauth/access_token",
+            scopes: &["read_products", "read_orders"],
+            scope_separator: ",",
+            pkce: false,
+            ..OAUTH
+        }),
+        api_key: Some(header("X-Shopify-Access-Token")),
+        verification: get("/shop.json"),
+        notes: "Scopes are comma-separated. Offline tokens do not expire. API key: a custom app's Admin API access token. Until tenant addresses land, a Connector sets baseUrl and the OAuth URLs (one shop).",
+        ..P
+    },
+    Provider {
+        id: "slack",
+        name: "Slack",
+        base_url: "https://slack.com/api",
+        docs: "https://api.slack.com/authentication/oauth-v2",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://slack.com/oauth/v2/authorize",
+            token_url: "https://slack.com/api/oauth.v2.access",
+            scopes: &["channels:read", "chat:write"],
+            scope_separator: ",",
+            pkce: false,
+            client_auth: ClientAuth::Basic,
+            ..OAUTH
+        }),
+        api_key: Some(BEARER),
+        verification: get("/auth.test"),
+        notes: "Bot scopes, comma-separated; user scopes go in authorizationParams.user_scope and the user token comes back under authed_user. Tokens do not expire unless token rotation is on (then 12 hours with a refresh token). Web API errors answer 200 with ok:false, so the verification request passes a bad token: check ok in Jobs. Revocation is auth.revoke (not RFC 7009).",
+        ..P
+    },
+    Provider {
+        id: "spotify",
+        name: "Spotify",
+        base_url: "https://api.spotify.com/v1",
+        docs: "https://developer.spotify.com/documentation/web-api/tutorials/code-flow",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://accounts.spotify.com/authorize",
+            token_url: "https://accounts.spotify.com/api/token",
+            scopes: &["user-read-email"],
+            client_auth: ClientAuth::Basic,
+            ..OAUTH
+        }),
+        verification: get("/me"),
+        notes: "Access tokens last one hour.",
+        ..P
+    },
+    Provider {
+        id: "stripe",
+        name: "Stripe",
+        base_url: "https://api.stripe.com",
+        docs: "https://docs.stripe.com/api/authentication",
+        api_key: Some(BEARER),
+        basic: true,
+        verification: get("/v1/balance"),
+        notes: "API key: a secret or restricted key (sk_/rk_). Basic: the key as username, empty password.",
+        ..P
+    },
+    Provider {
+        id: "twilio",
+        name: "Twilio",
+        base_url: "https://api.twilio.com/2010-04-01",
+        docs: "https://www.twilio.com/docs/usage/requests-to-twilio",
+        basic: true,
+        verification: get("/Accounts.json"),
+        notes: "Basic: username the Account SID (or an API key SID), password the Auth Token (or the API key secret).",
+        ..P
+    },
+    Provider {
+        id: "x",
+        name: "X (Twitter)",
+        base_url: "https://api.x.com/2",
+        docs: "https://docs.x.com/resources/fundamentals/authentication/oauth-2-0/authorization-code",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://x.com/i/oauth2/authorize",
+            token_url: "https://api.x.com/2/oauth2/token",
+            revocation_url: Some("https://api.x.com/2/oauth2/revoke"),
+            scopes: &["tweet.read", "users.read", "offline.access"],
+            client_auth: ClientAuth::Basic,
+            ..OAUTH
+        }),
+        verification: get("/users/me"),
+        notes: "PKCE is required; offline.access gives a refresh token. Access tokens last two hours.",
+        ..P
+    },
+    Provider {
+        id: "xero",
+        name: "Xero",
+        base_url: "https://api.xero.com",
+        docs: "https://developer.xero.com/documentation/guides/oauth2/auth-flow",
+        tenant: Some("Xero-tenant-id: a header naming the organisation, from GET https://api.xero.com/connections"),
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://login.xero.com/identity/connect/authorize",
+            token_url: "https://identity.xero.com/connect/token",
+            revocation_url: Some("https://identity.xero.com/connect/revocation"),
+            scopes: &["openid", "profile", "email", "offline_access", "accounting.transactions"],
+            client_auth: ClientAuth::Basic,
+            ..OAUTH
+        }),
+        verification: get("/connections"),
+        notes: "Access tokens last 30 minutes; refresh tokens rotate. The accounting API is under /api.xro/2.0.",
+        ..P
+    },
+    Provider {
+        id: "zendesk",
+        name: "Zendesk",
+        base_url: "https://{subdomain}.zendesk.com/api/v2",
+        docs: "https://developer.zendesk.com/documentation/ticketing/working-with-oauth/creating-and-using-oauth-tokens-with-the-api/",
+        tenant: Some("subdomain: the account's zendesk.com subdomain, asked of the user; authorization and token URLs are per subdomain too"),
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://{subdomain}.zendesk.com/oauth/authorizations/new",
+            token_url: "https://{subdomain}.zendesk.com/oauth/tokens",
+            scopes: &["read"],
+            ..OAUTH
+        }),
+        basic: true,
+        verification: get("/users/me.json"),
+        notes: "Basic: username `{email}/token`, password an API token. Until tenant addresses land, a Connector sets baseUrl and the OAuth URLs (one account).",
+        ..P
+    },
+    Provider {
+        id: "zoom",
+        name: "Zoom",
+        base_url: "https://api.zoom.us/v2",
+        docs: "https://developers.zoom.us/docs/integrations/oauth/",
+        oauth2: Some(OAuth2 {
+            authorization_url: "https://zoom.us/oauth/authorize",
+            token_url: "https://zoom.us/oauth/token",
+            revocation_url: Some("https://zoom.us/oauth/revoke"),
+            client_auth: ClientAuth::Basic,
+            ..OAUTH
+        }),
+        verification: get("/users/me"),
+        notes: "Scopes are set on the app. Access tokens last one hour; refresh tokens rotate.",
+        ..P
+    },
+];
