@@ -3,13 +3,13 @@
 // takes a screenshot (PNG) of every page it sees. Used by tests/connect_browser.rs.
 //
 //   node connect.mjs --scenario api-key --url URL --out DIR --key KEY [--wrong-key KEY]
-//   node connect.mjs --scenario oauth   --url URL --out DIR [--username U] [--password P] [--stub-origin ORIGIN]
+//   node connect.mjs --scenario oauth   --url URL --out DIR [--username U] [--password P]
 //
-// api-key: open the form, (optionally) submit a wrong key and look at the error, then submit the key.
+// api-key: open the form, (optionally) submit a wrong key and look at the error, then submit the key; then open
+//          the spent link once more.
 // oauth:   open the link, follow it to the provider's login form, fill username and password, approve; approve a
 //          separate consent page too if the provider shows one; end wherever the browser lands.
-// --stub-origin answers every request to that origin (the application's return URL) with a small local page,
-// since this machine reaches no outside host.
+// The browser reaches loopback only: an activation's return URL must point at a local server (the test's).
 //
 // Prints one JSON line on stdout: {"ok":true,"scenario":..,"finalUrl":..,"pages":[{step,url,status,title,heading,
 // alert,invalid,screenshot}],"consoleErrors":[..]}; on failure {"ok":false,"error":..,...} and exit code 1.
@@ -96,6 +96,10 @@ async function apiKey(page) {
   await page.getByLabel('API key').fill(args.key);
   res = await submit(page, page.getByRole('button', { name: /connect/i }));
   await snapshot(page, 'done', res);
+  // The link again, now spent: the refusal page.
+  const again = await page.context().newPage();
+  await snapshot(again, 'reopened', await again.goto(args.url, { waitUntil: 'load', timeout }));
+  await again.close();
 }
 
 async function oauth(page) {
@@ -133,16 +137,6 @@ try {
       '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
   });
   const context = await browser.newContext({ viewport: { width: 1024, height: 720 }, locale: 'en-US' });
-  if (args['stub-origin']) {
-    const origin = new URL(args['stub-origin']).origin;
-    await context.route((u) => u.origin === origin, (route) => {
-      const u = new URL(route.request().url());
-      const body = `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Example app</title></head>` +
-        `<body style="font:16px system-ui;padding:40px"><h1>Back in the application</h1>` +
-        `<p role="status">status=${u.searchParams.get('status')}</p></body></html>`;
-      return route.fulfill({ status: 200, contentType: 'text/html; charset=utf-8', body });
-    });
-  }
   const page = await context.newPage();
   // Errors the page logs (a CSP violation, a script error); HTTP error statuses are reported per page instead.
   page.on('console', (m) => {
