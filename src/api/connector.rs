@@ -23,8 +23,8 @@ use super::{Condition, DURATION_PATTERN, LocalObjectRef};
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("has(self.provider) || has(self.baseUrl)").message("baseUrl is required (or set provider)"))]
-#[x_kube(validation = Rule::new("has(self.provider) || (has(self.authMethods) && size(self.authMethods) > 0)").message("authMethods needs at least one method (or set provider)"))]
+#[x_kube(validation = Rule::new("has(self.provider) || has(self.baseUrl)").message("baseUrl is required (or set provider)").field_path(".baseUrl"))]
+#[x_kube(validation = Rule::new("has(self.provider) || (has(self.authMethods) && size(self.authMethods) > 0)").message("authMethods needs at least one method (or set provider)").field_path(".authMethods"))]
 #[x_kube(validation = Rule::new("has(self.provider) || !has(self.authMethods) || self.authMethods.all(m, !has(m.oauth2) || (has(m.oauth2.flow) && has(m.oauth2.tokenUrl)))").message("an oauth2 method needs flow and tokenUrl (or set provider)"))]
 #[x_kube(validation = Rule::new("has(self.provider) || !has(self.authMethods) || self.authMethods.all(m, !has(m.apiKey) || (has(m.apiKey.__in__) && has(m.apiKey.name)))").message("an apiKey method needs in and name (or set provider)"))]
 #[x_kube(validation = Rule::new("!has(self.authMethods) || self.authMethods.all(m, !has(m.oauth2) || (has(m.oauth2.flow) && m.oauth2.flow != 'AuthorizationCode') || ((has(self.provider) || has(m.oauth2.authorizationUrl)) && has(m.oauth2.clientSecretRef)))").message("the AuthorizationCode flow needs authorizationUrl and clientSecretRef (the organisation's OAuth app)"))]
