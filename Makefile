@@ -35,3 +35,6 @@ testenv-down: ## stop exactly what `make testenv` started and remove its state
 
 chart-check: testenv ## helm lint, kubeconform -strict (chart + examples), helm install into the bed
 	@KUBECONFIG="$(TESTENV_DIR)/kubeconfig" scripts/chart-check.sh
+
+faults: ## long fault/bad-input/isolation suite; figures in target/faults/results.json
+	@scripts/faults.sh

@@ -18,6 +18,19 @@ pub enum Command {
     Crds,
     /// List the provider catalogue: the names `spec.provider` takes on a Connector.
     Providers,
+    /// Every user of a connection across namespaces: phase, expiry, last run, and the connect link of those still
+    /// to connect (also `kubectl latchkey users` when installed as `kubectl-latchkey`).
+    Users(UsersArgs),
+}
+
+#[derive(Parser, Debug, Clone)]
+pub struct UsersArgs {
+    /// The EmbeddedConnection.
+    #[arg(long)]
+    pub connection: String,
+    /// The connection's namespace (default: the kubeconfig context's namespace).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
 }
 
 #[derive(Parser, Debug, Clone)]

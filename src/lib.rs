@@ -12,4 +12,5 @@ pub mod naming;
 pub mod providers;
 pub mod run;
 pub mod telemetry;
+pub mod users;
 pub mod variables;

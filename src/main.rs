@@ -15,6 +15,16 @@ async fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        Command::Users(args) => match latchkey::users::run(args).await {
+            Ok(table) => {
+                print!("{table}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("latchkey: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Command::Providers => {
             print!("{}", latchkey::providers::table());
             std::process::ExitCode::SUCCESS

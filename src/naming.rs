@@ -25,6 +25,10 @@ pub const SOURCE_VERSION_ANNOTATION: &str = "latchkey.dev/source-resource-versio
 pub const GENERATION_ANNOTATION: &str = "latchkey.dev/credential-generation";
 /// `true` on an owned Secret whose credentials the connector's verification request accepted.
 pub const VERIFIED_ANNOTATION: &str = "latchkey.dev/verified";
+/// Set (to any new value) on an activation to refresh its OAuth2 token now, e.g. after a Job saw a 401.
+pub const REFRESH_NOW_ANNOTATION: &str = "latchkey.dev/refresh-now";
+/// Set (to any new value) on an activation to start its Job now.
+pub const RUN_NOW_ANNOTATION: &str = "latchkey.dev/run-now";
 pub const VARIABLES_ANNOTATION: &str = "latchkey.dev/variables";
 pub const FINALIZER: &str = "latchkey.dev/cleanup";
 

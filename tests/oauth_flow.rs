@@ -300,3 +300,24 @@ async fn a_provider_without_expires_in_still_refreshes() {
     .await;
     let _ = BTreeMap::<String, String>::new();
 }
+
+#[tokio::test]
+async fn the_refresh_now_annotation_refreshes_once() {
+    let s = setup("oauth-refresh-now", |c| c.access_ttl(3600)).await;
+    create_connection(&s, "AuthorizationCode", json!({})).await;
+    create_activation(&s, "acme", None).await;
+    connect(&s, "acme").await;
+    phase(&s, "acme", "Active", Duration::from_secs(30)).await;
+    assert!(s.server.refresh_events().await.is_empty(), "hour-long tokens: no refresh yet");
+    let patch = json!({"metadata": {"annotations": {"latchkey.dev/refresh-now": "job-saw-401"}}});
+    s.activations().patch("acme", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    wait_for_value("one refresh after the annotation", Duration::from_secs(15), || async {
+        let n = s.server.refresh_events().await.into_iter().filter(|e| e.outcome == "ok").count();
+        if n == 1 { Ok(()) } else { Err(format!("{n} refreshes")) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(s.server.refresh_events().await.len(), 1, "the same annotation value refreshes once");
+    let ua = s.activations().get("acme").await.unwrap();
+    assert_eq!(ua.status.unwrap().refresh_now_handled.as_deref(), Some("job-saw-401"));
+}

@@ -3,6 +3,7 @@
 mod support;
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use latchkey::api::{EmbeddedConnection, UserActivation};
 use serde_json::json;
@@ -117,4 +118,71 @@ async fn a_job_that_needs_two_connections_waits_for_both_and_gets_both() {
     assert!(pod.containers[0].volume_mounts.iter().flatten().any(|m| m.mount_path == "/var/run/latchkey/crm"));
     wait_for("nothing else was created for the other tenant", T, || async { jobs_of(&other, "acme").await.is_empty() }).await;
     let _ = Api::<Secret>::namespaced(f.client.clone(), other.name());
+}
+
+#[tokio::test]
+async fn the_run_now_annotation_starts_one_run() {
+    let p = provider().await;
+    let f = fixture("run-now", &p.url, busybox_job()).await;
+    let t = f.tenant("tenant", true).await;
+    let _op = Operator::start(&bed().await, "run_now", &[f.ns(), t.name()], &[]).await;
+    f.activate(&t, "acme", "u1", "good-key-run-now").await;
+    let api = t.api::<UserActivation>();
+    wait_condition(&api, "acme", "Ready", "True").await;
+    wait_for_value("the first run to finish", T, || async {
+        match api.get("acme").await.map_err(|e| e.to_string())?.status.and_then(|s| s.last_run).and_then(|r| r.succeeded) {
+            Some(true) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let patch = json!({"metadata": {"annotations": {"latchkey.dev/run-now": "2026-11-26T02:30"}}});
+    api.patch("acme", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_for("a second Job", T, || async { jobs_of(&t, "acme").await.len() == 2 }).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(jobs_of(&t, "acme").await.len(), 2, "one run per annotation value");
+    let manual = jobs_of(&t, "acme").await.into_iter().filter(|j| j.annotations().get("latchkey.dev/run-key").is_some_and(|k| k.starts_with("manual-"))).count();
+    assert_eq!(manual, 1);
+}
+
+#[tokio::test]
+async fn latchkey_users_lists_every_user_of_a_connection_also_as_a_kubectl_plugin() {
+    let bed = bed().await;
+    let p = provider().await;
+    let f = fixture("users-cli", &p.url, serde_json::Value::Null).await;
+    let t = f.tenant("tenant", true).await;
+    let _op = Operator::start(&bed, "users_cli", &[f.ns(), t.name()], &[]).await;
+    f.activate(&t, "acme", "acme-42", "good-key-users-1").await;
+    let waiting: UserActivation = serde_json::from_value(json!({
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": "globex"},
+        "spec": {"connectionRef": {"name": "acme-sync", "namespace": f.ns()}, "user": {"id": "globex-7"}}
+    }))
+    .unwrap();
+    let api = t.api::<UserActivation>();
+    api.create(&PostParams::default(), &waiting).await.unwrap();
+    wait_condition(&api, "acme", "Ready", "True").await;
+    let link = wait_for_value("globex's connect link", T, || async {
+        api.get("globex").await.map_err(|e| e.to_string())?.status.and_then(|s| s.connect_url).ok_or_else(|| "no link yet".to_string())
+    })
+    .await;
+    // As a kubectl plugin: `kubectl latchkey users` runs `kubectl-latchkey users` from PATH.
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_latchkey"), dir.path().join("kubectl-latchkey")).unwrap();
+    let cache_bin = std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/latchkey/bin");
+    let path = format!("{}:{}:{}", dir.path().display(), cache_bin.display(), std::env::var("PATH").unwrap_or_default());
+    for cmd in [vec!["kubectl-latchkey"], vec!["kubectl", "latchkey"]] {
+        let out = std::process::Command::new(cmd[0])
+            .args(&cmd[1..])
+            .args(["users", "--connection", "acme-sync", "-n", f.ns()])
+            .env("PATH", &path)
+            .env("KUBECONFIG", &bed.kubeconfig)
+            .output()
+            .expect("run the users command");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        let acme = text.lines().find(|l| l.contains("acme-42")).unwrap_or_else(|| panic!("acme-42 missing from:\n{text}"));
+        assert!(acme.contains("Active") && !acme.contains("http"), "{acme}");
+        let globex = text.lines().find(|l| l.contains("globex-7")).unwrap_or_else(|| panic!("globex-7 missing from:\n{text}"));
+        assert!(globex.contains("AwaitingUser") && globex.ends_with(&link), "{globex}");
+    }
 }

@@ -122,6 +122,12 @@ pub struct UserActivationStatus {
     /// resourceVersion of the source Secret last read (accepted or rejected), so it is read again only on change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_resource_version: Option<String>,
+    /// The value of the `latchkey.dev/refresh-now` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_now_handled: Option<String>,
+    /// The value of the `latchkey.dev/run-now` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_now_handled: Option<String>,
     /// The schedule tick of the last scheduled run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<DateTime<Utc>>,

@@ -20,7 +20,7 @@ pub enum VerifyError {
     Status { status: u16 },
     #[error("the verification request failed: {0}; will retry")]
     Transport(String),
-    #[error("the verification URL is invalid: {0}")]
+    #[error("the verification request cannot be built: {0}")]
     BadUrl(String),
 }
 

@@ -96,6 +96,8 @@ pub enum Run {
     Credentials(u32),
     /// A schedule tick: key `tick-<unix seconds>`.
     Tick(DateTime<Utc>),
+    /// Asked for with the `latchkey.dev/run-now` annotation: key `manual-<hash of its value>`.
+    Manual(String),
 }
 
 impl Run {
@@ -103,6 +105,7 @@ impl Run {
         match self {
             Run::Credentials(g) => format!("cred-{g}"),
             Run::Tick(t) => format!("tick-{}", t.timestamp()),
+            Run::Manual(h) => format!("manual-{h}"),
         }
     }
 }

@@ -163,7 +163,14 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
                             None
                         }
                     };
-                    if let (Some(run), Some(extra)) = (plan.run.filter(|_| extra.is_some()), &extra) {
+                    // A run asked for with the run-now annotation (a new value), unless Forbid and a run is active.
+                    let run_now = ua.annotations().get(naming::RUN_NOW_ANNOTATION).filter(|v| status.run_now_handled.as_ref() != Some(*v)).cloned();
+                    let manual = run_now.as_ref().filter(|_| plan.run.is_none() && !(job_spec.concurrency_policy == crate::api::embedded_connection::ConcurrencyPolicy::Forbid && decide::any_active(&own_jobs)));
+                    let run = plan.run.clone().or_else(|| manual.map(|v| Run::Manual(naming::hash_hex(&[v.as_bytes()])[..12].to_string())));
+                    if run.is_some() && run_now.is_some() {
+                        status.run_now_handled = run_now.clone();
+                    }
+                    if let (Some(run), Some(extra)) = (run.filter(|_| extra.is_some()), &extra) {
                         let vars = variables.clone().unwrap_or_default();
                         match start_run(&ctx, &ua, &adm, kind, &secret_name, &run, &vars, extra).await? {
                             Ok(()) => {
@@ -375,6 +382,11 @@ async fn sync_credentials(
             Ok(Some(verify::Verdict::Rejected { status: code })) => {
                 let v = adm.connector.spec.verification.as_ref().map(|v| format!("{:?} {}", v.method, v.path)).unwrap_or_default();
                 return Ok(Creds::Unusable { reason: reasons::CREDENTIALS_REJECTED, message: format!("the provider answered {code} to {v}: the credentials in Secret {} do not work", source.name), rejected: true });
+            }
+            // A credential that cannot even be put into the request (a key with a line break, say) is unusable:
+            // retrying will not help.
+            Err(verify::VerifyError::BadUrl(why)) => {
+                return Ok(Creds::Unusable { reason: reasons::SOURCE_SECRET_INVALID, message: format!("Secret {}: {why}", source.name), rejected: false });
             }
             Err(e) => {
                 status.consecutive_failures = status.consecutive_failures.saturating_add(1);

@@ -172,12 +172,24 @@ async fn tokens(
             *requeue = min(*requeue, until(next, now));
             return Ok(match timing(owned, generation).map(|(e, _)| e).or(status.expires_at) {
                 Some(e) if e > now => stored,
+                // Never had a token: keep saying what the provider answered last time.
+                None => {
+                    let last = crate::api::conditions::find(&status.conditions, crate::api::conditions::types::READY).filter(|c| c.message.starts_with("no access token yet"));
+                    let (reason, message) = last.map(|c| (reasons_of(&c.reason), c.message.clone())).unwrap_or((reasons::PROVIDER_UNAVAILABLE, format!("no access token yet; fetching is retried with backoff ({} failures so far)", status.consecutive_failures)));
+                    Creds::Unusable { reason, message, rejected: false }
+                }
                 _ => Creds::Unusable { reason: reasons::TOKEN_EXPIRED, message: format!("the access token expired; refreshing is retried with backoff ({} failures so far)", status.consecutive_failures), rejected: false },
             });
         }
     }
+    // A refresh asked for with the refresh-now annotation (a new value): due now, once.
+    let forced = ua.annotations().get(naming::REFRESH_NOW_ANNOTATION).filter(|v| status.refresh_now_handled.as_ref() != Some(*v)).cloned();
+    if let Some(v) = &forced {
+        status.refresh_now_handled = Some(v.clone());
+        info!(activation = %ua.name_any(), namespace = %ua.namespace().unwrap_or_default(), "refresh requested by annotation");
+    }
     // Not due by the store's metadata: nothing to read.
-    if let Some((expires_at, refresh_at)) = timing(owned, generation) {
+    if let (None, Some((expires_at, refresh_at))) = (&forced, timing(owned, generation)) {
         if refresh_at > now {
             report(status, expires_at, refresh_at);
             *requeue = min(*requeue, until(refresh_at, now));
@@ -190,7 +202,7 @@ async fn tokens(
     let Some(secret) = api.get_opt(secret_name).await.map_err(Error::kube("reading the credentials Secret for a refresh"))? else {
         return Ok(stored);
     };
-    if let Some((expires_at, refresh_at)) = timing(Some(&secret.metadata), generation) {
+    if let (None, Some((expires_at, refresh_at))) = (&forced, timing(Some(&secret.metadata), generation)) {
         if refresh_at > now {
             report(status, expires_at, refresh_at);
             *requeue = min(*requeue, until(refresh_at, now));
@@ -323,8 +335,14 @@ fn failure(ctx: &Context, ua: &UserActivation, status: &mut UserActivationStatus
             status.expires_at = Some(e);
             stored
         }
+        // Never had a token (client credentials fetched for the first time): say what the provider answered.
+        _ if t.access_token.is_empty() => Creds::Unusable { reason, message: format!("no access token yet: {message}"), rejected: false },
         _ => Creds::Unusable { reason: if reason == reasons::PROVIDER_UNAVAILABLE { reasons::TOKEN_EXPIRED } else { reason }, message: format!("the access token expired and {message}"), rejected: false },
     }
+}
+
+fn reasons_of(r: &str) -> &'static str {
+    [reasons::CLIENT_SECRET_INVALID, reasons::PROVIDER_UNAVAILABLE].into_iter().find(|x| *x == r).unwrap_or(reasons::PROVIDER_UNAVAILABLE)
 }
 
 fn dead_grant(status: &UserActivationStatus) -> Creds {
