@@ -19,11 +19,14 @@ p{margin:0 0 16px;color:var(--muted)}
 label{display:block;font-weight:600;font-size:14px;margin:16px 0 6px}
 input{width:100%;padding:11px 12px;border:1px solid var(--line);border-radius:8px;background:transparent;color:var(--fg);font:inherit}
 input:focus{outline:3px solid color-mix(in srgb,var(--accent) 35%,transparent);border-color:var(--accent)}
+input[aria-invalid=true],input[aria-invalid=true]:focus{border-color:var(--err);outline-color:color-mix(in srgb,var(--err) 30%,transparent)}
 button,.button{display:inline-block;width:100%;margin-top:24px;padding:12px 16px;border:0;border-radius:8px;background:var(--accent);color:var(--accent-fg);font:inherit;font-weight:600;text-align:center;text-decoration:none;cursor:pointer}
 button:focus-visible,.button:focus-visible{outline:3px solid var(--fg);outline-offset:2px}
 .error{border:1px solid var(--err);background:var(--err-bg);color:var(--err);border-radius:8px;padding:10px 12px;margin:0 0 8px;font-size:14px}
-.ok{color:var(--ok);font-weight:600}
-.fine{margin-top:20px;font-size:13px;color:var(--muted);text-align:center}
+.ok{display:flex;align-items:center;gap:10px;color:var(--ok);font-weight:600;font-size:18px;margin-bottom:8px}
+.ok::before{content:"\2713";flex:none;display:flex;align-items:center;justify-content:center;width:30px;height:30px;border-radius:50%;background:color-mix(in srgb,var(--ok) 15%,transparent);font-size:16px}
+.fine{margin:24px 0 0;padding-top:16px;border-top:1px solid var(--line);font-size:13px;color:var(--muted);text-align:center}
+@media (max-width:480px){body{padding:12px;align-items:flex-start}main{padding:24px 20px}}
 "#;
 
 /// `'sha256-...'` of the stylesheet, for the CSP.
