@@ -2,7 +2,7 @@
 # What the browser test (tests/connect_browser.rs) needs: Debian's headless Chromium at /usr/bin/chromium and the
 # npm modules of tests/browser (playwright-core, which drives that Chromium and downloads no browser of its own).
 # Idempotent: with both present it does nothing and takes a few milliseconds.
-#   - /usr/bin/chromium missing: `apt-get update` then `apt-get install -y chromium` (~30 s; needs root, as CI has).
+#   - /usr/bin/chromium missing: `apt-get update` then `apt-get install -y chromium` (~30-90 s with its recommended packages; needs root, as CI has).
 #   - tests/browser/node_modules missing or older than package-lock.json: `npm ci` there (~5 s).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -14,7 +14,7 @@ if [ ! -x /usr/bin/chromium ]; then
     exit 1
   fi
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  say "installing Debian's chromium for the browser test (apt-get update + install, ~30 s)"
+  say "installing Debian's chromium for the browser test (apt-get update + install, ~30-90 s)"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
   /usr/bin/chromium --version >&2

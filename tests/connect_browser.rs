@@ -53,7 +53,7 @@ fn require_browser() {
     let c = chromium();
     assert!(
         c.exists(),
-        "{} is missing: the browser test needs Debian's chromium. Install it with `scripts/browser-deps.sh` (as root: apt-get update && apt-get install -y chromium, ~30 s)",
+        "{} is missing: the browser test needs Debian's chromium. Install it with `scripts/browser-deps.sh` (as root: apt-get update && apt-get install -y chromium, ~30-90 s)",
         c.display()
     );
     assert!(
