@@ -63,7 +63,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         .timeout(Duration::from_secs(15))
         .build()
         .map_err(|e| RunError::Http(e.to_string()))?;
-    let connect = start_connect_server(&cfg, &client, &http, stop_rx.clone()).await?;
+    let connect = start_connect_server(&cfg, &client, &http, metrics.clone(), stop_rx.clone()).await?;
     let namespaces = cfg.watched_namespaces();
     let (stores, receivers) = controller::start_watches(&client, &namespaces);
     let ctx = Arc::new(Context {
@@ -75,6 +75,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         connect: Some(connect),
         failures: Default::default(),
         not_before: Default::default(),
+        written: Default::default(),
     });
     let started = std::time::Instant::now();
     tokio::select! {
@@ -122,14 +123,14 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
 }
 
 /// Loads (or creates) the signing keys and serves the connect server on every replica.
-async fn start_connect_server(cfg: &RunConfig, client: &kube::Client, http: &reqwest::Client, mut stop: watch::Receiver<bool>) -> Result<Arc<crate::connect::ConnectConfig>, RunError> {
+async fn start_connect_server(cfg: &RunConfig, client: &kube::Client, http: &reqwest::Client, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) -> Result<Arc<crate::connect::ConnectConfig>, RunError> {
     let ns = cfg.operator_namespace();
     let keys = crate::connect::load_or_create_keys(client, &ns, &cfg.signing_key_secret).await?;
     let keyring = crate::connect::Keyring::new(keys);
     crate::connect::spawn_key_reloader(client.clone(), ns, cfg.signing_key_secret.clone(), keyring.clone());
     let connect = Arc::new(crate::connect::ConnectConfig::new(&cfg.connect_base_url, keyring));
     let listener = tokio::net::TcpListener::bind(cfg.connect_bind).await.map_err(|source| RunError::Bind { addr: cfg.connect_bind, source })?;
-    let state = crate::connect::routes::ConnectState::new(client.clone(), http.clone(), connect.clone());
+    let state = crate::connect::routes::ConnectState::new(client.clone(), http.clone(), connect.clone()).with_metrics(metrics);
     tokio::spawn(async move {
         if let Err(e) = crate::connect::routes::serve(listener, state, async move { let _ = stop.changed().await; }).await {
             error!(error = %e, "the connect server stopped");

@@ -320,4 +320,10 @@ async fn the_refresh_now_annotation_refreshes_once() {
     assert_eq!(s.server.refresh_events().await.len(), 1, "the same annotation value refreshes once");
     let ua = s.activations().get("acme").await.unwrap();
     assert_eq!(ua.status.unwrap().refresh_now_handled.as_deref(), Some("job-saw-401"));
+    // What an operator's dashboard shows: one successful refresh, and the connect requests by route and status.
+    let metrics = s.op.metrics().await;
+    assert!(metrics.contains("latchkey_token_refreshes_total{outcome=\"ok\"} 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("latchkey_connect_requests_total{route=\"connect_page\"")), "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("latchkey_connect_requests_total{route=\"oauth_callback\"")), "{metrics}");
+    assert!(metrics.contains("latchkey_activations{phase=\"Active\"} 1"), "{metrics}");
 }

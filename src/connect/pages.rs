@@ -54,7 +54,7 @@ fn initial(name: &str) -> String {
 
 fn layout(title: &str, connector: &str, body: &str) -> String {
     format!(
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><meta name="referrer" content="no-referrer"><title>{title}</title><style>{STYLE}</style></head><body><main><div class="brand"><div class="logo" aria-hidden="true">{logo}</div><div><p class="kicker">Connect</p><h1>{heading}</h1></div></div>{body}<p class="fine">Secured by Latchkey. Your credentials go straight to encrypted storage; the application never sees them.</p></main></body></html>"#,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><meta name="referrer" content="no-referrer"><title>{title}</title><style>{STYLE}</style></head><body><main><div class="brand"><div class="logo" aria-hidden="true">{logo}</div><div><p class="kicker">Connect</p><h1>{heading}</h1></div></div>{body}<p class="fine">Secured by Latchkey. Your credentials are kept for this integration alone and are never shown on a page again.</p></main></body></html>"#,
         title = esc(title),
         logo = esc(&initial(connector)),
         heading = esc(connector),

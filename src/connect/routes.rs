@@ -45,12 +45,34 @@ pub struct ConnectState {
     pub http: reqwest::Client,
     pub config: Arc<ConnectConfig>,
     pub provider_calls: Arc<Semaphore>,
+    /// Counts requests by route and status (never by token or activation).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl ConnectState {
     pub fn new(client: Client, http: reqwest::Client, config: Arc<ConnectConfig>) -> Self {
-        Self { client, http, config, provider_calls: Arc::new(Semaphore::new(PROVIDER_CALLS)) }
+        Self { client, http, config, provider_calls: Arc::new(Semaphore::new(PROVIDER_CALLS)), metrics: None }
     }
+
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+}
+
+/// `latchkey_connect_requests_total{route, status}`.
+async fn count(State(state): State<ConnectState>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = match (req.method().as_str(), req.uri().path()) {
+        ("GET", p) if p.starts_with("/connect/") => "connect_page",
+        ("POST", p) if p.starts_with("/connect/") => "connect_submit",
+        (_, "/oauth/callback") => "oauth_callback",
+        _ => "other",
+    };
+    let res = next.run(req).await;
+    if let Some(m) = &state.metrics {
+        m.connect_requests.get_or_create(&crate::metrics::RouteLabel { route: route.into(), status: res.status().as_u16().to_string() }).inc();
+    }
+    res
 }
 
 pub fn router(state: ConnectState) -> Router {
@@ -60,6 +82,7 @@ pub fn router(state: ConnectState) -> Router {
         .fallback(|| async { html(StatusCode::NOT_FOUND, pages::message("Latchkey", "Not found", "There is nothing here.", None, false), None) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
 }
 

@@ -44,6 +44,9 @@ pub struct Context {
     pub failures: Mutex<HashMap<String, u32>>,
     /// When each failing object may try again: a watch event before then does not repeat the failed request.
     pub not_before: Mutex<HashMap<String, std::time::Instant>>,
+    /// Per object: the resourceVersion a status write was based on and a hash of what it wrote. While the store
+    /// still shows that version, the same status is not written again (the store lags behind our own writes).
+    pub written: Mutex<HashMap<String, (String, u64)>>,
 }
 
 /// What the reflectors keep: pruned objects, Secrets and the namespaces' metadata only.
@@ -119,6 +122,19 @@ impl Context {
             f.insert(Self::key(obj), std::time::Instant::now() + delay);
         }
         delay
+    }
+
+    /// Whether `status` is what this process last wrote for `obj` while the store still shows the version that
+    /// write was based on.
+    pub fn already_written<K: Resource<DynamicType = ()>>(&self, obj: &K, status_hash: u64) -> bool {
+        let rv = obj.meta().resource_version.clone().unwrap_or_default();
+        self.written.lock().ok().and_then(|w| w.get(&Self::key(obj)).cloned()).is_some_and(|(based_on, h)| based_on == rv && h == status_hash)
+    }
+
+    pub fn remember_written<K: Resource<DynamicType = ()>>(&self, obj: &K, status_hash: u64) {
+        if let Ok(mut w) = self.written.lock() {
+            w.insert(Self::key(obj), (obj.meta().resource_version.clone().unwrap_or_default(), status_hash));
+        }
     }
 
     /// How long a failing object must still wait before its failed request is tried again.

@@ -58,6 +58,8 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
     let mut desired: Vec<Condition> = Vec::new();
     let mut requeue: Option<Duration> = None;
     let mut retry_after: Option<Duration> = None;
+    // A Job this reconcile created, not yet in the store: reported as running right away (one status write less).
+    let mut started_job: Option<String> = None;
 
     // Observe references from the stores.
     let conn_ns = ua.connection_namespace().unwrap_or_default();
@@ -173,7 +175,8 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
                     if let (Some(run), Some(extra)) = (run.filter(|_| extra.is_some()), &extra) {
                         let vars = variables.clone().unwrap_or_default();
                         match start_run(&ctx, &ua, &adm, kind, &secret_name, &run, &vars, extra).await? {
-                            Ok(()) => {
+                            Ok(started) => {
+                                started_job = started;
                                 if let Run::Credentials(g) = run {
                                     status.run_generation = g;
                                 }
@@ -186,10 +189,10 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
         }
         prune_history(&ctx, &ns, &own_jobs, job_spec).await?;
     }
-    if let Some(job) = decide::newest(&own_jobs) {
+    let newest = decide::newest(&own_jobs).map(|job| {
         let outcome = jobs::outcome(job);
         let st = job.status.as_ref();
-        status.last_run = Some(LastRun {
+        let mut run = LastRun {
             job: job.name_any(),
             start_time: st.and_then(|s| s.start_time.as_ref()).map(|t| ts(&t.0)),
             completion_time: st.and_then(|s| s.completion_time.as_ref()).map(|t| ts(&t.0)),
@@ -199,9 +202,22 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
                 jobs::Outcome::Succeeded => Some(true),
                 jobs::Outcome::Failed => Some(false),
             },
-        });
+        };
+        // A running Job's start time alone is no reason to write: it is written with its outcome.
+        if let Some(prev_run) = prev.last_run.as_ref().filter(|p| p.job == run.job && p.outcome == run.outcome && outcome == jobs::Outcome::Running) {
+            run.start_time = prev_run.start_time;
+        }
+        (outcome, run)
+    });
+    let newest = match (newest, started_job) {
+        (Some(n), Some(started)) if n.1.job != started => Some((jobs::Outcome::Running, running(started))),
+        (None, Some(started)) => Some((jobs::Outcome::Running, running(started))),
+        (n, _) => n,
+    };
+    if let Some((outcome, run)) = newest {
+        let name = run.job.clone();
+        status.last_run = Some(run);
         if !desired.iter().any(|c| c.type_ == types::LAST_RUN_SUCCEEDED) {
-            let name = job.name_any();
             desired.push(match outcome {
                 jobs::Outcome::Succeeded => Condition::new(types::LAST_RUN_SUCCEEDED, TRUE, reasons::JOB_SUCCEEDED, format!("Job {name} succeeded"), generation, now),
                 jobs::Outcome::Failed => Condition::new(types::LAST_RUN_SUCCEEDED, FALSE, reasons::JOB_FAILED, format!("Job {name} failed; see its pods' logs"), generation, now),
@@ -230,6 +246,10 @@ async fn add_finalizer(ctx: &Context, ua: &UserActivation) -> Result<()> {
     Ok(())
 }
 
+fn running(job: String) -> LastRun {
+    LastRun { job, start_time: None, completion_time: None, outcome: format!("{:?}", jobs::Outcome::Running), succeeded: None }
+}
+
 fn ts(t: &k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
     DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond() as u32).unwrap_or_default()
 }
@@ -248,7 +268,21 @@ async fn finish_keeping_failures(ua: &UserActivation, ctx: &Context, prev: UserA
     let api: Api<UserActivation> = Api::namespaced(ctx.client.clone(), &ua.namespace().unwrap_or_default());
     // A change of the connect link races with the connect server's nonce rotation: write it only over what was read.
     let link_changed = prev.connect_nonce != status.connect_nonce || prev.connect_url != status.connect_url;
-    let wrote = apply_status_checked(&api, ua, ua.status.as_ref(), &status, link_changed).await?;
+    let hash = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(&status).unwrap_or_default().hash(&mut h);
+        h.finish()
+    };
+    let wrote = if ctx.already_written(ua, hash) {
+        false
+    } else {
+        let wrote = apply_status_checked(&api, ua, ua.status.as_ref(), &status, link_changed).await?;
+        if wrote {
+            ctx.remember_written(ua, hash);
+        }
+        wrote
+    };
     if wrote && prev.phase != status.phase {
         let ready = conditions::find(&status.conditions, types::READY);
         let (reason, note) = ready.map(|c| (c.reason.clone(), c.message.clone())).unwrap_or_default();
@@ -479,9 +513,15 @@ async fn start_run(
     run: &Run,
     variables: &BTreeMap<String, serde_json::Value>,
     extra: &[jobs::ExtraConnection],
-) -> Result<Result<(), String>> {
-    let Some(spec) = &adm.connection.spec.job else { return Ok(Ok(())) };
+) -> Result<Result<Option<String>, String>> {
+    let Some(spec) = &adm.connection.spec.job else { return Ok(Ok(None)) };
     let ns = ua.namespace().unwrap_or_default();
+    // Already created (the store saw it before this activation's status caught up): nothing to do.
+    let key = run.key();
+    let existing = naming::job_name(ua, &key);
+    if ctx.stores.jobs.get(&ObjectRef::new(&existing).within(&ns)).is_some() {
+        return Ok(Ok(Some(existing)));
+    }
     let template = match jobs::template(spec) {
         Ok(t) => t,
         Err(e) => return Ok(Err(e.to_string())),
@@ -503,7 +543,6 @@ async fn start_run(
     if !missing.is_empty() {
         return Ok(Err(format!("the job template names {} that do(es) not exist in namespace {ns}", missing.join(", "))));
     }
-    let key = run.key();
     let input = jobs::RunInput { ua, job: spec, kind, secret_name, run_key: &key, base_url: &adm.connector.spec.base_url, variables, extra };
     let job = jobs::build(&input, template);
     let name = job.name_any();
@@ -511,10 +550,10 @@ async fn start_run(
         Ok(_) => {
             info!(activation = %ua.name_any(), namespace = %ns, job = %name, run = %key, "started run");
             ctx.metrics.job_started();
-            Ok(Ok(()))
+            Ok(Ok(Some(name)))
         }
         // The run key makes the name: a restart never doubles a run.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Ok(())),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Ok(Some(name))),
         Err(e) => Err(Error::kube("creating the Job")(e)),
     }
 }

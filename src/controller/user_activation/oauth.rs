@@ -183,7 +183,14 @@ async fn tokens(
         }
     }
     // A refresh asked for with the refresh-now annotation (a new value): due now, once.
-    let forced = ua.annotations().get(naming::REFRESH_NOW_ANNOTATION).filter(|v| status.refresh_now_handled.as_ref() != Some(*v)).cloned();
+    // Handled is recorded in status and on the owned Secret (whose store copy is fresh after a refresh wrote it).
+    let handled_on_secret = annotation(owned, naming::REFRESH_NOW_ANNOTATION);
+    let forced = ua.annotations().get(naming::REFRESH_NOW_ANNOTATION).filter(|v| status.refresh_now_handled.as_ref() != Some(*v) && handled_on_secret != Some(*v)).cloned();
+    if let (Some(v), None) = (handled_on_secret, &forced) {
+        if ua.annotations().get(naming::REFRESH_NOW_ANNOTATION) == Some(v) {
+            status.refresh_now_handled = Some(v.clone());
+        }
+    }
     if let Some(v) = &forced {
         status.refresh_now_handled = Some(v.clone());
         info!(activation = %ua.name_any(), namespace = %ua.namespace().unwrap_or_default(), "refresh requested by annotation");
@@ -237,10 +244,11 @@ async fn tokens(
     };
     match result {
         Ok(set) => {
+            refreshed(ctx, "ok");
             let lifetime = set.expires_in.unwrap_or_else(|| oauth::default_lifetime(m));
             let expires_at = oauth::expiry(m, set.expires_in, now);
             let tokens = oauth::tokens_from(set, expires_at, Some(&current));
-            let refresh_at = write_rotated(ctx, &api, secret, &tokens, m, lifetime, generation).await?;
+            let refresh_at = write_rotated(ctx, &api, secret, &tokens, m, lifetime, generation, forced.as_deref()).await?;
             let recovered = status.consecutive_failures > 0;
             status.consecutive_failures = 0;
             status.last_refresh_time = Some(now);
@@ -252,6 +260,7 @@ async fn tokens(
             Ok(stored)
         }
         Err(OAuthError::InvalidGrant { .. }) => {
+            refreshed(ctx, "invalid_grant");
             // Re-read: a refresh token that changed meanwhile means another writer won a race, not a dead grant.
             let again = api.get_opt(secret_name).await.map_err(Error::kube("re-reading the credentials Secret after invalid_grant"))?;
             let now_rt = again.and_then(|s| Credential::from_secret_data(kind, &s.data.unwrap_or_default()).ok()).and_then(|c| match c {
@@ -297,7 +306,8 @@ async fn refresh_client(ctx: &Context, adm: &Admitted<'_>, m: &OAuth2Method, kin
 
 /// Writes rotated tokens with the read resourceVersion as precondition (a replace, never a forced apply). The
 /// generation stays: a refresh is not a credential change. Returns the new refresh time.
-async fn write_rotated(ctx: &Context, api: &Api<Secret>, mut secret: Secret, tokens: &OAuth2Tokens, m: &OAuth2Method, lifetime: Duration, generation: u32) -> Result<DateTime<Utc>> {
+#[allow(clippy::too_many_arguments)]
+async fn write_rotated(ctx: &Context, api: &Api<Secret>, mut secret: Secret, tokens: &OAuth2Tokens, m: &OAuth2Method, lifetime: Duration, generation: u32, forced: Option<&str>) -> Result<DateTime<Utc>> {
     let _ = ctx;
     let data = Credential::OAuth2(tokens.clone()).to_secret_data();
     let expires_at = tokens.expires_at.unwrap_or_else(Utc::now);
@@ -306,6 +316,9 @@ async fn write_rotated(ctx: &Context, api: &Api<Secret>, mut secret: Secret, tok
     let timing = oauth::timing_annotations(m, expires_at, lifetime, generation);
     let refresh_at = timing.iter().find(|(k, _)| k == REFRESH_AT_ANNOTATION).and_then(|(_, v)| DateTime::parse_from_rfc3339(v).ok()).map(|t| t.with_timezone(&Utc)).unwrap_or(expires_at);
     annotations.extend(timing);
+    if let Some(v) = forced {
+        annotations.insert(naming::REFRESH_NOW_ANNOTATION.into(), v.into());
+    }
     secret.metadata.annotations = Some(annotations);
     secret.metadata.managed_fields = None;
     secret.data = Some(data);
@@ -323,7 +336,12 @@ fn report(status: &mut UserActivationStatus, expires_at: DateTime<Utc>, refresh_
 
 /// A failed refresh that may pass: exponential backoff by `consecutiveFailures`; Ready while the token is valid.
 #[allow(clippy::too_many_arguments)]
+fn refreshed(ctx: &Context, outcome: &str) {
+    ctx.metrics.refreshes.get_or_create(&crate::metrics::OutcomeLabel { outcome: outcome.into() }).inc();
+}
+
 fn failure(ctx: &Context, ua: &UserActivation, status: &mut UserActivationStatus, requeue: &mut Option<Duration>, t: &OAuth2Tokens, now: DateTime<Utc>, reason: &'static str, message: String, stored: Creds) -> Creds {
+    refreshed(ctx, "error");
     let _ = ctx;
     status.consecutive_failures = status.consecutive_failures.saturating_add(1);
     let delay = backoff_for(status.consecutive_failures);
