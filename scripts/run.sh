@@ -25,9 +25,11 @@ say "building the operator (first time: ~4 minutes)"
 cargo build --locked --quiet
 say "installing the CRDs"
 kubectl apply --server-side --force-conflicts --field-manager=latchkey-install -f crds/ >/dev/null
+OPERATOR_NS=${LATCHKEY_OPERATOR_NAMESPACE:-latchkey-system}
+kubectl get namespace "$OPERATOR_NS" >/dev/null 2>&1 || kubectl create namespace "$OPERATOR_NS" >/dev/null
 if [ "$local_bed" = 1 ] && [ -d examples ]; then
-  say "installing the examples (examples/)"
-  kubectl apply -R -f examples/ >/dev/null || say "some examples did not apply (see kubectl apply -R -f examples/)"
+  say "installing the examples (kubectl apply -k examples/)"
+  kubectl apply --server-side --force-conflicts --field-manager=latchkey-examples -k examples/ >/dev/null || say "some examples did not apply (see kubectl apply -k examples/)"
 fi
 CONNECT_PORT=${LATCHKEY_CONNECT_PORT:-8080}
 METRICS_PORT=${LATCHKEY_METRICS_PORT:-9090}
@@ -39,4 +41,4 @@ make run: the operator is starting.
 MSG
 exec target/debug/latchkey run \
   --connect-bind "127.0.0.1:$CONNECT_PORT" --connect-base-url "http://127.0.0.1:$CONNECT_PORT" \
-  --metrics-bind "127.0.0.1:$METRICS_PORT" --operator-namespace "${LATCHKEY_OPERATOR_NAMESPACE:-latchkey-system}"
+  --metrics-bind "127.0.0.1:$METRICS_PORT" --operator-namespace "$OPERATOR_NS"
