@@ -15,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde::Deserialize;
@@ -474,19 +473,7 @@ pub fn owned_secret(ua: &UserActivation, name: &str, credential: &Credential, ge
     if let (Credential::OAuth2(OAuth2Tokens { expires_at: Some(e), .. }), Some((m, lifetime))) = (credential, timing) {
         annotations.extend(oauth::timing_annotations(m, *e, lifetime, generation));
     }
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: ua.namespace(),
-            labels: Some(naming::activation_labels(ua, "credentials")),
-            annotations: Some(annotations),
-            owner_references: Some(vec![naming::owner_ref(ua)]),
-            ..Default::default()
-        },
-        data: Some(data),
-        type_: Some("Opaque".into()),
-        ..Default::default()
-    }
+    crate::controller::user_activation::owned_secret_object(ua, name, data, annotations)
 }
 
 /// Serves the connect server until `shutdown` resolves.

@@ -234,7 +234,7 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
 
 /// Whether deleting the activation needs work before its Secret goes (kept with Retain; revocation).
 fn needs_finalizer(adm: &Admitted<'_>) -> bool {
-    adm.connection.spec.secret_deletion_policy == SecretDeletionPolicy::Retain
+    adm.connection.spec.secret_deletion_policy == SecretDeletionPolicy::Retain || oauth::revocable(adm)
 }
 
 async fn add_finalizer(ctx: &Context, ua: &UserActivation) -> Result<()> {
@@ -244,6 +244,24 @@ async fn add_finalizer(ctx: &Context, ua: &UserActivation) -> Result<()> {
     let patch = serde_json::json!({ "metadata": { "finalizers": finalizers, "resourceVersion": ua.resource_version() } });
     api.patch(&ua.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::kube("adding the finalizer"))?;
     Ok(())
+}
+
+/// The owned Secret of an activation: its labels, owner reference (so the garbage collector removes it with the
+/// activation), data and annotations. The reconciler and the connect server write the same shape.
+pub fn owned_secret_object(ua: &UserActivation, name: &str, data: BTreeMap<String, k8s_openapi::ByteString>, annotations: BTreeMap<String, String>) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: ua.namespace(),
+            labels: Some(naming::activation_labels(ua, "credentials")),
+            annotations: Some(annotations),
+            owner_references: Some(vec![naming::owner_ref(ua)]),
+            ..Default::default()
+        },
+        data: Some(data),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
 }
 
 fn running(job: String) -> LastRun {
@@ -455,19 +473,7 @@ fn reasons_static(r: &str) -> &'static str {
 /// Server-side apply of the owned Secret.
 pub async fn write_secret(ctx: &Context, ua: &UserActivation, name: &str, data: BTreeMap<String, k8s_openapi::ByteString>, annotations: BTreeMap<String, String>) -> Result<()> {
     let ns = ua.namespace().unwrap_or_default();
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.clone()),
-            labels: Some(naming::activation_labels(ua, "credentials")),
-            annotations: Some(annotations),
-            owner_references: Some(vec![naming::owner_ref(ua)]),
-            ..Default::default()
-        },
-        data: Some(data),
-        type_: Some("Opaque".into()),
-        ..Default::default()
-    };
+    let secret = owned_secret_object(ua, name, data, annotations);
     Api::<Secret>::namespaced(ctx.client.clone(), &ns)
         .patch(name, &PatchParams::apply(naming::FIELD_MANAGER).force(), &Patch::Apply(&secret))
         .await

@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
@@ -70,7 +70,6 @@ pub(super) async fn lifecycle(
 ) -> Result<Creds> {
     let creds = match (creds, adm.method.oauth2.as_ref()) {
         (Creds::Stored { generation, verified }, Some(m)) if is_oauth(kind) => {
-            ensure_finalizer(ctx, ua, adm).await?;
             tokens(ctx, ua, adm, m, kind, secret_name, owned, generation, verified, status, requeue, now).await?
         }
         (c, _) => c,
@@ -383,19 +382,6 @@ async fn event(ctx: &Context, ua: &UserActivation, type_: EventType, reason: &st
 /// Whether deleting the activation has something to revoke first.
 pub(super) fn revocable(adm: &Admitted<'_>) -> bool {
     adm.connection.spec.secret_deletion_policy == SecretDeletionPolicy::Delete && adm.method.oauth2.as_ref().is_some_and(|m| m.revocation_url.is_some())
-}
-
-/// Adds the cleanup finalizer when there is something to revoke (and only then).
-async fn ensure_finalizer(ctx: &Context, ua: &UserActivation, adm: &Admitted<'_>) -> Result<()> {
-    if !revocable(adm) || ua.finalizers().iter().any(|f| f == naming::FINALIZER) {
-        return Ok(());
-    }
-    let api: Api<UserActivation> = Api::namespaced(ctx.client.clone(), &ua.namespace().unwrap_or_default());
-    let mut finalizers = ua.finalizers().to_vec();
-    finalizers.push(naming::FINALIZER.into());
-    let patch = serde_json::json!({ "metadata": { "finalizers": finalizers, "resourceVersion": ua.resource_version() } });
-    api.patch(&ua.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::kube("adding the finalizer"))?;
-    Ok(())
 }
 
 /// Revokes the activation's grant at the provider: best effort, bounded, never failing the deletion. A missing
