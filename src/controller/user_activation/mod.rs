@@ -301,7 +301,10 @@ async fn finish_keeping_failures(ua: &UserActivation, ctx: &Context, prev: UserA
         }
         wrote
     };
-    if wrote && prev.phase != status.phase {
+    // Events on transitions; a new activation that is Active at once (the common case) has its status to say so,
+    // which keeps its write budget at the Secret, the first Job and one status write.
+    let first_and_fine = prev.phase.is_none() && status.phase == Some(Phase::Active);
+    if wrote && prev.phase != status.phase && !first_and_fine {
         let ready = conditions::find(&status.conditions, types::READY);
         let (reason, note) = ready.map(|c| (c.reason.clone(), c.message.clone())).unwrap_or_default();
         let type_ = if status.phase == Some(Phase::Failing) { EventType::Warning } else { EventType::Normal };
