@@ -18,10 +18,11 @@ fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
 labels = {
     "latchkey": "Latchkey (started over existing activations)",
     "latchkey_live": "Latchkey (activations created while running)",
+    "latchkey_nojob": "Latchkey, connection without a Job (started)",
     "eso": "External Secrets Operator v0.16.2 (started over existing ExternalSecrets)",
 }
-styles = {"latchkey": "-", "latchkey_live": "--", "eso": "-"}
-for key in ["latchkey", "latchkey_live", "eso"]:
+styles = {"latchkey": "-", "latchkey_live": "--", "latchkey_nojob": "-.", "eso": "-"}
+for key in ["latchkey", "latchkey_live", "latchkey_nojob", "eso"]:
     pts = tl.get(key)
     if not pts:
         continue

@@ -75,9 +75,13 @@ async fn settle(bed: &Bed, mark: u64, quiet: Duration, cap: Duration) -> f64 {
 /// One measurement over `n` activations. `started`: the activations exist before the operator starts (the
 /// startup, restart and idle figures are taken then); otherwise they are created while it runs.
 async fn run_operator(o: &Opts, n: usize, started: bool, extras: bool, name: &str) -> Result<Measured> {
+    run_operator_with(o, n, started, extras, name, true).await
+}
+
+async fn run_operator_with(o: &Opts, n: usize, started: bool, extras: bool, name: &str, job: bool) -> Result<Measured> {
     let bed = Bed::up(&o.bed_dir()).await?;
     let w = Workload { n, namespaces: o.namespaces };
-    load::latchkey_fixture(&bed, &w, &o.operator).await?;
+    load::latchkey_fixture_with(&bed, &w, &o.operator, job).await?;
     load::source_secrets(&bed.client, &w).await?;
     let mut watch = ReadyWatch::start(&bed.client, &load::ua_resource()).await;
     let timeout = Duration::from_secs(120 + n as u64 / 10);
@@ -216,6 +220,22 @@ pub async fn converge(o: &Opts, res: &mut Results) -> Result<()> {
     Ok(())
 }
 
+/// Like `converge` (started over existing activations), with a connection that has no Job: the credential path
+/// alone, like for like with the peer, which only copies Secrets.
+pub async fn converge_nojob(o: &Opts, res: &mut Results) -> Result<()> {
+    let mut ms = Vec::new();
+    for run in 0..o.runs {
+        ms.push(run_operator_with(o, o.big, true, false, &format!("converge-nojob-{}", run + 1), false).await?);
+    }
+    res.runs("converge_nojob_seconds_10k", &col(&ms, |m| m.converge_s));
+    res.runs("cpu_nojob_seconds_10k", &col(&ms, |m| m.cpu_s));
+    res.runs("writes_per_activation_apikey_nojob", &col(&ms, |m| m.writes_settled));
+    res.runs("peak_rss_nojob_mib_10k", &col(&ms, |m| m.peak_rss));
+    res.set("writes_breakdown_nojob", ms.first().map(|m| m.breakdown_settled.clone()).unwrap_or_default());
+    keep_timeline(res, "latchkey_nojob", &ms.iter().map(|m| (m.converge_s, m.timeline.clone())).collect::<Vec<_>>());
+    Ok(())
+}
+
 /// Startup and memory at the smaller size (1,000 at full scale): process start to the first write of a
 /// reconcile over existing activations, and the steady RSS that the per-activation growth is computed from.
 pub async fn startup(o: &Opts, res: &mut Results) -> Result<()> {
@@ -261,8 +281,11 @@ pub fn table(v: &Value) -> String {
         ("forged_rps", ">= 50000"),
         ("callback_e2e_rps", ">= 200"),
         ("callback_e2e_p99_ms", "<= 100"),
+        ("converge_nojob_seconds_10k", ""),
+        ("writes_per_activation_apikey_nojob", ""),
         ("eso_converge_seconds_10k", ""),
         ("eso_converge_speedup", ">= 5"),
+        ("eso_converge_speedup_nojob", ""),
         ("eso_peak_rss_mib_10k", ""),
         ("peak_rss_ratio_to_eso", "<= 0.5"),
         ("eso_cpu_seconds_10k", ""),

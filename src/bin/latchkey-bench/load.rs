@@ -52,6 +52,12 @@ pub fn ua_resource() -> ApiResource {
 /// The CRDs, the namespaces, a Connector (API key, no verification request) and an EmbeddedConnection with a
 /// busybox Job admitting the labelled tenant namespaces.
 pub async fn latchkey_fixture(bed: &Bed, w: &Workload, operator: &Path) -> Result<()> {
+    latchkey_fixture_with(bed, w, operator, true).await
+}
+
+/// [`latchkey_fixture`], with or without the connection's Job (`job: false` isolates the credential path, like
+/// for like with a peer that only copies Secrets).
+pub async fn latchkey_fixture_with(bed: &Bed, w: &Workload, operator: &Path, job: bool) -> Result<()> {
     let crds = bed.dir.join("latchkey-crds.yaml");
     let out = std::process::Command::new(operator).arg("crds").output()?;
     std::fs::write(&crds, &out.stdout)?;
@@ -67,13 +73,17 @@ pub async fn latchkey_fixture(bed: &Bed, w: &Workload, operator: &Path) -> Resul
                  "authMethods": [{"name": "token", "apiKey": {"in": "Header", "name": "Authorization", "prefix": "Bearer "}}]}
     }))?;
     Api::<DynamicObject>::namespaced_with(bed.client.clone(), INTEGRATIONS_NS, &ar_c).create(&PostParams::default(), &c).await.map_err(|e| e.to_string())?;
-    let e: DynamicObject = serde_json::from_value(json!({
+    let mut e = json!({
         "apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection",
         "metadata": {"name": "bench-sync", "namespace": INTEGRATIONS_NS},
         "spec": {"connectorRef": {"name": "bench-api"}, "authMethod": "token",
                  "allowedNamespaces": {"matchLabels": {TENANT_LABEL: "true"}},
                  "job": {"template": {"spec": {"containers": [{"name": "sync", "image": "busybox", "command": ["sh", "-c", "echo sync"]}]}}}}
-    }))?;
+    });
+    if !job {
+        e["spec"].as_object_mut().unwrap().remove("job");
+    }
+    let e: DynamicObject = serde_json::from_value(e)?;
     Api::<DynamicObject>::namespaced_with(bed.client.clone(), INTEGRATIONS_NS, &ar_e).create(&PostParams::default(), &e).await.map_err(|e| e.to_string())?;
     Ok(())
 }

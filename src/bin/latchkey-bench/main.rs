@@ -3,7 +3,7 @@
 //! the peer, External Secrets Operator) from outside — the apiserver's audit log for writes and Secret GETs,
 //! /proc for RSS and CPU — and merges its numbers into target/bench/results.json as it finishes.
 //!
-//!   latchkey-bench [--figures bounds,converge,startup,eso,connect,refresh] [--scale tiny|small|full] [--runs N]
+//!   latchkey-bench [--figures bounds,converge,converge_nojob,startup,eso,connect,refresh] [--scale tiny|small|full] [--runs N]
 //!                  [--operator target/release/latchkey] [--eso DIR] [--out target/bench/results.json]
 //!   latchkey-bench --table                  prints the table of the results file
 mod bed;
@@ -114,6 +114,7 @@ async fn main() {
         let r = match f.as_str() {
             "bounds" => figures::bounds(&opts, &mut res).await,
             "converge" => figures::converge(&opts, &mut res).await,
+            "converge_nojob" => figures::converge_nojob(&opts, &mut res).await,
             "startup" => figures::startup(&opts, &mut res).await,
             "eso" => eso::figure(&opts, &mut res).await,
             "connect" => connect::figure(&opts, &mut res).await,

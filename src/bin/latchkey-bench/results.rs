@@ -132,6 +132,8 @@ impl Results {
         }
         let r = ratio(self.num("eso_converge_seconds_10k"), self.num("converge_seconds_10k"));
         self.set("eso_converge_speedup", r);
+        let r = ratio(self.num("eso_converge_seconds_10k"), self.num("converge_nojob_seconds_10k"));
+        self.set("eso_converge_speedup_nojob", r);
         let r = ratio(self.num("peak_rss_mib_10k"), self.num("eso_peak_rss_mib_10k"));
         self.set("peak_rss_ratio_to_eso", r);
         let r = ratio(self.num("writes_per_activation_apikey"), self.num("eso_writes_per_secret"));
