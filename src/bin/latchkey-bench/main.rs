@@ -85,7 +85,7 @@ async fn main() {
     let figures: Vec<String> = arg(&args, "--figures")
         .or_else(|| std::env::var("FIGURES").ok())
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "bounds,converge,startup,eso,connect,refresh".into())
+        .unwrap_or_else(|| "bounds,converge,converge_nojob,eso,startup,refresh,connect".into())
         .split(',')
         .map(|s| s.trim().to_string())
         .collect();
