@@ -38,3 +38,6 @@ chart-check: testenv ## helm lint, kubeconform -strict (chart + examples), helm 
 
 faults: ## long fault/bad-input/isolation suite; figures in target/faults/results.json
 	@scripts/faults.sh
+
+bench: ## benchmark: table, target/bench/results.json, plot (BENCH_SCALE=tiny|small|full, FIGURES=a,b,...)
+	@FIGURES="$(FIGURES)" BENCH_SCALE="$(BENCH_SCALE)" scripts/bench.sh
