@@ -304,15 +304,17 @@ async fn finish_keeping_failures(ua: &UserActivation, ctx: &Context, prev: UserA
     // Events on transitions; a new activation that is Active at once (the common case) has its status to say so,
     // which keeps its write budget at the Secret, the first Job and one status write.
     let first_and_fine = prev.phase.is_none() && status.phase == Some(Phase::Active);
-    if wrote && prev.phase != status.phase && !first_and_fine {
+    if wrote && prev.phase != status.phase {
         let ready = conditions::find(&status.conditions, types::READY);
         let (reason, note) = ready.map(|c| (c.reason.clone(), c.message.clone())).unwrap_or_default();
-        let type_ = if status.phase == Some(Phase::Failing) { EventType::Warning } else { EventType::Normal };
         info!(activation = %ua.name_any(), namespace = %ua.namespace().unwrap_or_default(), phase = ?status.phase, reason = %reason, "phase changed");
-        let _ = ctx
-            .recorder
-            .publish(&Event { type_, reason, note: Some(note), action: "Reconcile".into(), secondary: None }, &ua.object_ref(&()))
-            .await;
+        if !first_and_fine {
+            let type_ = if status.phase == Some(Phase::Failing) { EventType::Warning } else { EventType::Normal };
+            let _ = ctx
+                .recorder
+                .publish(&Event { type_, reason, note: Some(note), action: "Reconcile".into(), secondary: None }, &ua.object_ref(&()))
+                .await;
+        }
     }
     ctx.metrics.activation_phase(prev.phase, status.phase);
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
