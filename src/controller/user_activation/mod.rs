@@ -327,8 +327,11 @@ async fn finish(ua: &UserActivation, ctx: &Context, prev: UserActivationStatus, 
 }
 
 /// An older activation (by creation time, then name) of the same connection and user id, if any.
+/// The activation of the same connection and user id that takes precedence, if any: one that is already Ready
+/// (the user keeps what works), then the older (creation time has one-second resolution), then by name.
 fn older_activation_of_same_user(ctx: &Context, ua: &UserActivation) -> Option<String> {
-    let me = (ua.metadata.creation_timestamp.as_ref().map(|t| t.0), ua.namespace(), ua.name_any());
+    let waiting = |o: &UserActivation| !o.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, types::READY));
+    let me = (waiting(ua), ua.metadata.creation_timestamp.as_ref().map(|t| t.0), ua.namespace(), ua.name_any());
     let conn = (ua.connection_namespace(), &ua.spec.connection_ref.name);
     ctx.stores
         .relations
@@ -337,7 +340,7 @@ fn older_activation_of_same_user(ctx: &Context, ua: &UserActivation) -> Option<S
         .filter_map(|r| ctx.stores.activations.get(&r))
         .filter(|o| o.uid() != ua.uid() && o.spec.user.id == ua.spec.user.id && (o.connection_namespace(), &o.spec.connection_ref.name) == conn)
         .filter(|o| o.metadata.deletion_timestamp.is_none())
-        .filter(|o| (o.metadata.creation_timestamp.as_ref().map(|t| t.0), o.namespace(), o.name_any()) < me)
+        .filter(|o| (waiting(o), o.metadata.creation_timestamp.as_ref().map(|t| t.0), o.namespace(), o.name_any()) < me)
         .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
         .next()
 }
