@@ -4,7 +4,11 @@ use std::net::SocketAddr;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "latchkey", version, about = "Kubernetes operator for embedded connections: each tenant activates an integration with its own credentials")]
+#[command(
+    name = "latchkey",
+    version,
+    about = "Kubernetes operator for embedded connections: each tenant activates an integration with its own credentials"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -79,7 +83,9 @@ impl RunConfig {
     pub fn operator_namespace(&self) -> String {
         self.operator_namespace
             .clone()
-            .or_else(|| std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok().map(|s| s.trim().to_string()))
+            .or_else(|| {
+                std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok().map(|s| s.trim().to_string())
+            })
             .unwrap_or_else(|| "latchkey-system".into())
     }
 

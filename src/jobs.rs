@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec as K8sJobSpec};
 use k8s_openapi::api::core::v1::{
-    DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector, PodTemplateSpec, SecretKeySelector,
-    SecretVolumeSource, Volume, VolumeMount,
+    DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector, PodTemplateSpec,
+    SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
@@ -183,7 +183,10 @@ pub fn build(input: &RunInput<'_>, mut template: PodTemplateSpec) -> Job {
         downward_api: Some(DownwardAPIVolumeSource {
             items: Some(vec![DownwardAPIVolumeFile {
                 path: "variables.json".into(),
-                field_ref: Some(ObjectFieldSelector { field_path: format!("metadata.annotations['{}']", naming::VARIABLES_ANNOTATION), api_version: None }),
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: format!("metadata.annotations['{}']", naming::VARIABLES_ANNOTATION),
+                    api_version: None,
+                }),
                 ..Default::default()
             }]),
             ..Default::default()
@@ -199,7 +202,10 @@ pub fn build(input: &RunInput<'_>, mut template: PodTemplateSpec) -> Job {
     ];
     for (key, var) in &usable {
         // Optional: an OAuth grant may lack token_type or expires_at.
-        let optional = !matches!(*key, credentials::keys::API_KEY | credentials::keys::ACCESS_TOKEN | credentials::keys::USERNAME | credentials::keys::PASSWORD);
+        let optional = !matches!(
+            *key,
+            credentials::keys::API_KEY | credentials::keys::ACCESS_TOKEN | credentials::keys::USERNAME | credentials::keys::PASSWORD
+        );
         env.push(EnvVar {
             name: (*var).into(),
             value: None,
@@ -228,10 +234,18 @@ pub fn build(input: &RunInput<'_>, mut template: PodTemplateSpec) -> Job {
             }),
             ..Default::default()
         });
-        mounts.push(VolumeMount { name: volume, mount_path: format!("/var/run/latchkey/{lower}"), read_only: Some(true), ..Default::default() });
+        mounts.push(VolumeMount {
+            name: volume,
+            mount_path: format!("/var/run/latchkey/{lower}"),
+            read_only: Some(true),
+            ..Default::default()
+        });
         env.push(EnvVar { name: format!("LATCHKEY_{}_BASE_URL", x.as_), value: Some(x.base_url.clone()), value_from: None });
         for (key, var) in &keys {
-            let optional = !matches!(*key, credentials::keys::API_KEY | credentials::keys::ACCESS_TOKEN | credentials::keys::USERNAME | credentials::keys::PASSWORD);
+            let optional = !matches!(
+                *key,
+                credentials::keys::API_KEY | credentials::keys::ACCESS_TOKEN | credentials::keys::USERNAME | credentials::keys::PASSWORD
+            );
             env.push(EnvVar {
                 name: var.replacen("LATCHKEY_", &format!("LATCHKEY_{}_", x.as_), 1),
                 value: None,
@@ -318,16 +332,42 @@ mod tests {
     fn job_gets_only_usable_keys_of_its_own_secret() {
         let ua = ua();
         let js = spec(basic_template());
-        let extra = vec![ExtraConnection { as_: "SALESFORCE".into(), secret_name: "acme-sf-credentials".into(), kind: AuthKind::OAuth2AuthorizationCode, base_url: "https://acme.my.salesforce.com".into() }];
-        let input = RunInput { ua: &ua, job: &js, kind: AuthKind::OAuth2AuthorizationCode, secret_name: "acme-sync-credentials", run_key: "cred-1", base_url: "https://api.example.com", variables: &ua.spec.variables, extra: &[] };
+        let extra = vec![ExtraConnection {
+            as_: "SALESFORCE".into(),
+            secret_name: "acme-sf-credentials".into(),
+            kind: AuthKind::OAuth2AuthorizationCode,
+            base_url: "https://acme.my.salesforce.com".into(),
+        }];
+        let input = RunInput {
+            ua: &ua,
+            job: &js,
+            kind: AuthKind::OAuth2AuthorizationCode,
+            secret_name: "acme-sync-credentials",
+            run_key: "cred-1",
+            base_url: "https://api.example.com",
+            variables: &ua.spec.variables,
+            extra: &[],
+        };
         let with_extra = build(&RunInput { extra: &extra, ..input }, template(&js).unwrap());
         let pod2 = with_extra.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let env2: Vec<_> = pod2.containers[0].env.iter().flatten().map(|e| e.name.clone()).collect();
-        assert!(env2.contains(&"LATCHKEY_SALESFORCE_ACCESS_TOKEN".to_string()) && env2.contains(&"LATCHKEY_SALESFORCE_BASE_URL".to_string()), "{env2:?}");
+        assert!(
+            env2.contains(&"LATCHKEY_SALESFORCE_ACCESS_TOKEN".to_string()) && env2.contains(&"LATCHKEY_SALESFORCE_BASE_URL".to_string()),
+            "{env2:?}"
+        );
         let sf = pod2.volumes.as_ref().unwrap().iter().find(|v| v.name == "latchkey-salesforce").unwrap();
         assert!(!sf.secret.as_ref().unwrap().items.as_ref().unwrap().iter().any(|i| i.key == "refresh_token"));
         assert!(pod2.containers[0].volume_mounts.as_ref().unwrap().iter().any(|m| m.mount_path == "/var/run/latchkey/salesforce"));
-        let input = RunInput { ua: &ua, job: &js, kind: AuthKind::OAuth2AuthorizationCode, secret_name: "acme-sync-credentials", run_key: "cred-1", base_url: "https://api.example.com", variables: &ua.spec.variables, extra: &[] };
+        let input = RunInput {
+            ua: &ua,
+            job: &js,
+            kind: AuthKind::OAuth2AuthorizationCode,
+            secret_name: "acme-sync-credentials",
+            run_key: "cred-1",
+            base_url: "https://api.example.com",
+            variables: &ua.spec.variables,
+            extra: &[],
+        };
         let job = build(&input, template(&js).unwrap());
         let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let secret_vol = pod.volumes.as_ref().unwrap().iter().find_map(|v| v.secret.as_ref()).unwrap();

@@ -28,7 +28,9 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
-    #[error("cannot use the leader-election Lease {namespace}/{name}: {source} (the operator needs get, create and patch on leases in its namespace)")]
+    #[error(
+        "cannot use the leader-election Lease {namespace}/{name}: {source} (the operator needs get, create and patch on leases in its namespace)"
+    )]
     Lease { namespace: String, name: String, source: LeaseManagerError },
 }
 

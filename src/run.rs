@@ -48,12 +48,17 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
 
-    let admin_listener = tokio::net::TcpListener::bind(cfg.metrics_bind).await.map_err(|source| RunError::Bind { addr: cfg.metrics_bind, source })?;
+    let admin_listener =
+        tokio::net::TcpListener::bind(cfg.metrics_bind).await.map_err(|source| RunError::Bind { addr: cfg.metrics_bind, source })?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin = crate::admin::router(crate::admin::AdminState { metrics: metrics.clone(), ready: ready.clone() });
     let mut admin_stop = stop_rx.clone();
     let admin_task = tokio::spawn(async move {
-        let _ = axum::serve(admin_listener, admin).with_graceful_shutdown(async move { let _ = admin_stop.changed().await; }).await;
+        let _ = axum::serve(admin_listener, admin)
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop.changed().await;
+            })
+            .await;
     });
     info!(metrics = %cfg.metrics_bind, namespaces = ?cfg.watched_namespaces(), concurrency = cfg.concurrency, "latchkey starting");
 
@@ -123,16 +128,27 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
 }
 
 /// Loads (or creates) the signing keys and serves the connect server on every replica.
-async fn start_connect_server(cfg: &RunConfig, client: &kube::Client, http: &reqwest::Client, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) -> Result<Arc<crate::connect::ConnectConfig>, RunError> {
+async fn start_connect_server(
+    cfg: &RunConfig,
+    client: &kube::Client,
+    http: &reqwest::Client,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Arc<crate::connect::ConnectConfig>, RunError> {
     let ns = cfg.operator_namespace();
     let keys = crate::connect::load_or_create_keys(client, &ns, &cfg.signing_key_secret).await?;
     let keyring = crate::connect::Keyring::new(keys);
     crate::connect::spawn_key_reloader(client.clone(), ns, cfg.signing_key_secret.clone(), keyring.clone());
     let connect = Arc::new(crate::connect::ConnectConfig::new(&cfg.connect_base_url, keyring));
-    let listener = tokio::net::TcpListener::bind(cfg.connect_bind).await.map_err(|source| RunError::Bind { addr: cfg.connect_bind, source })?;
+    let listener =
+        tokio::net::TcpListener::bind(cfg.connect_bind).await.map_err(|source| RunError::Bind { addr: cfg.connect_bind, source })?;
     let state = crate::connect::routes::ConnectState::new(client.clone(), http.clone(), connect.clone()).with_metrics(metrics);
     tokio::spawn(async move {
-        if let Err(e) = crate::connect::routes::serve(listener, state, async move { let _ = stop.changed().await; }).await {
+        if let Err(e) = crate::connect::routes::serve(listener, state, async move {
+            let _ = stop.changed().await;
+        })
+        .await
+        {
             error!(error = %e, "the connect server stopped");
         }
     });

@@ -21,7 +21,11 @@ pub async fn run(args: UsersArgs) -> Result<String, UsersError> {
     let namespace = args.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
     let client = Client::try_from(config).map_err(UsersError::Config)?;
     let all = Api::<UserActivation>::all(client).list(&ListParams::default()).await.map_err(UsersError::List)?;
-    let mine: Vec<_> = all.items.into_iter().filter(|ua| ua.spec.connection_ref.name == args.connection && ua.connection_namespace().as_deref() == Some(namespace.as_str())).collect();
+    let mine: Vec<_> = all
+        .items
+        .into_iter()
+        .filter(|ua| ua.spec.connection_ref.name == args.connection && ua.connection_namespace().as_deref() == Some(namespace.as_str()))
+        .collect();
     Ok(table(&mine, Utc::now()))
 }
 
@@ -31,7 +35,9 @@ pub fn table(activations: &[UserActivation], now: DateTime<Utc>) -> String {
         .iter()
         .map(|ua| {
             let st = ua.status.clone().unwrap_or_default();
-            let ready = conditions::find(&st.conditions, types::READY).map(|c| format!("{} ({})", c.status, c.reason)).unwrap_or_else(|| "-".into());
+            let ready = conditions::find(&st.conditions, types::READY)
+                .map(|c| format!("{} ({})", c.status, c.reason))
+                .unwrap_or_else(|| "-".into());
             let expires = st.expires_at.map(|e| human(e - now)).unwrap_or_else(|| "-".into());
             let last_run = st.last_run.map(|r| r.outcome).unwrap_or_else(|| "-".into());
             let to_connect = matches!(st.phase, Some(Phase::AwaitingUser) | Some(Phase::NeedsReauthorization));
@@ -58,7 +64,8 @@ pub fn table(activations: &[UserActivation], now: DateTime<Utc>) -> String {
     }
     let mut out = String::new();
     for r in std::iter::once(&header).chain(rows.iter()) {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| if i + 1 == r.len() { c.clone() } else { format!("{c:<w$}", w = widths[i]) }).collect();
+        let line: Vec<String> =
+            r.iter().enumerate().map(|(i, c)| if i + 1 == r.len() { c.clone() } else { format!("{c:<w$}", w = widths[i]) }).collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
@@ -101,7 +108,12 @@ mod tests {
         let t = table(&[b, a], now);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("NAMESPACE"));
-        assert!(lines[1].starts_with("t-a") && lines[1].contains("60m") && lines[1].contains("Succeeded") && !lines[1].contains("https://x/c/old"));
+        assert!(
+            lines[1].starts_with("t-a")
+                && lines[1].contains("60m")
+                && lines[1].contains("Succeeded")
+                && !lines[1].contains("https://x/c/old")
+        );
         assert!(lines[2].starts_with("t-b") && lines[2].ends_with("https://x/c/new"));
     }
 }

@@ -15,7 +15,8 @@ pub fn effective(schema: Option<&Value>, vars: &BTreeMap<String, Value>) -> Resu
             }
         }
     }
-    let validator = jsonschema::validator_for(schema).map_err(|e| format!("the connection's variablesSchema is not a valid JSON Schema: {e}"))?;
+    let validator =
+        jsonschema::validator_for(schema).map_err(|e| format!("the connection's variablesSchema is not a valid JSON Schema: {e}"))?;
     let instance = Value::Object(out.clone().into_iter().collect());
     let errors: Vec<String> = validator
         .iter_errors(&instance)
@@ -25,7 +26,11 @@ pub fn effective(schema: Option<&Value>, vars: &BTreeMap<String, Value>) -> Resu
             format!("{}: {e}", if path.is_empty() { "/".to_string() } else { path })
         })
         .collect();
-    if errors.is_empty() { Ok(out) } else { Err(format!("spec.variables do not match the connection's variablesSchema: {}", errors.join("; "))) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(format!("spec.variables do not match the connection's variablesSchema: {}", errors.join("; ")))
+    }
 }
 
 #[cfg(test)]

@@ -77,7 +77,12 @@ fn cases(other_ns: &str) -> Vec<Case> {
     let host_path = json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}], "containers": [container()]});
     let host_network = json!({"hostNetwork": true, "containers": [container()]});
     let missing_cm = json!({"containers": [{"name": "sync", "image": "busybox", "envFrom": [{"configMapRef": {"name": "not-there"}}]}]});
-    let cond = |ua: &'static str, type_: &'static str, status: &'static str, reasons: &'static [&'static str]| Condition { ua, type_, status, reasons };
+    let cond = |ua: &'static str, type_: &'static str, status: &'static str, reasons: &'static [&'static str]| Condition {
+        ua,
+        type_,
+        status,
+        reasons,
+    };
     let template_invalid: &'static [&'static str] = &["JobTemplateInvalid"];
     vec![
         // Rejected at apply by the CRDs' schema and CEL rules.
@@ -204,7 +209,9 @@ async fn malformed_and_hostile_manifests_are_refused_or_explained_while_a_health
             (Expect::Rejected(want), Err(msg)) if msg.contains(want) => {
                 outcome.insert(case.name, format!("rejected: {}", msg.chars().take(160).collect::<String>()));
             }
-            (Expect::Rejected(want), other) => mishandled.push(format!("{}: expected a rejection containing {want:?}, got {other:?}", case.name)),
+            (Expect::Rejected(want), other) => {
+                mishandled.push(format!("{}: expected a rejection containing {want:?}, got {other:?}", case.name))
+            }
             (Expect::Condition { .. }, Err(msg)) => mishandled.push(format!("{}: refused at apply: {msg}", case.name)),
             (Expect::Condition { .. }, Ok(())) => {}
         }
@@ -251,13 +258,17 @@ async fn malformed_and_hostile_manifests_are_refused_or_explained_while_a_health
     if panics > 0 {
         mishandled.push(format!("{panics} panic(s) in {}", op.log_path.display()));
     }
-    let secrets: Vec<String> = vec!["good-key-healthy-1111".into(), "good-key-foreign-0000".into(), "good-key-late-2222".into(), "bad-key-rejected".into()];
+    let secrets: Vec<String> =
+        vec!["good-key-healthy-1111".into(), "good-key-foreign-0000".into(), "good-key-late-2222".into(), "bad-key-rejected".into()];
     let leaks = leak_scan(&client, &[&n], &[op.log_path.as_path()], "healthy", &secrets).await;
     register_secrets("bad_input_manifests", "healthy", &secrets);
     for (name, o) in &outcome {
         eprintln!("  {name}: {o}");
     }
-    record("bad_input_manifests", json!({"bad_inputs_tried": cases.len(), "bad_inputs_mishandled": mishandled.len(), "mishandled": mishandled, "secret_leaks": leaks.places.len()}));
+    record(
+        "bad_input_manifests",
+        json!({"bad_inputs_tried": cases.len(), "bad_inputs_mishandled": mishandled.len(), "mishandled": mishandled, "secret_leaks": leaks.places.len()}),
+    );
     assert!(fatal(&mishandled).is_empty(), "mishandled bad input:\n{}", mishandled.join("\n"));
     assert!(leaks.places.is_empty(), "{:?}", leaks.places);
 }
@@ -267,7 +278,12 @@ async fn malformed_and_hostile_manifests_are_refused_or_explained_while_a_health
 /// A client that follows no redirect and opens a connection per request: a server closes the connection after
 /// refusing an oversized body unread, and a pooled connection would then fail the next request for that reason.
 fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).pool_max_idle_per_host(0).timeout(Duration::from_secs(20)).build().unwrap()
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -299,7 +315,13 @@ async fn forged_replayed_expired_oversized_and_malformed_requests_get_4xx_and_wr
     // The operator's own signing key (the test is admin): validly signed links that must still be refused.
     let key_secret = Api::<Secret>::namespaced(client.clone(), &n).get("latchkey-signing-key").await.unwrap();
     let keys = Keyring::new(latchkey::connect::keys_from_data(&key_secret.data.unwrap()));
-    let claims = |nonce: &str, uid: &str, exp: i64| Claims { namespace: n.clone(), name: "awaiting".into(), uid: uid.into(), nonce: nonce.into(), exp };
+    let claims = |nonce: &str, uid: &str, exp: i64| Claims {
+        namespace: n.clone(),
+        name: "awaiting".into(),
+        uid: uid.into(),
+        nonce: nonce.into(),
+        exp,
+    };
     let now = chrono::Utc::now().timestamp();
     let expired = keys.sign(&claims(&nonce, &uid, now - 60)).unwrap();
     let wrong_uid = keys.sign(&claims(&nonce, "00000000-0000-0000-0000-000000000000", now + 600)).unwrap();
@@ -326,17 +348,31 @@ async fn forged_replayed_expired_oversized_and_malformed_requests_get_4xx_and_wr
         ("link of another activation uid", http.post(format!("{base}/connect/{wrong_uid}")).form(&form), &[404]),
         ("link with a spent nonce", http.post(format!("{base}/connect/{stale_nonce}")).form(&form), &[410]),
         ("oversized token", http.get(format!("{base}/connect/{}", "A".repeat(16 * 1024))), &[400, 414, 431]),
-        ("oversized form", http.post(format!("{base}/connect/{token}")).header("content-type", "application/x-www-form-urlencoded").body(big_form), &[413]),
+        (
+            "oversized form",
+            http.post(format!("{base}/connect/{token}")).header("content-type", "application/x-www-form-urlencoded").body(big_form),
+            &[413],
+        ),
         ("form as JSON", http.post(format!("{base}/connect/{token}")).json(&json!({"api_key": "good-key-forged-3333"})), &[415, 400, 422]),
         ("empty form", http.post(format!("{base}/connect/{token}")).form(&[("api_key", "")]), &[422]),
-        ("malformed form encoding", http.post(format!("{base}/connect/{token}")).header("content-type", "application/x-www-form-urlencoded").body("api_key=%zz%%&&=="), &[400, 422]),
+        (
+            "malformed form encoding",
+            http.post(format!("{base}/connect/{token}"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("api_key=%zz%%&&=="),
+            &[400, 422],
+        ),
         ("PUT on a link", http.put(format!("{base}/connect/{token}")).form(&form), &[405]),
         ("callback without state", http.get(format!("{base}/oauth/callback?code=abc")), &[400]),
         ("callback with garbage state", http.get(format!("{base}/oauth/callback?code=abc&state=garbage")), &[400]),
         ("callback with a forged state", http.get(format!("{base}/oauth/callback?code=abc&state=s1.{}", "A".repeat(80))), &[400]),
         ("callback with an expired state", http.get(format!("{base}/oauth/callback?code=abc&state={expired_state}")), &[410]),
         ("callback with a spent state", http.get(format!("{base}/oauth/callback?code=abc&state={stale_state}")), &[410]),
-        ("callback with an oversized state", http.get(format!("{base}/oauth/callback?code=abc&state={}", "s".repeat(8 * 1024))), &[400, 414, 431]),
+        (
+            "callback with an oversized state",
+            http.get(format!("{base}/oauth/callback?code=abc&state={}", "s".repeat(8 * 1024))),
+            &[400, 414, 431],
+        ),
         ("callback with a repeated parameter", http.get(format!("{base}/oauth/callback?state=a&state=b")), &[400]),
         ("path traversal", http.get(format!("{base}/connect/..%2f..%2fetc%2fpasswd")), &[400, 404]),
         ("unknown path", http.get(format!("{base}/admin")), &[404]),
@@ -387,7 +423,11 @@ async fn forged_replayed_expired_oversized_and_malformed_requests_get_4xx_and_wr
     if stored.as_deref() != Some("good-key-real-4444") {
         mishandled.push("the replay changed the stored key".into());
     }
-    let connect_writes = bed.audit_events_since(mark).iter().filter(|e| e["objectRef"]["resource"] == "secrets" && e["objectRef"]["namespace"].as_str() == Some(n.as_str())).count();
+    let connect_writes = bed
+        .audit_events_since(mark)
+        .iter()
+        .filter(|e| e["objectRef"]["resource"] == "secrets" && e["objectRef"]["namespace"].as_str() == Some(n.as_str()))
+        .count();
     if connect_writes > 0 {
         mishandled.push(format!("{connect_writes} Secret writes after the replay"));
     }
@@ -398,7 +438,10 @@ async fn forged_replayed_expired_oversized_and_malformed_requests_get_4xx_and_wr
     let secrets = vec!["good-key-real-4444".to_string(), "good-key-replay-5555".into(), "good-key-forged-3333".into()];
     let leaks = leak_scan(&client, &[&n], &[op.log_path.as_path()], "awaiting", &secrets).await;
     register_secrets("bad_input_http", "awaiting", &secrets);
-    record("bad_input_http", json!({"bad_inputs_tried": tried, "bad_inputs_mishandled": mishandled.len(), "mishandled": mishandled, "secret_leaks": leaks.places.len()}));
+    record(
+        "bad_input_http",
+        json!({"bad_inputs_tried": tried, "bad_inputs_mishandled": mishandled.len(), "mishandled": mishandled, "secret_leaks": leaks.places.len()}),
+    );
     assert!(mishandled.is_empty(), "mishandled requests:\n{}", mishandled.join("\n"));
     assert!(leaks.places.is_empty(), "{:?}", leaks.places);
 }
@@ -422,7 +465,11 @@ async fn bad_provider() -> BadProvider {
         let hits = hits.clone();
         async move {
             hits.fetch_add(1, Ordering::SeqCst);
-            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"access_token":"stolen","token_type":"Bearer","expires_in":3600}"#)
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                r#"{"access_token":"stolen","token_type":"Bearer","expires_in":3600}"#,
+            )
         }
     });
     let l2 = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
@@ -431,21 +478,36 @@ async fn bad_provider() -> BadProvider {
     let json = |body: String| (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     let (o1, o2) = (other.clone(), other.clone());
     let app = axum::Router::new()
-        .route("/slow/me", get(|| async {
-            tokio::time::sleep(Duration::from_secs(120)).await;
-            StatusCode::OK
-        }))
+        .route(
+            "/slow/me",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(120)).await;
+                StatusCode::OK
+            }),
+        )
         .route("/redirect/me", get(move || async move { (StatusCode::FOUND, [(header::LOCATION, format!("{o1}/me"))]).into_response() }))
         .route("/token/malformed", post(move || async move { json("{\"access_token\": \"abc\", ".into()) }))
         .route("/token/missing", post(move || async move { json(r#"{"token_type":"Bearer","expires_in":3600}"#.into()) }))
         .route("/token/wrong-type", post(move || async move { json(r#"{"access_token":12345,"token_type":"Bearer"}"#.into()) }))
-        .route("/token/html", post(|| async { (StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], "<html>maintenance</html>").into_response() }))
-        .route("/token/huge", post(move || async move { json(format!(r#"{{"access_token":"{}","token_type":"Bearer"}}"#, "h".repeat(32 << 20))) }))
-        .route("/token/slow", post(|| async {
-            tokio::time::sleep(Duration::from_secs(120)).await;
-            StatusCode::OK
-        }))
-        .route("/token/redirect", post(move || async move { (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, format!("{o2}/token"))]).into_response() }));
+        .route(
+            "/token/html",
+            post(|| async { (StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], "<html>maintenance</html>").into_response() }),
+        )
+        .route(
+            "/token/huge",
+            post(move || async move { json(format!(r#"{{"access_token":"{}","token_type":"Bearer"}}"#, "h".repeat(32 << 20))) }),
+        )
+        .route(
+            "/token/slow",
+            post(|| async {
+                tokio::time::sleep(Duration::from_secs(120)).await;
+                StatusCode::OK
+            }),
+        )
+        .route(
+            "/token/redirect",
+            post(move || async move { (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, format!("{o2}/token"))]).into_response() }),
+        );
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await });
@@ -469,7 +531,9 @@ async fn providers_answering_garbage_slowly_or_with_redirects_are_bounded_and_re
     // Verification against a slow and a redirecting API (API keys); token requests answered badly (client
     // credentials, fetched by the operator with the tenant's client ID and secret).
     let mut objects: Vec<(String, &'static [&'static str])> = Vec::new();
-    for (case, path, reasons) in [("slow-verify", "slow", &["VerificationUnavailable"][..]), ("redirect-verify", "redirect", &["CredentialsRejected"][..])] {
+    for (case, path, reasons) in
+        [("slow-verify", "slow", &["VerificationUnavailable"][..]), ("redirect-verify", "redirect", &["CredentialsRejected"][..])]
+    {
         let spec = json!({"baseUrl": format!("{}/{path}", bad.url), "authMethods": [api_key_method()], "verification": {"path": "/me"}});
         apply(&client, &n, &connector(&format!("c-{case}"), spec), false).await.unwrap();
         apply(&client, &n, &json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection", "metadata": {"name": format!("ec-{case}")}, "spec": {"connectorRef": {"name": format!("c-{case}")}, "authMethod": "token"}}), false).await.unwrap();
@@ -491,7 +555,14 @@ async fn providers_answering_garbage_slowly_or_with_redirects_are_bounded_and_re
         apply(&client, &n, &connector(&format!("c-tok-{case}"), spec), false).await.unwrap();
         apply(&client, &n, &json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection", "metadata": {"name": format!("ec-tok-{case}")}, "spec": {"connectorRef": {"name": format!("c-tok-{case}")}, "authMethod": "cc"}}), false).await.unwrap();
         let name = format!("tok-{case}");
-        apply(&client, &n, &source(&format!("{name}-key"), json!({"client_id": "tenant", "client_secret": format!("tenant-secret-{case}")})), false).await.unwrap();
+        apply(
+            &client,
+            &n,
+            &source(&format!("{name}-key"), json!({"client_id": "tenant", "client_secret": format!("tenant-secret-{case}")})),
+            false,
+        )
+        .await
+        .unwrap();
         apply(&client, &n, &activation(&name, &format!("ec-tok-{case}"), json!({})), false).await.unwrap();
         objects.push((name, reasons));
     }
@@ -536,10 +607,17 @@ async fn providers_answering_garbage_slowly_or_with_redirects_are_bounded_and_re
     for (k, v) in &seen {
         eprintln!("  {k}: {v}");
     }
-    let secrets: Vec<String> = ["good-key-healthy-6666", "good-key-slow-verify", "good-key-redirect-verify"].iter().map(|s| s.to_string()).chain(token_cases.iter().map(|(c, _)| format!("tenant-secret-{c}"))).collect();
+    let secrets: Vec<String> = ["good-key-healthy-6666", "good-key-slow-verify", "good-key-redirect-verify"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(token_cases.iter().map(|(c, _)| format!("tenant-secret-{c}")))
+        .collect();
     let leaks = leak_scan(&client, &[&n], &[op.log_path.as_path()], "healthy", &secrets).await;
     register_secrets("bad_input_provider", "healthy", &secrets);
-    record("bad_input_provider", json!({"bad_inputs_tried": objects.len(), "bad_inputs_mishandled": mishandled.len(), "mishandled": mishandled, "secret_leaks": leaks.places.len()}));
+    record(
+        "bad_input_provider",
+        json!({"bad_inputs_tried": objects.len(), "bad_inputs_mishandled": mishandled.len(), "mishandled": mishandled, "secret_leaks": leaks.places.len()}),
+    );
     assert!(fatal(&mishandled).is_empty(), "mishandled provider answers:\n{}", mishandled.join("\n"));
     assert!(leaks.places.is_empty(), "{:?}", leaks.places);
 }

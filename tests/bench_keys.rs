@@ -41,10 +41,16 @@ fn tiny_bench_writes_every_key() {
     let work = repo.join("target/bench-tiny");
     let out = work.join("results.json");
     let _ = std::fs::remove_file(&out);
-    let cache = std::env::var_os("LATCHKEY_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/latchkey"));
+    let cache = std::env::var_os("LATCHKEY_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/latchkey"));
     let eso = cache.join("eso-v0.16.2");
     // ESO is built by scripts/bench/eso-build.sh (minutes, cold); without it its keys are null and say so.
-    let figures = if eso.join("external-secrets").is_file() { "bounds,converge,startup,eso,connect,refresh" } else { "bounds,converge,startup,connect,refresh" };
+    let figures = if eso.join("external-secrets").is_file() {
+        "bounds,converge,startup,eso,connect,refresh"
+    } else {
+        "bounds,converge,startup,connect,refresh"
+    };
     let status = Command::new(env!("CARGO_BIN_EXE_latchkey-bench"))
         .args(["--scale", "tiny", "--figures", figures, "--out"])
         .arg(&out)

@@ -74,13 +74,24 @@ fn screenshots(name: &str) -> PathBuf {
 async fn browse(scenario: &str, url: &str, out: &Path, extra: &[&str]) -> Value {
     require_browser();
     let mut cmd = Command::new("node");
-    cmd.arg(repo().join("tests/browser/connect.mjs")).args(["--scenario", scenario, "--url", url, "--out"]).arg(out).args(extra).env("CHROMIUM", chromium());
+    cmd.arg(repo().join("tests/browser/connect.mjs"))
+        .args(["--scenario", scenario, "--url", url, "--out"])
+        .arg(out)
+        .args(extra)
+        .env("CHROMIUM", chromium());
     let started = Instant::now();
     // Blocking wait on another thread: the test's runtime keeps serving the fake provider meanwhile.
-    let output = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap_or_else(|e| panic!("cannot run `node` for the browser test: {e}"));
+    let output = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run `node` for the browser test: {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let report: Value = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or_else(|| panic!("the browser script printed no report (exit {:?}): {stdout}\n{stderr}", output.status.code()));
+    let report: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("the browser script printed no report (exit {:?}): {stdout}\n{stderr}", output.status.code()));
     eprintln!("browser {scenario}: {:.1} s, {report}", started.elapsed().as_secs_f64());
     assert!(output.status.success() && report["ok"] == true, "the browser run failed: {report}\n{stderr}");
     assert_eq!(report["consoleErrors"], json!([]), "the pages logged errors (a CSP violation?)");
@@ -103,7 +114,10 @@ async fn activation(ns: &TestNamespace, name: &str, connection: (&str, &str), us
     if let Some(u) = return_url {
         spec["returnUrl"] = json!(u);
     }
-    let ua: UserActivation = serde_json::from_value(json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": name}, "spec": spec})).unwrap();
+    let ua: UserActivation = serde_json::from_value(
+        json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": name}, "spec": spec}),
+    )
+    .unwrap();
     ns.api::<UserActivation>().create(&PostParams::default(), &ua).await.unwrap();
 }
 
@@ -131,7 +145,11 @@ async fn a_user_pastes_an_api_key_in_a_real_browser() {
     let out = screenshots("api-key");
     let report = browse("api-key", &link, &out, &["--key", key, "--wrong-key", "wrong-key-123"]).await;
     let form = page(&report, "form");
-    assert_eq!((form["httpStatus"].as_u64(), form["title"].as_str(), form["heading"].as_str()), (Some(200), Some("Connect Acme API"), Some("Acme API")), "{form}");
+    assert_eq!(
+        (form["httpStatus"].as_u64(), form["title"].as_str(), form["heading"].as_str()),
+        (Some(200), Some("Connect Acme API"), Some("Acme API")),
+        "{form}"
+    );
     assert_eq!(form["focused"], "api_key", "the key field has the focus");
     let error = page(&report, "error");
     assert_eq!(error["httpStatus"], 422, "{error}");
@@ -142,7 +160,11 @@ async fn a_user_pastes_an_api_key_in_a_real_browser() {
     assert_eq!(done["status"], "Connected", "{done}");
     assert_eq!(report["finalUrl"], link.as_str(), "the done page is served at the link");
     let reopened = page(&report, "reopened");
-    assert_eq!((reopened["httpStatus"].as_u64(), reopened["status"].as_str()), (Some(410), Some("This link was already used")), "{reopened}");
+    assert_eq!(
+        (reopened["httpStatus"].as_u64(), reopened["status"].as_str()),
+        (Some(410), Some("This link was already used")),
+        "{reopened}"
+    );
     for p in report["pages"].as_array().unwrap() {
         assert!(Path::new(p["screenshot"].as_str().unwrap()).exists(), "{p}");
     }
@@ -171,8 +193,13 @@ async fn a_user_signs_in_at_the_provider_in_a_real_browser() {
     let ns = support::namespace(&bed, "browser-oauth").await;
     let op = Operator::start(&bed, "connect-browser-oauth", &[ns.name()], &[]).await;
     let callback = format!("{}/oauth/callback", op.connect_base_url);
-    let server = OAuthServer::start(OAuthServerConfig::default().consent(Consent::Form).client(OAuthClient::confidential("app", "app-secret").redirect_uri(&callback)));
-    let app: Secret = serde_json::from_value(json!({"metadata": {"name": "oauth-app"}, "stringData": {"client_id": "app", "client_secret": "app-secret"}})).unwrap();
+    let server = OAuthServer::start(
+        OAuthServerConfig::default().consent(Consent::Form).client(OAuthClient::confidential("app", "app-secret").redirect_uri(&callback)),
+    );
+    let app: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "oauth-app"}, "stringData": {"client_id": "app", "client_secret": "app-secret"}}),
+    )
+    .unwrap();
     ns.api::<Secret>().create(&PostParams::default(), &app).await.unwrap();
     let connector: Connector = serde_json::from_value(json!({
         "apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector", "metadata": {"name": "idp"},
@@ -197,7 +224,11 @@ async fn a_user_signs_in_at_the_provider_in_a_real_browser() {
     assert!(login["url"].as_str().unwrap().starts_with(server.issuer()), "the link led to the provider: {login}");
     let done = page(&report, "done");
     assert!(done["url"].as_str().unwrap().starts_with(&callback), "back at the operator's callback: {done}");
-    assert_eq!((done["httpStatus"].as_u64(), done["status"].as_str(), done["heading"].as_str()), (Some(200), Some("Connected"), Some("Northwind Drive")), "{done}");
+    assert_eq!(
+        (done["httpStatus"].as_u64(), done["status"].as_str(), done["heading"].as_str()),
+        (Some(200), Some("Connected"), Some("Northwind Drive")),
+        "{done}"
+    );
 
     active(&uas, "acme").await;
     let secret = ns.api::<Secret>().get("acme-drive-credentials").await.unwrap();

@@ -19,9 +19,20 @@ async fn a_user_pastes_an_api_key_into_the_connect_page() {
     let op = Operator::start(&bed, "connect-page", &[ns.name()], &[]).await;
     // The test OAuth server's protected resource stands in for the provider's API: a valid "API key" is an
     // access token it issued.
-    let server = OAuthServer::start(OAuthServerConfig::default().client(OAuthClient::confidential("k", "k-secret").grant_types(&["client_credentials"])));
+    let server = OAuthServer::start(
+        OAuthServerConfig::default().client(OAuthClient::confidential("k", "k-secret").grant_types(&["client_credentials"])),
+    );
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let token: serde_json::Value = http.post(server.token_url()).basic_auth("k", Some("k-secret")).form(&[("grant_type", "client_credentials")]).send().await.unwrap().json().await.unwrap();
+    let token: serde_json::Value = http
+        .post(server.token_url())
+        .basic_auth("k", Some("k-secret"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let key = token["access_token"].as_str().unwrap().to_string();
     let resource = url::Url::parse(server.resource_url()).unwrap();
 

@@ -35,10 +35,12 @@ impl Drop for Cleanup {
         }
         let mut args = vec!["delete".to_string(), "namespace".into(), "--wait=false".into(), "--ignore-not-found".into()];
         args.extend(self.1.iter().cloned());
-        let _ = Command::new(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/latchkey/bin/kubectl")).unwrap_or_else(|| "kubectl".into()))
-            .args(&args)
-            .env("KUBECONFIG", &self.0)
-            .output();
+        let _ = Command::new(
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/latchkey/bin/kubectl")).unwrap_or_else(|| "kubectl".into()),
+        )
+        .args(&args)
+        .env("KUBECONFIG", &self.0)
+        .output();
     }
 }
 
@@ -50,7 +52,8 @@ async fn the_examples_apply_and_the_oauth_activation_waits_for_its_user() {
     let dir = tempfile::tempdir().unwrap();
 
     // The examples with their namespaces renamed (only where a namespace is named, not in URLs).
-    let mut files: Vec<_> = std::fs::read_dir(EXAMPLES).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "yaml")).collect();
+    let mut files: Vec<_> =
+        std::fs::read_dir(EXAMPLES).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "yaml")).collect();
     files.retain(|p| !p.ends_with("kustomization.yaml"));
     files.sort();
     assert!(files.len() >= 6, "{files:?}");
@@ -72,7 +75,14 @@ async fn the_examples_apply_and_the_oauth_activation_waits_for_its_user() {
     let dry = kubectl(&bed.kubeconfig, &["apply", "--dry-run=server", "-f", d]);
     assert!(dry.contains("useractivation.latchkey.dev/github created (server dry run)"), "{dry}");
     let applied = kubectl(&bed.kubeconfig, &["apply", "-f", d]);
-    for obj in ["connector.latchkey.dev/acme-api", "connector.latchkey.dev/github", "embeddedconnection.latchkey.dev/acme-sync", "embeddedconnection.latchkey.dev/github-sync", "useractivation.latchkey.dev/acme", "useractivation.latchkey.dev/github"] {
+    for obj in [
+        "connector.latchkey.dev/acme-api",
+        "connector.latchkey.dev/github",
+        "embeddedconnection.latchkey.dev/acme-sync",
+        "embeddedconnection.latchkey.dev/github-sync",
+        "useractivation.latchkey.dev/acme",
+        "useractivation.latchkey.dev/github",
+    ] {
         assert!(applied.contains(obj), "{obj} not applied:\n{applied}");
     }
 

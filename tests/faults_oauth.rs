@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use fault_support::*;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use latchkey::api::{Connector, EmbeddedConnection, UserActivation};
 use rand::Rng;
 use serde_json::json;
@@ -25,7 +25,10 @@ fn http() -> reqwest::Client {
 
 /// Connector `idp` (token requests to `token_url`) and EmbeddedConnection `sync` in `ns`.
 async fn oauth_connection(client: &Client, ns: &str, server: &OAuthServer, token_url: &str) {
-    let app: Secret = serde_json::from_value(json!({"metadata": {"name": "oauth-app"}, "stringData": {"client_id": "app", "client_secret": "app-secret"}})).unwrap();
+    let app: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "oauth-app"}, "stringData": {"client_id": "app", "client_secret": "app-secret"}}),
+    )
+    .unwrap();
     Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &app).await.unwrap();
     let connector: Connector = serde_json::from_value(json!({
         "apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector", "metadata": {"name": "idp"},
@@ -46,9 +49,10 @@ async fn oauth_connection(client: &Client, ns: &str, server: &OAuthServer, token
 /// Creates an activation and consents for its user; the callback goes to the replica that made the link.
 async fn connect(client: &Client, ns: &str, name: &str) {
     let api: Api<UserActivation> = Api::namespaced(client.clone(), ns);
-    let ua: UserActivation = serde_json::from_value(json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": name},
+    let ua: UserActivation =
+        serde_json::from_value(json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": name},
         "spec": {"connectionRef": {"name": "sync"}, "user": {"id": name}}}))
-    .unwrap();
+        .unwrap();
     api.create(&PostParams::default(), &ua).await.unwrap();
     let url = wait_for_value("status.connectUrl", Duration::from_secs(40), || async {
         api.get(name).await.map_err(|e| e.to_string())?.status.and_then(|s| s.connect_url).ok_or_else(|| "no link yet".to_string())
@@ -78,7 +82,9 @@ async fn a_hung_provider_gets_bounded_retries_honest_conditions_and_recovery() {
     let op = Operator::start(&bed, "faults_oauth_outage", &[&n], &[]).await;
     let callback = format!("{}/oauth/callback", op.connect_base_url);
     // 16-second tokens: the refresh is due 8 s after the grant (margin = lifetime / 2).
-    let server = OAuthServer::start(OAuthServerConfig::default().client(OAuthClient::confidential("app", "app-secret").redirect_uri(&callback)).access_ttl(16));
+    let server = OAuthServer::start(
+        OAuthServerConfig::default().client(OAuthClient::confidential("app", "app-secret").redirect_uri(&callback)).access_ttl(16),
+    );
     let upstream = server.token_url().trim_start_matches("http://").split('/').next().unwrap().to_string();
     let path = &server.token_url()[server.token_url().find(&upstream).unwrap() + upstream.len()..];
     let proxy = counting_proxy(upstream, b"grant_type=refresh_token").await;
@@ -103,7 +109,8 @@ async fn a_hung_provider_gets_bounded_retries_honest_conditions_and_recovery() {
         if let Some((s, r, _)) = &ready {
             *seen_reasons.entry(format!("{p} Ready={s} {r}")).or_insert(0) += 1;
             if expired && s == "True" {
-                dishonest.push(format!("Ready=True {r} with an access token expired at {:?}", ua.status.as_ref().and_then(|s| s.expires_at)));
+                dishonest
+                    .push(format!("Ready=True {r} with an access token expired at {:?}", ua.status.as_ref().and_then(|s| s.expires_at)));
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -128,7 +135,14 @@ async fn a_hung_provider_gets_bounded_retries_honest_conditions_and_recovery() {
     let secrets: Vec<String> = Api::<Secret>::namespaced(client.clone(), &n)
         .get("acme-sync-credentials")
         .await
-        .map(|s| s.data.unwrap_or_default().into_iter().filter(|(k, _)| k == "access_token" || k == "refresh_token").map(|(_, v)| String::from_utf8_lossy(&v.0).to_string()).collect())
+        .map(|s| {
+            s.data
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(k, _)| k == "access_token" || k == "refresh_token")
+                .map(|(_, v)| String::from_utf8_lossy(&v.0).to_string())
+                .collect()
+        })
         .unwrap_or_default();
     let leaks = leak_scan(&client, &[&n], &[op.log_path.as_path()], "acme", &[secrets.clone(), vec!["app-secret".into()]].concat()).await;
     register_secrets("faults_oauth_outage", "acme", &secrets);
@@ -168,7 +182,8 @@ async fn killing_the_leader_again_and_again_never_refreshes_one_token_twice() {
     let ns = namespace(&bed, "faults-leader").await;
     let n = ns.name().to_string();
     let args = ["--leader-election=true", "--lease-name=latchkey-faults"];
-    let mut ops = [Operator::start(&bed, "faults_leader_1", &[&n], &args).await, Operator::start(&bed, "faults_leader_2", &[&n], &args).await];
+    let mut ops =
+        [Operator::start(&bed, "faults_leader_1", &[&n], &args).await, Operator::start(&bed, "faults_leader_2", &[&n], &args).await];
     let mut config = OAuthServerConfig::default().access_ttl(4);
     let mut app = OAuthClient::confidential("app", "app-secret");
     for op in &ops {

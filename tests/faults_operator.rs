@@ -28,7 +28,10 @@ fn http() -> reqwest::Client {
 
 /// OAuth connection `idp-sync` in `ns` on `server`, with the organisation's app Secret.
 async fn oauth_connection(client: &Client, ns: &str, server: &OAuthServer) {
-    let app: Secret = serde_json::from_value(json!({"metadata": {"name": "oauth-app"}, "stringData": {"client_id": "app", "client_secret": "app-secret"}})).unwrap();
+    let app: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "oauth-app"}, "stringData": {"client_id": "app", "client_secret": "app-secret"}}),
+    )
+    .unwrap();
     Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &app).await.unwrap();
     let connector: Connector = serde_json::from_value(json!({
         "apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector", "metadata": {"name": "idp"},
@@ -49,9 +52,10 @@ async fn oauth_connection(client: &Client, ns: &str, server: &OAuthServer) {
 /// Creates an OAuth activation and walks its user through consent and the operator's callback.
 async fn connect_oauth(client: &Client, ns: &str, name: &str, callback: &str) {
     let api: Api<UserActivation> = Api::namespaced(client.clone(), ns);
-    let ua: UserActivation = serde_json::from_value(json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": name},
+    let ua: UserActivation =
+        serde_json::from_value(json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": name},
         "spec": {"connectionRef": {"name": "idp-sync"}, "user": {"id": name}, "returnUrl": "https://app.example.com/done"}}))
-    .unwrap();
+        .unwrap();
     api.create(&PostParams::default(), &ua).await.unwrap();
     let url = wait_for_value("status.connectUrl", Duration::from_secs(30), || async {
         api.get(name).await.map_err(|e| e.to_string())?.status.and_then(|s| s.connect_url).ok_or_else(|| "no connectUrl yet".to_string())
@@ -84,7 +88,9 @@ async fn operator_killed_at_random_moments_loses_and_doubles_nothing() {
     // OAuth users connect first (their consent needs the connect server up); 4-second tokens then refresh about
     // every 2 s, so the kills below land during refreshes.
     let callback = format!("{}/oauth/callback", op.connect_base_url);
-    let server = OAuthServer::start(OAuthServerConfig::default().client(OAuthClient::confidential("app", "app-secret").redirect_uri(&callback)).access_ttl(4));
+    let server = OAuthServer::start(
+        OAuthServerConfig::default().client(OAuthClient::confidential("app", "app-secret").redirect_uri(&callback)).access_ttl(4),
+    );
     oauth_connection(&client, integrations.name(), &server).await;
     let oauth_names: Vec<String> = (0..n_oauth).map(|i| format!("oauth-{i}")).collect();
     for name in &oauth_names {
@@ -93,7 +99,13 @@ async fn operator_killed_at_random_moments_loses_and_doubles_nothing() {
 
     // The burst: API-key activations spread over the tenants, created while the killer works.
     let keys: Vec<(String, String, String)> = (0..n_keys)
-        .map(|i| (tenants[i % tenants.len()].name().to_string(), format!("act-{i}"), format!("good-key-{i:04}-{:08x}", rand::rng().random::<u32>())))
+        .map(|i| {
+            (
+                tenants[i % tenants.len()].name().to_string(),
+                format!("act-{i}"),
+                format!("good-key-{i:04}-{:08x}", rand::rng().random::<u32>()),
+            )
+        })
         .collect();
     let burst = {
         let (client, keys, conn_ns) = (client.clone(), keys.clone(), integrations.name().to_string());
@@ -107,7 +119,12 @@ async fn operator_killed_at_random_moments_loses_and_doubles_nothing() {
         })
     };
     // Every fifth activation is deleted halfway through the kills, and one OAuth activation too.
-    let deleted: Vec<(String, String)> = keys.iter().step_by(5).map(|(ns, n, _)| (ns.clone(), n.clone())).chain(oauth_names.first().map(|n| (integrations.name().to_string(), n.clone()))).collect();
+    let deleted: Vec<(String, String)> = keys
+        .iter()
+        .step_by(5)
+        .map(|(ns, n, _)| (ns.clone(), n.clone()))
+        .chain(oauth_names.first().map(|n| (integrations.name().to_string(), n.clone())))
+        .collect();
     let mut deletion = None;
     let t0 = Instant::now();
     for k in 0..kills {
@@ -190,13 +207,25 @@ async fn operator_killed_at_random_moments_loses_and_doubles_nothing() {
         if phase != "Active" {
             continue;
         }
-        let secret = Api::<Secret>::namespaced(client.clone(), integrations.name()).get(&format!("{name}-idp-sync-credentials")).await.unwrap();
-        let rt = secret.data.as_ref().and_then(|d| d.get("refresh_token")).map(|b| String::from_utf8_lossy(&b.0).to_string()).unwrap_or_default();
+        let secret =
+            Api::<Secret>::namespaced(client.clone(), integrations.name()).get(&format!("{name}-idp-sync-credentials")).await.unwrap();
+        let rt = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("refresh_token"))
+            .map(|b| String::from_utf8_lossy(&b.0).to_string())
+            .unwrap_or_default();
         let t = &tokens[fingerprint(&rt)];
         // A rotation in flight right now may consume it a moment before the Secret is rewritten: look again.
         if t.is_null() || !t["consumed_at"].is_null() || !t["revoked_at"].is_null() {
-            let again = Api::<Secret>::namespaced(client.clone(), integrations.name()).get(&format!("{name}-idp-sync-credentials")).await.unwrap();
-            let rt2 = again.data.as_ref().and_then(|d| d.get("refresh_token")).map(|b| String::from_utf8_lossy(&b.0).to_string()).unwrap_or_default();
+            let again =
+                Api::<Secret>::namespaced(client.clone(), integrations.name()).get(&format!("{name}-idp-sync-credentials")).await.unwrap();
+            let rt2 = again
+                .data
+                .as_ref()
+                .and_then(|d| d.get("refresh_token"))
+                .map(|b| String::from_utf8_lossy(&b.0).to_string())
+                .unwrap_or_default();
             if rt2 == rt {
                 silent_losses.push(name.clone());
             }
@@ -229,8 +258,20 @@ async fn operator_killed_at_random_moments_loses_and_doubles_nothing() {
     loop {
         orphaned.clear();
         for ns in watched.iter() {
-            let live: BTreeSet<String> = Api::<UserActivation>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items.iter().filter_map(|u| u.uid()).collect();
-            for s in Api::<Secret>::namespaced(client.clone(), ns).list(&ListParams::default().labels("app.kubernetes.io/managed-by=latchkey")).await.unwrap().items {
+            let live: BTreeSet<String> = Api::<UserActivation>::namespaced(client.clone(), ns)
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .filter_map(|u| u.uid())
+                .collect();
+            for s in Api::<Secret>::namespaced(client.clone(), ns)
+                .list(&ListParams::default().labels("app.kubernetes.io/managed-by=latchkey"))
+                .await
+                .unwrap()
+                .items
+            {
                 let uid = s.labels().get("latchkey.dev/activation-uid").cloned().unwrap_or_default();
                 if !live.contains(&uid) {
                     orphaned.push(format!("{ns}/{}", s.name_any()));

@@ -53,7 +53,8 @@ async fn a_tenant_admin_cannot_reach_another_tenants_credentials_through_latchke
     ensure_crds(&client).await;
     let p = provider().await;
     let integrations = namespace(&bed, "iso-integrations").await;
-    let (a, b, outsider) = (namespace(&bed, "iso-tenant-a").await, namespace(&bed, "iso-tenant-b").await, namespace(&bed, "iso-outsider").await);
+    let (a, b, outsider) =
+        (namespace(&bed, "iso-tenant-a").await, namespace(&bed, "iso-tenant-b").await, namespace(&bed, "iso-outsider").await);
     let i = integrations.name();
     api_key_connection(&client, i, &p.url, true).await;
     admit(&client, a.name(), i).await;
@@ -65,9 +66,10 @@ async fn a_tenant_admin_cannot_reach_another_tenants_credentials_through_latchke
     activate(&client, b.name(), "acme", "tenant-b", i, key_b).await;
     activate(&client, outsider.name(), "acme", "outsider", i, key_out).await;
     // B also waits for a user: its status holds a connect link (a bearer link).
-    let waiting: UserActivation = serde_json::from_value(json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": "waiting"},
+    let waiting: UserActivation =
+        serde_json::from_value(json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": "waiting"},
         "spec": {"connectionRef": {"name": "acme-sync", "namespace": i}, "user": {"id": "tenant-b-2"}}}))
-    .unwrap();
+        .unwrap();
     b.api::<UserActivation>().create(&PostParams::default(), &waiting).await.unwrap();
     // B keeps a Secret that A's activation names: A must not get it.
     put_source(&client, b.name(), "b-only-key", "good-key-b-only-0f3a11").await;
@@ -81,7 +83,13 @@ async fn a_tenant_admin_cannot_reach_another_tenants_credentials_through_latchke
     let secret_a = ua_a.status.as_ref().and_then(|s| s.secret_name.clone()).unwrap();
     let secret_b = ua_b.status.as_ref().and_then(|s| s.secret_name.clone()).unwrap();
     let link_b = wait_for_value("B's connect link", T, || async {
-        b.api::<UserActivation>().get("waiting").await.map_err(|e| e.to_string())?.status.and_then(|s| s.connect_url).ok_or_else(|| "none yet".to_string())
+        b.api::<UserActivation>()
+            .get("waiting")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .and_then(|s| s.connect_url)
+            .ok_or_else(|| "none yet".to_string())
     })
     .await;
     let token_b = link_b.rsplit('/').next().unwrap().to_string();
@@ -98,7 +106,8 @@ async fn a_tenant_admin_cannot_reach_another_tenants_credentials_through_latchke
     // Each tenant's Job mounts its own Secret and nothing else.
     for (t, own) in [(&a, &secret_a), (&b, &secret_b)] {
         let jobs = wait_for_value("the tenant's Job", T, || async {
-            let j = t.api::<Job>().list(&ListParams::default().labels("latchkey.dev/activation=acme")).await.map_err(|e| e.to_string())?.items;
+            let j =
+                t.api::<Job>().list(&ListParams::default().labels("latchkey.dev/activation=acme")).await.map_err(|e| e.to_string())?.items;
             if j.is_empty() { Err("no Job yet".to_string()) } else { Ok(j) }
         })
         .await;
@@ -133,7 +142,10 @@ async fn a_tenant_admin_cannot_reach_another_tenants_credentials_through_latchke
     let user = bed.unprivileged_client();
     let ua_api = |ns: &str| Api::<UserActivation>::namespaced(user.clone(), ns);
     // Positive control: the rights work in A (RBAC caches need a moment).
-    wait_for_value("tenant A's admin can read A's Secrets", T, || async { Api::<Secret>::namespaced(user.clone(), a.name()).get(&secret_a).await.map_err(|e| e.to_string()) }).await;
+    wait_for_value("tenant A's admin can read A's Secrets", T, || async {
+        Api::<Secret>::namespaced(user.clone(), a.name()).get(&secret_a).await.map_err(|e| e.to_string())
+    })
+    .await;
 
     let lp = ListParams::default();
     let mut reached: Vec<&str> = Vec::new();
@@ -190,7 +202,11 @@ async fn a_tenant_admin_cannot_reach_another_tenants_credentials_through_latchke
     }
     assert!(texts.iter().any(|(_, t)| t.contains(&b64(key_a))), "positive control: A's admin sees A's own key");
 
-    let secrets: Vec<String> = [key_a, key_b, key_out, "good-key-b-only-0f3a11", "good-key-squat-5a5a5a", "attacker-chosen-value"].iter().map(|s| s.to_string()).chain([token_b.clone()]).collect();
+    let secrets: Vec<String> = [key_a, key_b, key_out, "good-key-b-only-0f3a11", "good-key-squat-5a5a5a", "attacker-chosen-value"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([token_b.clone()])
+        .collect();
     let scanned = [i, a.name(), b.name(), outsider.name()];
     // The connect link is meant for B's status: leave that one place out of the scan for it.
     let mut leaks = leak_scan(&client, &scanned, &[op.log_path.as_path()], "acme", &secrets[..secrets.len() - 1]).await;
@@ -199,7 +215,10 @@ async fn a_tenant_admin_cannot_reach_another_tenants_credentials_through_latchke
         leaks.places.push("B's connect link in the operator log".into());
     }
     register_secrets("isolation", "acme", &secrets[..secrets.len() - 1]);
-    record("isolation", json!({"isolation_checks": 14 + texts.len(), "isolation_breaches": reached.len(), "breaches": reached, "secret_leaks": leaks.places.len()}));
+    record(
+        "isolation",
+        json!({"isolation_checks": 14 + texts.len(), "isolation_breaches": reached.len(), "breaches": reached, "secret_leaks": leaks.places.len()}),
+    );
     assert!(reached.is_empty(), "tenant A's admin reached: {reached:?}");
     assert!(leaks.places.is_empty(), "{:?}", leaks.places);
 }

@@ -4,7 +4,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};

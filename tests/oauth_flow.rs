@@ -45,7 +45,10 @@ async fn setup(name: &str, config: impl FnOnce(OAuthServerConfig) -> OAuthServer
     let op = Operator::start(&bed, name, &[ns.name()], &[]).await;
     let client = OAuthClient::confidential("app", "app-secret").redirect_uri(&format!("{}/oauth/callback", op.connect_base_url));
     let server = OAuthServer::start(config(OAuthServerConfig::default().client(client)));
-    let app: Secret = serde_json::from_value(json!({"metadata": {"name": "oauth-app"}, "stringData": {"client_id": "app", "client_secret": "app-secret"}})).unwrap();
+    let app: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "oauth-app"}, "stringData": {"client_id": "app", "client_secret": "app-secret"}}),
+    )
+    .unwrap();
     ns.api::<Secret>().create(&PostParams::default(), &app).await.unwrap();
     Setup { ns, op, server }
 }
@@ -81,7 +84,10 @@ async fn create_activation(s: &Setup, name: &str, source: Option<&str>) {
     if let Some(src) = source {
         spec["credentialsSecretRef"] = json!({"name": src});
     }
-    let ua: UserActivation = serde_json::from_value(json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": name}, "spec": spec})).unwrap();
+    let ua: UserActivation = serde_json::from_value(
+        json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": name}, "spec": spec}),
+    )
+    .unwrap();
     s.activations().create(&PostParams::default(), &ua).await.unwrap();
 }
 
@@ -92,7 +98,11 @@ async fn connect_url(s: &Setup, name: &str, not: Option<&str>) -> String {
         let st = ua.status.unwrap_or_default();
         match st.connect_url {
             Some(u) if Some(u.as_str()) != not => Ok(u),
-            _ => Err(format!("phase {:?}, conditions {:?}", st.phase, st.conditions.iter().map(|c| (&c.type_, &c.reason)).collect::<Vec<_>>())),
+            _ => Err(format!(
+                "phase {:?}, conditions {:?}",
+                st.phase,
+                st.conditions.iter().map(|c| (&c.type_, &c.reason)).collect::<Vec<_>>()
+            )),
         }
     })
     .await
@@ -136,12 +146,22 @@ async fn a_user_connects_through_the_link_and_tokens_refresh_before_expiry() {
     let first = http().get(&url).send().await.unwrap();
     assert_eq!(first.status(), 302);
     let to = first.headers()["location"].to_str().unwrap().to_string();
-    assert!(to.starts_with(s.server.authorize_url()) && to.contains("code_challenge_method=S256") && to.contains("scope=read+write"), "{to}");
+    assert!(
+        to.starts_with(s.server.authorize_url()) && to.contains("code_challenge_method=S256") && to.contains("scope=read+write"),
+        "{to}"
+    );
     assert_eq!(first.headers()["x-frame-options"], "DENY");
     assert_eq!(first.headers()["cache-control"], "no-store");
     let forged = http().get(format!("{}/connect/eyJucyI6Inh4In0.AAAA", s.op.connect_base_url)).send().await.unwrap();
     assert_eq!(forged.status(), 400);
-    let bad_state = http().get(format!("{}/oauth/callback?code=abc&state=s1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", s.op.connect_base_url)).send().await.unwrap();
+    let bad_state = http()
+        .get(format!(
+            "{}/oauth/callback?code=abc&state=s1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            s.op.connect_base_url
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad_state.status(), 400);
     let secret_name = "acme-sync-credentials";
     assert!(s.secrets().get_opt(secret_name).await.unwrap().is_none(), "nothing written by refused requests");
@@ -154,7 +174,8 @@ async fn a_user_connects_through_the_link_and_tokens_refresh_before_expiry() {
     let secret = s.secrets().get(secret_name).await.unwrap();
     assert!(text(&secret, "access_token").is_some() && text(&secret, "refresh_token").is_some());
     assert_eq!(text(&secret, "token_type").as_deref(), Some("Bearer"));
-    let code_events: Vec<_> = s.server.token_events().await.into_iter().filter(|e| e.grant_type.as_deref() == Some("authorization_code")).collect();
+    let code_events: Vec<_> =
+        s.server.token_events().await.into_iter().filter(|e| e.grant_type.as_deref() == Some("authorization_code")).collect();
     assert_eq!(code_events.len(), 1);
     assert_eq!(code_events[0].pkce, Some(true));
 
@@ -186,7 +207,13 @@ async fn a_user_connects_through_the_link_and_tokens_refresh_before_expiry() {
         assert_eq!(rt.prior_uses, 0, "each refresh token is used once");
         assert!(!rt.expired);
     }
-    let resource_expired = s.server.events().await.into_iter().filter(|e| e.endpoint == "resource").any(|e| e.access_token.as_ref().is_some_and(|t| t.expired));
+    let resource_expired = s
+        .server
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e.endpoint == "resource")
+        .any(|e| e.access_token.as_ref().is_some_and(|t| t.expired));
     assert!(!resource_expired, "no expired token was ever served");
     let ua = s.activations().get("acme").await.unwrap();
     let st = ua.status.unwrap();
@@ -194,7 +221,13 @@ async fn a_user_connects_through_the_link_and_tokens_refresh_before_expiry() {
     assert_eq!(st.credential_generation, 1, "a refresh is not a credential change");
 
     // A reused refresh token kills the grant at the provider: NeedsReauthorization and a new link.
-    let reuse = http().post(s.server.token_url()).basic_auth("app", Some("app-secret")).form(&[("grant_type", "refresh_token"), ("refresh_token", old_refresh.as_str())]).send().await.unwrap();
+    let reuse = http()
+        .post(s.server.token_url())
+        .basic_auth("app", Some("app-secret"))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", old_refresh.as_str())])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(reuse.status(), 400);
     let ua = phase(&s, "acme", "NeedsReauthorization", Duration::from_secs(20)).await;
     let new_link = ua.status.unwrap().connect_url.expect("a fresh connect link");
@@ -231,7 +264,10 @@ async fn client_credentials_are_fetched_and_refetched_without_a_user() {
     })
     .await;
     create_connection(&s, "ClientCredentials", json!({})).await;
-    let src: Secret = serde_json::from_value(json!({"metadata": {"name": "acme-client"}, "stringData": {"client_id": "tenant-client", "client_secret": "tenant-secret"}})).unwrap();
+    let src: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "acme-client"}, "stringData": {"client_id": "tenant-client", "client_secret": "tenant-secret"}}),
+    )
+    .unwrap();
     s.secrets().create(&PostParams::default(), &src).await.unwrap();
     create_activation(&s, "acme", Some("acme-client")).await;
     phase(&s, "acme", "Active", Duration::from_secs(30)).await;
@@ -242,7 +278,13 @@ async fn client_credentials_are_fetched_and_refetched_without_a_user() {
     .await;
     let first = text(&secret, "access_token").unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let cc: Vec<_> = s.server.token_events().await.into_iter().filter(|e| e.grant_type.as_deref() == Some("client_credentials") && e.outcome == "ok").collect();
+    let cc: Vec<_> = s
+        .server
+        .token_events()
+        .await
+        .into_iter()
+        .filter(|e| e.grant_type.as_deref() == Some("client_credentials") && e.outcome == "ok")
+        .collect();
     assert!(cc.len() >= 2, "re-fetched before expiry: {} fetches", cc.len());
     let now = text(&s.secrets().get("acme-sync-credentials").await.unwrap(), "access_token").unwrap();
     assert_ne!(fingerprint(&first), fingerprint(&now));

@@ -12,9 +12,7 @@ use support::oauth_server::*;
 const CALLBACK: &str = "http://127.0.0.1:18080/oauth/callback";
 
 fn server(config: OAuthServerConfig) -> OAuthServer {
-    OAuthServer::start(
-        config.client(OAuthClient::confidential("app", "app-secret").redirect_uri(CALLBACK)),
-    )
+    OAuthServer::start(config.client(OAuthClient::confidential("app", "app-secret").redirect_uri(CALLBACK)))
 }
 
 async fn token_request(server: &OAuthServer, form: &[(&str, &str)]) -> (StatusCode, Value) {
@@ -26,28 +24,18 @@ async fn token_request(server: &OAuthServer, form: &[(&str, &str)]) -> (StatusCo
         .await
         .expect("token request");
     let status = response.status();
-    (
-        status,
-        response.json().await.expect("token response is JSON"),
-    )
+    (status, response.json().await.expect("token response is JSON"))
 }
 
 /// Runs the code flow with PKCE through the consent and exchanges the code.
 async fn authorize(server: &OAuthServer, login: &Login) -> Value {
     let pkce = Pkce::new();
     let url = server.authorization_request("app", CALLBACK, "read write", "state-123", &pkce);
-    let redirect = authorize_without_browser(&url, CALLBACK, login)
-        .await
-        .expect("consent");
+    let redirect = authorize_without_browser(&url, CALLBACK, login).await.expect("consent");
     assert_eq!(redirect.state.as_deref(), Some("state-123"));
     let (status, tokens) = token_request(
         server,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &redirect.code),
-            ("redirect_uri", CALLBACK),
-            ("code_verifier", &pkce.verifier),
-        ],
+        &[("grant_type", "authorization_code"), ("code", &redirect.code), ("redirect_uri", CALLBACK), ("code_verifier", &pkce.verifier)],
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
@@ -55,20 +43,11 @@ async fn authorize(server: &OAuthServer, login: &Login) -> Value {
 }
 
 async fn refresh(server: &OAuthServer, refresh_token: &str) -> (StatusCode, Value) {
-    token_request(
-        server,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
-        ],
-    )
-    .await
+    token_request(server, &[("grant_type", "refresh_token"), ("refresh_token", refresh_token)]).await
 }
 
 fn text<'a>(body: &'a Value, field: &str) -> &'a str {
-    body[field]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {field} in {body}"))
+    body[field].as_str().unwrap_or_else(|| panic!("no {field} in {body}"))
 }
 
 #[tokio::test]
@@ -82,25 +61,13 @@ async fn code_flow_with_pkce_gives_access_and_refresh_tokens() {
     assert_eq!(tokens["expires_in"], 3);
     assert_eq!(tokens["token_type"], "Bearer");
     let events = server.events().await;
-    let authorization = events
-        .iter()
-        .find(|e| e.endpoint == "authorization")
-        .expect("authorization event");
+    let authorization = events.iter().find(|e| e.endpoint == "authorization").expect("authorization event");
     assert_eq!(authorization.code_challenge_method.as_deref(), Some("S256"));
-    let exchange = events
-        .iter()
-        .find(|e| e.grant_type.as_deref() == Some("authorization_code"))
-        .unwrap();
-    assert_eq!(
-        (exchange.outcome.as_str(), exchange.pkce),
-        ("ok", Some(true))
-    );
+    let exchange = events.iter().find(|e| e.grant_type.as_deref() == Some("authorization_code")).unwrap();
+    assert_eq!((exchange.outcome.as_str(), exchange.pkce), ("ok", Some(true)));
     assert_eq!(exchange.account_id.as_deref(), Some(AUTO_APPROVE_USER));
     let issued = exchange.issued.as_ref().unwrap();
-    assert_eq!(
-        issued.refresh_token,
-        Some(fingerprint(text(&tokens, "refresh_token")))
-    );
+    assert_eq!(issued.refresh_token, Some(fingerprint(text(&tokens, "refresh_token"))));
 }
 
 #[tokio::test]
@@ -109,23 +76,11 @@ async fn login_form_takes_the_test_password() {
     let pkce = Pkce::new();
     let url = server.authorization_request("app", CALLBACK, "read", "s", &pkce);
 
-    let wrong = Login {
-        password: "wrong".into(),
-        ..Login::as_user("alice")
-    };
-    assert!(matches!(
-        authorize_without_browser(&url, CALLBACK, &wrong).await,
-        Err(ConsentError::LoginRejected)
-    ));
-    let denied = Login {
-        approve: false,
-        ..Login::as_user("alice")
-    };
+    let wrong = Login { password: "wrong".into(), ..Login::as_user("alice") };
+    assert!(matches!(authorize_without_browser(&url, CALLBACK, &wrong).await, Err(ConsentError::LoginRejected)));
+    let denied = Login { approve: false, ..Login::as_user("alice") };
     let outcome = authorize_without_browser(&url, CALLBACK, &denied).await;
-    assert!(
-        matches!(outcome, Err(ConsentError::Denied { ref error, .. }) if error == "access_denied"),
-        "{outcome:?}"
-    );
+    assert!(matches!(outcome, Err(ConsentError::Denied { ref error, .. }) if error == "access_denied"), "{outcome:?}");
 
     authorize(&server, &Login::as_user("alice")).await;
     let exchange = server.token_events().await.pop().unwrap();
@@ -141,10 +96,7 @@ async fn code_flow_without_pkce_is_refused() {
         url::form_urlencoded::byte_serialize(CALLBACK.as_bytes()).collect::<String>()
     );
     let outcome = authorize_without_browser(&url, CALLBACK, &Login::default()).await;
-    assert!(
-        matches!(outcome, Err(ConsentError::Denied { ref error, .. }) if error == "invalid_request"),
-        "{outcome:?}"
-    );
+    assert!(matches!(outcome, Err(ConsentError::Denied { ref error, .. }) if error == "invalid_request"), "{outcome:?}");
 }
 
 #[tokio::test]
@@ -160,58 +112,31 @@ async fn refresh_rotates_and_the_old_refresh_token_gets_invalid_grant() {
     assert!(second["expires_in"].as_u64().is_some());
 
     let (status, reuse) = refresh(&server, old).await;
-    assert_eq!(
-        (status, text(&reuse, "error")),
-        (StatusCode::BAD_REQUEST, "invalid_grant")
-    );
+    assert_eq!((status, text(&reuse, "error")), (StatusCode::BAD_REQUEST, "invalid_grant"));
     // Reuse detection revokes the whole grant: the newest refresh token is dead too.
     let (status, after) = refresh(&server, new).await;
-    assert_eq!(
-        (status, text(&after, "error")),
-        (StatusCode::BAD_REQUEST, "invalid_grant")
-    );
+    assert_eq!((status, text(&after, "error")), (StatusCode::BAD_REQUEST, "invalid_grant"));
 
     let refreshes = server.refresh_events().await;
     assert_eq!(refreshes.len(), 3);
-    let presented: Vec<_> = refreshes
-        .iter()
-        .map(|e| e.refresh_token.clone().unwrap())
-        .collect();
+    let presented: Vec<_> = refreshes.iter().map(|e| e.refresh_token.clone().unwrap()).collect();
     assert_eq!(presented[0].fingerprint, fingerprint(old));
-    assert_eq!(
-        (presented[0].prior_uses, refreshes[0].rotated),
-        (0, Some(true))
-    );
+    assert_eq!((presented[0].prior_uses, refreshes[0].rotated), (0, Some(true)));
     assert!(refreshes[1].reused_refresh_token() && presented[1].consumed);
-    assert_eq!(
-        refreshes[1].error_detail.as_deref(),
-        Some("refresh token already used")
-    );
+    assert_eq!(refreshes[1].error_detail.as_deref(), Some("refresh token already used"));
     assert!(!refreshes[2].reused_refresh_token() && presented[2].prior_uses == 0);
 }
 
 #[tokio::test]
 async fn client_credentials_gives_a_token_and_the_registered_auth_method_is_enforced() {
     let server = OAuthServer::start(
-        OAuthServerConfig::default().client(
-            OAuthClient::confidential("svc", "svc-secret")
-                .grant_types(&["client_credentials"])
-                .auth(ClientAuth::Post),
-        ),
+        OAuthServerConfig::default()
+            .client(OAuthClient::confidential("svc", "svc-secret").grant_types(&["client_credentials"]).auth(ClientAuth::Post)),
     );
     let http = reqwest::Client::new();
-    let form = [
-        ("grant_type", "client_credentials"),
-        ("client_id", "svc"),
-        ("client_secret", "svc-secret"),
-    ];
+    let form = [("grant_type", "client_credentials"), ("client_id", "svc"), ("client_secret", "svc-secret")];
 
-    let response = http
-        .post(server.token_url())
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let response = http.post(server.token_url()).form(&form).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();
     assert!(!text(&body, "access_token").is_empty());
@@ -225,21 +150,11 @@ async fn client_credentials_gives_a_token_and_the_registered_auth_method_is_enfo
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        basic.status(),
-        StatusCode::UNAUTHORIZED,
-        "a post client may not use basic"
-    );
+    assert_eq!(basic.status(), StatusCode::UNAUTHORIZED, "a post client may not use basic");
 
     let events = server.token_events().await;
-    let outcomes: Vec<_> = events
-        .iter()
-        .map(|e| (e.client_auth.as_deref().unwrap(), e.status))
-        .collect();
-    assert_eq!(
-        outcomes,
-        [("client_secret_post", 200), ("client_secret_basic", 401)]
-    );
+    let outcomes: Vec<_> = events.iter().map(|e| (e.client_auth.as_deref().unwrap(), e.status)).collect();
+    assert_eq!(outcomes, [("client_secret_post", 200), ("client_secret_basic", 401)]);
 }
 
 #[tokio::test]
@@ -251,10 +166,7 @@ async fn revocation_is_recorded_and_ends_the_refresh_token() {
     let response = reqwest::Client::new()
         .post(server.revocation_url())
         .basic_auth("app", Some("app-secret"))
-        .form(&[
-            ("token", refresh_token),
-            ("token_type_hint", "refresh_token"),
-        ])
+        .form(&[("token", refresh_token), ("token_type_hint", "refresh_token")])
         .send()
         .await
         .unwrap();
@@ -263,16 +175,10 @@ async fn revocation_is_recorded_and_ends_the_refresh_token() {
     let revocations = server.revocations().await;
     assert_eq!(revocations.len(), 1);
     let revoked = revocations[0].token.as_ref().unwrap();
-    assert_eq!(
-        (revoked.fingerprint.as_str(), revoked.kind.as_deref()),
-        (fingerprint(refresh_token).as_str(), Some("refresh_token"))
-    );
+    assert_eq!((revoked.fingerprint.as_str(), revoked.kind.as_deref()), (fingerprint(refresh_token).as_str(), Some("refresh_token")));
     assert_eq!(revocations[0].client_id.as_deref(), Some("app"));
     let (status, body) = refresh(&server, refresh_token).await;
-    assert_eq!(
-        (status, text(&body, "error")),
-        (StatusCode::BAD_REQUEST, "invalid_grant")
-    );
+    assert_eq!((status, text(&body, "error")), (StatusCode::BAD_REQUEST, "invalid_grant"));
 }
 
 #[tokio::test]
@@ -283,72 +189,34 @@ async fn access_tokens_expire_after_their_ttl_and_the_resource_records_it() {
     let access = text(&tokens, "access_token");
     let me = |token: String| {
         let url = server.resource_url().to_string();
-        async move {
-            reqwest::Client::new()
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
+        async move { reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().status() }
     };
 
     assert_eq!(me(access.into()).await, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(4200)).await;
     assert_eq!(me(access.into()).await, StatusCode::UNAUTHORIZED);
 
-    let uses: Vec<_> = server
-        .events()
-        .await
-        .into_iter()
-        .filter(|e| e.endpoint == "resource")
-        .collect();
-    assert_eq!(
-        uses.iter()
-            .map(Event::used_expired_access_token)
-            .collect::<Vec<_>>(),
-        [false, true]
-    );
+    let uses: Vec<_> = server.events().await.into_iter().filter(|e| e.endpoint == "resource").collect();
+    assert_eq!(uses.iter().map(Event::used_expired_access_token).collect::<Vec<_>>(), [false, true]);
 }
 
 #[tokio::test]
 async fn events_count_every_token_request_and_injected_faults() {
     let server = server(OAuthServerConfig::default());
     let tokens = authorize(&server, &Login::default()).await;
-    server
-        .inject_fault(Fault::token(503, 1).grant_type("refresh_token"))
-        .await;
+    server.inject_fault(Fault::token(503, 1).grant_type("refresh_token")).await;
 
     let (status, _) = refresh(&server, text(&tokens, "refresh_token")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let (status, refreshed) = refresh(&server, text(&tokens, "refresh_token")).await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "a refused attempt does not use the refresh token up"
-    );
+    assert_eq!(status, StatusCode::OK, "a refused attempt does not use the refresh token up");
     let (status, _) = refresh(&server, text(&refreshed, "refresh_token")).await;
     assert_eq!(status, StatusCode::OK);
 
     let events = server.token_events().await;
-    let summary: Vec<_> = events
-        .iter()
-        .map(|e| (e.grant_type.as_deref().unwrap(), e.outcome.as_str()))
-        .collect();
-    assert_eq!(
-        summary,
-        [
-            ("authorization_code", "ok"),
-            ("refresh_token", "injected"),
-            ("refresh_token", "ok"),
-            ("refresh_token", "ok")
-        ]
-    );
-    assert!(
-        events.iter().all(|e| !e.reused_refresh_token()),
-        "each refresh token used once"
-    );
+    let summary: Vec<_> = events.iter().map(|e| (e.grant_type.as_deref().unwrap(), e.outcome.as_str())).collect();
+    assert_eq!(summary, [("authorization_code", "ok"), ("refresh_token", "injected"), ("refresh_token", "ok"), ("refresh_token", "ok")]);
+    assert!(events.iter().all(|e| !e.reused_refresh_token()), "each refresh token used once");
 
     server.reset_records().await;
     assert!(server.events().await.is_empty());
@@ -384,10 +252,7 @@ async fn storage_holds_thousands_of_live_tokens() {
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        introspection["active"], true,
-        "the first of 2,100 tokens is still there"
-    );
+    assert_eq!(introspection["active"], true, "the first of 2,100 tokens is still there");
 }
 
 #[tokio::test]
@@ -395,25 +260,15 @@ async fn a_grant_revoked_at_the_provider_ends_its_refresh_token() {
     let server = server(OAuthServerConfig::default());
     let pkce = Pkce::new();
     let url = server.authorization_request("app", CALLBACK, "read", "s", &pkce) + "&login_hint=bob";
-    let redirect = authorize_without_browser(&url, CALLBACK, &Login::default())
-        .await
-        .expect("consent");
+    let redirect = authorize_without_browser(&url, CALLBACK, &Login::default()).await.expect("consent");
     let (_, tokens) = token_request(
         &server,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &redirect.code),
-            ("redirect_uri", CALLBACK),
-            ("code_verifier", &pkce.verifier),
-        ],
+        &[("grant_type", "authorization_code"), ("code", &redirect.code), ("redirect_uri", CALLBACK), ("code_verifier", &pkce.verifier)],
     )
     .await;
 
     assert_eq!(server.revoke_grants_of("bob").await, 1);
 
     let (status, body) = refresh(&server, text(&tokens, "refresh_token")).await;
-    assert_eq!(
-        (status, text(&body, "error")),
-        (StatusCode::BAD_REQUEST, "invalid_grant")
-    );
+    assert_eq!((status, text(&body, "error")), (StatusCode::BAD_REQUEST, "invalid_grant"));
 }

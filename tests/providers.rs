@@ -42,11 +42,17 @@ async fn a_github_connector_from_the_catalogue_sends_users_to_github_with_its_sc
     let bed = support::bed().await;
     let ns = support::namespace(&bed, "providers").await;
     let op = Operator::start(&bed, "providers", &[ns.name()], &[]).await;
-    let app: Secret = serde_json::from_value(json!({"metadata": {"name": "github-app"}, "stringData": {"client_id": "Iv1.abc123", "client_secret": "s3cret"}})).unwrap();
+    let app: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "github-app"}, "stringData": {"client_id": "Iv1.abc123", "client_secret": "s3cret"}}),
+    )
+    .unwrap();
     ns.api::<Secret>().create(&PostParams::default(), &app).await.unwrap();
 
     let connectors: Api<Connector> = ns.api();
-    let obj = connector("github", json!({"provider": "github", "authMethods": [{"name": "oauth", "oauth2": {"clientSecretRef": {"name": "github-app"}}}]}));
+    let obj = connector(
+        "github",
+        json!({"provider": "github", "authMethods": [{"name": "oauth", "oauth2": {"clientSecretRef": {"name": "github-app"}}}]}),
+    );
     let stored = apply(&connectors, "github", &obj).await.expect("a provider Connector with only its OAuth app is accepted");
     // The apiserver keeps what was written: the catalogue fills in the operator, not as schema defaults.
     assert_eq!(stored.spec.base_url, "");
@@ -78,7 +84,11 @@ async fn a_github_connector_from_the_catalogue_sends_users_to_github_with_its_sc
     assert!(resp.status().is_redirection(), "GET the connect link: {}", resp.status());
     let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).expect("a Location header").to_string();
     let to = url::Url::parse(&location).unwrap();
-    assert_eq!(format!("{}://{}{}", to.scheme(), to.host_str().unwrap(), to.path()), "https://github.com/login/oauth/authorize", "{location}");
+    assert_eq!(
+        format!("{}://{}{}", to.scheme(), to.host_str().unwrap(), to.path()),
+        "https://github.com/login/oauth/authorize",
+        "{location}"
+    );
     let q: HashMap<String, String> = to.query_pairs().into_owned().collect();
     assert_eq!(q.get("scope").map(String::as_str), Some("repo read:user"), "the catalogue's scopes, space-separated: {location}");
     assert_eq!(q.get("client_id").map(String::as_str), Some("Iv1.abc123"));
@@ -88,7 +98,10 @@ async fn a_github_connector_from_the_catalogue_sends_users_to_github_with_its_sc
     assert!(q.get("state").is_some_and(|s| !s.is_empty()));
 
     // A per-tenant provider without its address is accepted but says what to set.
-    let obj = connector("shop", json!({"provider": "shopify", "authMethods": [{"name": "oauth", "oauth2": {"clientSecretRef": {"name": "github-app"}}}]}));
+    let obj = connector(
+        "shop",
+        json!({"provider": "shopify", "authMethods": [{"name": "oauth", "oauth2": {"clientSecretRef": {"name": "github-app"}}}]}),
+    );
     apply(&connectors, "shop", &obj).await.unwrap();
     let (status, reason, message) = ready(&connectors, "shop").await;
     assert_eq!((status.as_str(), reason.as_str()), ("False", "IncompleteConnector"), "{message}");
@@ -107,20 +120,36 @@ async fn a_misspelt_provider_is_refused_at_apply_with_the_nearest_names() {
     let bed = support::bed().await;
     let ns = support::namespace(&bed, "providers-typo").await;
     let connectors: Api<Connector> = ns.api();
-    let obj = connector("github", json!({"provider": "githbu", "authMethods": [{"name": "oauth", "oauth2": {"clientSecretRef": {"name": "github-app"}}}]}));
+    let obj = connector(
+        "github",
+        json!({"provider": "githbu", "authMethods": [{"name": "oauth", "oauth2": {"clientSecretRef": {"name": "github-app"}}}]}),
+    );
     let err = apply(&connectors, "github", &obj).await.expect_err("githbu is not a provider");
     let msg = err.to_string();
-    assert!(msg.contains("unknown provider \"githbu\"") && msg.contains("did you mean github, gitlab?") && msg.contains("latchkey providers"), "{msg}");
+    assert!(
+        msg.contains("unknown provider \"githbu\"") && msg.contains("did you mean github, gitlab?") && msg.contains("latchkey providers"),
+        "{msg}"
+    );
 
     // Without a provider the fields it would fill stay required, with their messages.
-    let err = apply(&connectors, "bare", &connector("bare", json!({"authMethods": [{"name": "k", "apiKey": {}}]}))).await.expect_err("no baseUrl");
+    let err = apply(&connectors, "bare", &connector("bare", json!({"authMethods": [{"name": "k", "apiKey": {}}]})))
+        .await
+        .expect_err("no baseUrl");
     let msg = err.to_string();
-    assert!(msg.contains("baseUrl is required (or set provider)") && msg.contains("an apiKey method needs in and name (or set provider)"), "{msg}");
+    assert!(
+        msg.contains("baseUrl is required (or set provider)") && msg.contains("an apiKey method needs in and name (or set provider)"),
+        "{msg}"
+    );
     let err = apply(&connectors, "bare", &connector("bare", json!({"baseUrl": "https://x.example", "authMethods": [{"name": "o", "oauth2": {"flow": "AuthorizationCode", "tokenUrl": "https://x.example/token"}}]})))
         .await
         .expect_err("no OAuth app");
-    assert!(err.to_string().contains("the AuthorizationCode flow needs authorizationUrl and clientSecretRef (the organisation's OAuth app)"), "{err}");
+    assert!(
+        err.to_string().contains("the AuthorizationCode flow needs authorizationUrl and clientSecretRef (the organisation's OAuth app)"),
+        "{err}"
+    );
     // A provider does not excuse the OAuth app.
-    let err = apply(&connectors, "gh", &connector("gh", json!({"provider": "github", "authMethods": [{"name": "o", "oauth2": {}}]}))).await.expect_err("no OAuth app");
+    let err = apply(&connectors, "gh", &connector("gh", json!({"provider": "github", "authMethods": [{"name": "o", "oauth2": {}}]})))
+        .await
+        .expect_err("no OAuth app");
     assert!(err.to_string().contains("needs authorizationUrl and clientSecretRef"), "{err}");
 }

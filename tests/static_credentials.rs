@@ -11,8 +11,8 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use latchkey::api::{Connector, EmbeddedConnection, UserActivation};
 use serde_json::json;
-use support::operator::Operator;
 use support::fixtures::*;
+use support::operator::Operator;
 use support::{bed, namespace, wait_for, wait_for_value};
 
 #[tokio::test]
@@ -156,7 +156,9 @@ async fn a_foreign_secret_with_the_target_name_is_left_untouched() {
     let p = provider().await;
     let f = fixture("foreign", &p.url, busybox_job()).await;
     let t = f.tenant("tenant", true).await;
-    let foreign: Secret = serde_json::from_value(json!({"metadata": {"name": "acme-acme-sync-credentials"}, "stringData": {"mine": "do-not-touch"}})).unwrap();
+    let foreign: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "acme-acme-sync-credentials"}, "stringData": {"mine": "do-not-touch"}}))
+            .unwrap();
     t.api::<Secret>().create(&PostParams::default(), &foreign).await.unwrap();
     let _op = Operator::start(&bed().await, "foreign", &[f.ns(), t.name()], &[]).await;
     f.activate(&t, "acme", "u1", "good-key-foreign-1").await;
@@ -303,10 +305,18 @@ async fn invalid_manifests_are_rejected_at_apply_with_the_rule_message() {
     let ns = namespace(&bed, "invalid").await;
     let api = ns.api::<Connector>();
     let cases = [
-        (json!([{"name": "m", "apiKey": {"in": "Header", "name": "X"}, "basic": {}}]), "https://x.example", "set exactly one of oauth2, apiKey or basic"),
+        (
+            json!([{"name": "m", "apiKey": {"in": "Header", "name": "X"}, "basic": {}}]),
+            "https://x.example",
+            "set exactly one of oauth2, apiKey or basic",
+        ),
         (json!([{"name": "m", "basic": {}}, {"name": "m", "basic": {}}]), "https://x.example", "authMethods names must be unique"),
         (json!([{"name": "m", "basic": {}}]), "ftp://x.example", "baseUrl must be an http:// or https:// URL"),
-        (json!([{"name": "m", "oauth2": {"flow": "AuthorizationCode", "tokenUrl": "https://t.example/token"}}]), "https://x.example", "the AuthorizationCode flow needs authorizationUrl and clientSecretRef"),
+        (
+            json!([{"name": "m", "oauth2": {"flow": "AuthorizationCode", "tokenUrl": "https://t.example/token"}}]),
+            "https://x.example",
+            "the AuthorizationCode flow needs authorizationUrl and clientSecretRef",
+        ),
         (json!([{"name": "Bad_Name", "basic": {}}]), "https://x.example", "spec.authMethods[0].name"),
     ];
     for (i, (methods, base, expected)) in cases.iter().enumerate() {
@@ -375,7 +385,8 @@ async fn a_suspended_activation_starts_no_job_until_resumed() {
     api.create(&PostParams::default(), &ua).await.unwrap();
     wait_for("phase Suspended with Ready=True", T, || async {
         let ua = api.get("acme").await.unwrap();
-        ua.status.as_ref().and_then(|s| s.phase) == Some(latchkey::api::user_activation::Phase::Suspended) && condition(&ua, "Ready").map(|c| c.0).as_deref() == Some("True")
+        ua.status.as_ref().and_then(|s| s.phase) == Some(latchkey::api::user_activation::Phase::Suspended)
+            && condition(&ua, "Ready").map(|c| c.0).as_deref() == Some("True")
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;

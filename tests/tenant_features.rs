@@ -108,8 +108,16 @@ async fn a_job_that_needs_two_connections_waits_for_both_and_gets_both() {
     })
     .await;
     let env = env_of(&jobs[0]);
-    let crm_ref = env.iter().find(|e| e.name == "LATCHKEY_CRM_API_KEY").and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone()).expect("LATCHKEY_CRM_API_KEY");
-    let own_ref = env.iter().find(|e| e.name == "LATCHKEY_API_KEY").and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone()).expect("LATCHKEY_API_KEY");
+    let crm_ref = env
+        .iter()
+        .find(|e| e.name == "LATCHKEY_CRM_API_KEY")
+        .and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone())
+        .expect("LATCHKEY_CRM_API_KEY");
+    let own_ref = env
+        .iter()
+        .find(|e| e.name == "LATCHKEY_API_KEY")
+        .and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone())
+        .expect("LATCHKEY_API_KEY");
     assert_eq!(own_ref.name, "acme-acme-sync-credentials");
     assert_eq!(crm_ref.name, "crm-crm-sync-credentials");
     let crm_secret = t.api::<Secret>().get(&crm_ref.name).await.unwrap();
@@ -141,7 +149,11 @@ async fn the_run_now_annotation_starts_one_run() {
     wait_for("a second Job", T, || async { jobs_of(&t, "acme").await.len() == 2 }).await;
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert_eq!(jobs_of(&t, "acme").await.len(), 2, "one run per annotation value");
-    let manual = jobs_of(&t, "acme").await.into_iter().filter(|j| j.annotations().get("latchkey.dev/run-key").is_some_and(|k| k.starts_with("manual-"))).count();
+    let manual = jobs_of(&t, "acme")
+        .await
+        .into_iter()
+        .filter(|j| j.annotations().get("latchkey.dev/run-key").is_some_and(|k| k.starts_with("manual-")))
+        .count();
     assert_eq!(manual, 1);
 }
 

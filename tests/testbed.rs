@@ -144,9 +144,12 @@ async fn a_crd_cel_rule_rejects_invalid_objects_at_create() {
     let crds: Api<CustomResourceDefinition> = Api::all(bed.client());
     crds.create(&PostParams::default(), &crd).await.unwrap();
     wait_for("the CRD to be Established", Duration::from_secs(30), || async {
-        crds.get(&crd_name).await.ok().and_then(|c| c.status).and_then(|s| s.conditions).is_some_and(|cs| {
-            cs.iter().any(|c| c.type_ == "Established" && c.status == "True")
-        })
+        crds.get(&crd_name)
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
     })
     .await;
 

@@ -84,7 +84,10 @@ pub async fn load_or_create_keys(client: &Client, namespace: &str, name: &str) -
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some(namespace.into()),
-                labels: Some(BTreeMap::from([(crate::naming::NAME_LABEL.to_string(), "latchkey".to_string()), (crate::naming::COMPONENT_LABEL.to_string(), "signing-key".to_string())])),
+                labels: Some(BTreeMap::from([
+                    (crate::naming::NAME_LABEL.to_string(), "latchkey".to_string()),
+                    (crate::naming::COMPONENT_LABEL.to_string(), "signing-key".to_string()),
+                ])),
                 ..Default::default()
             },
             data: Some(BTreeMap::from([(SIGNING_KEY.to_string(), ByteString(token::new_key()))])),

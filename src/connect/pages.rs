@@ -30,7 +30,8 @@ button:focus-visible,.button:focus-visible{outline:3px solid var(--fg);outline-o
 "#;
 
 /// `'sha256-...'` of the stylesheet, for the CSP.
-pub static STYLE_HASH: LazyLock<String> = LazyLock::new(|| format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(Sha256::digest(STYLE.as_bytes()))));
+pub static STYLE_HASH: LazyLock<String> =
+    LazyLock::new(|| format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(Sha256::digest(STYLE.as_bytes()))));
 
 /// HTML-escapes text for element content and attribute values.
 pub fn esc(s: &str) -> String {
@@ -78,7 +79,8 @@ pub fn form(connector: &str, user: &str, action: &str, fields: &[Field], values:
     }
     body.push_str(&format!(r#"<form method="post" action="{}" autocomplete="off">"#, esc(action)));
     for (i, f) in fields.iter().enumerate() {
-        let value = if f.secret { String::new() } else { values.iter().find(|(k, _)| *k == f.name).map(|(_, v)| esc(v)).unwrap_or_default() };
+        let value =
+            if f.secret { String::new() } else { values.iter().find(|(k, _)| *k == f.name).map(|(_, v)| esc(v)).unwrap_or_default() };
         let described = if error.is_some() { r#" aria-describedby="form-error" aria-invalid="true""# } else { "" };
         body.push_str(&format!(
             r#"<label for="{n}">{l}</label><input id="{n}" name="{n}" type="{t}" required spellcheck="false" autocomplete="{a}" value="{value}"{described}{focus}>"#,
@@ -108,7 +110,14 @@ mod tests {
 
     #[test]
     fn values_are_escaped() {
-        let f = form("<Git>", "a\"b", "/connect/x", &[Field { name: "api_key", label: "API key", secret: true, autocomplete: "off" }], &[("api_key", "<s>".into())], Some("<bad>"));
+        let f = form(
+            "<Git>",
+            "a\"b",
+            "/connect/x",
+            &[Field { name: "api_key", label: "API key", secret: true, autocomplete: "off" }],
+            &[("api_key", "<s>".into())],
+            Some("<bad>"),
+        );
         assert!(!f.contains("<Git>") && f.contains("&lt;Git&gt;"));
         assert!(!f.contains("<s>"), "secret values are never echoed");
         assert!(f.contains("&lt;bad&gt;"));

@@ -69,7 +69,9 @@ async fn count(State(state): State<ConnectState>, req: axum::extract::Request, n
     };
     let res = next.run(req).await;
     if let Some(m) = &state.metrics {
-        m.connect_requests.get_or_create(&crate::metrics::RouteLabel { route: route.into(), status: res.status().as_u16().to_string() }).inc();
+        m.connect_requests
+            .get_or_create(&crate::metrics::RouteLabel { route: route.into(), status: res.status().as_u16().to_string() })
+            .inc();
     }
     res
 }
@@ -78,7 +80,9 @@ pub fn router(state: ConnectState) -> Router {
     Router::new()
         .route("/connect/{token}", get(show).post(submit))
         .route("/oauth/callback", get(callback))
-        .fallback(|| async { html(StatusCode::NOT_FOUND, pages::message("Latchkey", "Not found", "There is nothing here.", None, false), None) })
+        .fallback(|| async {
+            html(StatusCode::NOT_FOUND, pages::message("Latchkey", "Not found", "There is nothing here.", None, false), None)
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(security_headers))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count))
@@ -93,7 +97,10 @@ async fn security_headers(mut res: Response) -> Response {
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
-        h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"));
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
+        );
     }
     res
 }
@@ -101,8 +108,12 @@ async fn security_headers(mut res: Response) -> Response {
 /// An HTML answer with its CSP: the page's stylesheet by hash; forms post to this server only, and may be
 /// redirected on to `form_target` (the application's return URL).
 fn html(status: StatusCode, body: String, form_target: Option<&str>) -> Response {
-    let target = form_target.and_then(|u| url::Url::parse(u).ok()).map(|u| format!(" {}", u.origin().ascii_serialization())).unwrap_or_default();
-    let csp = format!("default-src 'none'; style-src {}; form-action 'self'{target}; frame-ancestors 'none'; base-uri 'none'", *pages::STYLE_HASH);
+    let target =
+        form_target.and_then(|u| url::Url::parse(u).ok()).map(|u| format!(" {}", u.origin().ascii_serialization())).unwrap_or_default();
+    let csp = format!(
+        "default-src 'none'; style-src {}; form-action 'self'{target}; frame-ancestors 'none'; base-uri 'none'",
+        *pages::STYLE_HASH
+    );
     let mut res = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
     if let Ok(v) = HeaderValue::from_str(&csp) {
         res.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
@@ -130,13 +141,23 @@ impl IntoResponse for Refusal {
 fn token_refusal(e: TokenError) -> Refusal {
     match e {
         TokenError::Expired => Refusal(StatusCode::GONE, "This link has expired", "Ask the application for a new connect link.".into()),
-        TokenError::NoKey => Refusal(StatusCode::SERVICE_UNAVAILABLE, "Not ready", "The connect service is starting; try again in a moment.".into()),
-        _ => Refusal(StatusCode::BAD_REQUEST, "This link is not valid", "Check that you copied the whole link, or ask the application for a new one.".into()),
+        TokenError::NoKey => {
+            Refusal(StatusCode::SERVICE_UNAVAILABLE, "Not ready", "The connect service is starting; try again in a moment.".into())
+        }
+        _ => Refusal(
+            StatusCode::BAD_REQUEST,
+            "This link is not valid",
+            "Check that you copied the whole link, or ask the application for a new one.".into(),
+        ),
     }
 }
 
 fn used() -> Refusal {
-    Refusal(StatusCode::GONE, "This link was already used", "Each connect link works once. Ask the application for a new one if you still need to connect.".into())
+    Refusal(
+        StatusCode::GONE,
+        "This link was already used",
+        "Each connect link works once. Ask the application for a new one if you still need to connect.".into(),
+    )
 }
 
 fn unavailable(what: &str) -> Refusal {
@@ -181,14 +202,24 @@ async fn resolve(st: &ConnectState, claims: &Claims) -> Result<Resolved, Refusal
         unavailable("The connect service could not reach its storage.")
     })?;
     let Some(ua) = ua.filter(|u| u.uid().as_deref() == Some(claims.uid.as_str()) && u.metadata.deletion_timestamp.is_none()) else {
-        return Err(Refusal(StatusCode::NOT_FOUND, "This connection no longer exists", "The application removed it. Ask it for a new connect link.".into()));
+        return Err(Refusal(
+            StatusCode::NOT_FOUND,
+            "This connection no longer exists",
+            "The application removed it. Ask it for a new connect link.".into(),
+        ));
     };
     let current = ua.status.as_ref().and_then(|s| s.connect_nonce.as_deref()).unwrap_or("");
     if !token::ct_eq(current, &claims.nonce) {
         return Err(used());
     }
     let conn_ns = ua.connection_namespace().unwrap_or_default();
-    let fail = |what: &str| Refusal(StatusCode::NOT_FOUND, "This connection is not available", format!("{what}. Ask the application to check its configuration."));
+    let fail = |what: &str| {
+        Refusal(
+            StatusCode::NOT_FOUND,
+            "This connection is not available",
+            format!("{what}. Ask the application to check its configuration."),
+        )
+    };
     let connection = Api::<EmbeddedConnection>::namespaced(st.client.clone(), &conn_ns)
         .get_opt(&ua.spec.connection_ref.name)
         .await
@@ -203,7 +234,10 @@ async fn resolve(st: &ConnectState, claims: &Claims) -> Result<Resolved, Refusal
             crate::providers::resolve(&mut c.spec);
             c
         })?;
-    let method = connector.auth_method(&connection.spec.auth_method).cloned().ok_or_else(|| fail("The connection's sign-in method does not exist"))?;
+    let method = connector
+        .auth_method(&connection.spec.auth_method)
+        .cloned()
+        .ok_or_else(|| fail("The connection's sign-in method does not exist"))?;
     Ok(Resolved { ua, connector, connection, method })
 }
 
@@ -238,16 +272,21 @@ async fn show(State(st): State<ConnectState>, Path(tok): Path<String>) -> Respon
     let kind = r.method.kind();
     if kind != AuthKind::OAuth2AuthorizationCode {
         let action = format!("/connect/{tok}");
-        return html(StatusCode::OK, pages::form(&r.display_name(), &r.user(), &action, fields(kind), &[], None), r.ua.spec.return_url.as_deref());
+        return html(
+            StatusCode::OK,
+            pages::form(&r.display_name(), &r.user(), &action, fields(kind), &[], None),
+            r.ua.spec.return_url.as_deref(),
+        );
     }
     let Some(m) = r.oauth2() else { return unavailable("The connector is misconfigured.").into_response() };
-    let app = match oauth::organisation_app(&st.client, &r.connector.namespace().unwrap_or_default(), m, Some(st.config.redirect_uri())).await {
-        Ok(a) => a,
-        Err(e) => {
-            warn!(error = %e, connector = %r.connector.name_any(), "cannot start an authorization");
-            return unavailable("The connector's OAuth app is not configured.").into_response();
-        }
-    };
+    let app =
+        match oauth::organisation_app(&st.client, &r.connector.namespace().unwrap_or_default(), m, Some(st.config.redirect_uri())).await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, connector = %r.connector.name_any(), "cannot start an authorization");
+                return unavailable("The connector's OAuth app is not configured.").into_response();
+            }
+        };
     let state_claims = Claims { exp: claims.exp.min((Utc::now() + STATE_TTL).timestamp()), ..claims };
     let keys = st.config.keys.clone();
     let mut sealed = Err(TokenError::NoKey);
@@ -277,12 +316,22 @@ async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(fo
     };
     let kind = r.method.kind();
     if kind == AuthKind::OAuth2AuthorizationCode {
-        return Refusal(StatusCode::METHOD_NOT_ALLOWED, "Use the sign-in page", "This connection signs in at the provider; open the link again.".into()).into_response();
+        return Refusal(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Use the sign-in page",
+            "This connection signs in at the provider; open the link again.".into(),
+        )
+        .into_response();
     }
     let value = |k: &str| form.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
     let again = |error: &str, status: StatusCode| {
-        let kept: Vec<(&str, String)> = fields(kind).iter().filter(|f| !f.secret).filter_map(|f| value(f.name).map(|v| (f.name, v))).collect();
-        html(status, pages::form(&r.display_name(), &r.user(), &format!("/connect/{tok}"), fields(kind), &kept, Some(error)), r.ua.spec.return_url.as_deref())
+        let kept: Vec<(&str, String)> =
+            fields(kind).iter().filter(|f| !f.secret).filter_map(|f| value(f.name).map(|v| (f.name, v))).collect();
+        html(
+            status,
+            pages::form(&r.display_name(), &r.user(), &format!("/connect/{tok}"), fields(kind), &kept, Some(error)),
+            r.ua.spec.return_url.as_deref(),
+        )
     };
     let missing: Vec<&str> = fields(kind).iter().filter(|f| value(f.name).is_none()).map(|f| f.label).collect();
     if !missing.is_empty() {
@@ -293,7 +342,10 @@ async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(fo
     let mut lifetime = None;
     let credential = match kind {
         AuthKind::ApiKey => Credential::ApiKey { key: Sensitive::new(value(keys::API_KEY).unwrap_or_default()) },
-        AuthKind::Basic => Credential::Basic { username: value(keys::USERNAME).unwrap_or_default(), password: Sensitive::new(value(keys::PASSWORD).unwrap_or_default()) },
+        AuthKind::Basic => Credential::Basic {
+            username: value(keys::USERNAME).unwrap_or_default(),
+            password: Sensitive::new(value(keys::PASSWORD).unwrap_or_default()),
+        },
         _ => {
             // Client credentials: fetching a token is the check.
             let Some(m) = r.oauth2() else { return unavailable("The connector is misconfigured.").into_response() };
@@ -306,7 +358,10 @@ async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(fo
                     Credential::OAuth2(oauth::tokens_from(set, exp, Some(&prev)))
                 }
                 Err(OAuthError::Rejected { .. } | OAuthError::InvalidGrant { .. }) => {
-                    return again(&format!("{} did not accept this client ID and secret. Check them and try again.", r.display_name()), StatusCode::UNPROCESSABLE_ENTITY);
+                    return again(
+                        &format!("{} did not accept this client ID and secret. Check them and try again.", r.display_name()),
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                    );
                 }
                 Err(e) => {
                     warn!(error = %e, connector = %r.connector.name_any(), "client-credentials check failed");
@@ -321,7 +376,10 @@ async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(fo
             Ok(Some(Verdict::Rejected { status })) => {
                 info!(activation = %r.ua.name_any(), namespace = %claims.namespace, status, "connect form: the provider rejected the credential");
                 let what = if kind == AuthKind::ApiKey { "this API key" } else { "this username and password" };
-                return again(&format!("{} did not accept {what}. Check it and try again.", r.display_name()), StatusCode::UNPROCESSABLE_ENTITY);
+                return again(
+                    &format!("{} did not accept {what}. Check it and try again.", r.display_name()),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                );
             }
             Err(e) => {
                 warn!(error = %e, connector = %r.connector.name_any(), "connect form: verification failed");
@@ -342,11 +400,18 @@ struct CallbackQuery {
 /// `GET /oauth/callback?code&state`: exchanges the code and stores the tokens.
 async fn callback(State(st): State<ConnectState>, Query(q): Query<CallbackQuery>) -> Response {
     let Some(state) = q.state.as_deref() else {
-        return Refusal(StatusCode::BAD_REQUEST, "This sign-in is not valid", "The provider's answer lacks its state. Start again from the application.".into()).into_response();
+        return Refusal(
+            StatusCode::BAD_REQUEST,
+            "This sign-in is not valid",
+            "The provider's answer lacks its state. Start again from the application.".into(),
+        )
+        .into_response();
     };
     let opened = match st.config.keys.open_state(state, Utc::now()) {
         Ok(s) => s,
-        Err(TokenError::Expired) => return Refusal(StatusCode::GONE, "This sign-in took too long", "Start again from the application.".into()).into_response(),
+        Err(TokenError::Expired) => {
+            return Refusal(StatusCode::GONE, "This sign-in took too long", "Start again from the application.".into()).into_response();
+        }
         Err(e) => return token_refusal(e).into_response(),
     };
     let r = match resolve(&st, &opened.claims).await {
@@ -356,13 +421,23 @@ async fn callback(State(st): State<ConnectState>, Query(q): Query<CallbackQuery>
     let name = r.display_name();
     if let Some(error) = q.error.as_deref() {
         let (title, text, note) = if error == "access_denied" {
-            ("You did not allow access", format!("{name} was not connected because access was declined. You can start again from the application."), "the user declined consent at the provider (access_denied)".to_string())
+            (
+                "You did not allow access",
+                format!("{name} was not connected because access was declined. You can start again from the application."),
+                "the user declined consent at the provider (access_denied)".to_string(),
+            )
         } else {
-            ("The sign-in failed", format!("{name} answered with an error. You can start again from the application."), format!("the provider answered the authorization with error {}", short_code(error)))
+            (
+                "The sign-in failed",
+                format!("{name} answered with an error. You can start again from the application."),
+                format!("the provider answered the authorization with error {}", short_code(error)),
+            )
         };
         // The link is spent either way; the reconcile publishes a fresh one and shows why.
         match claim_link(&st, &r.ua, Some(&note)).await {
-            Ok(true) => info!(activation = %r.ua.name_any(), namespace = %opened.claims.namespace, error = %short_code(error), "authorization refused at the provider"),
+            Ok(true) => {
+                info!(activation = %r.ua.name_any(), namespace = %opened.claims.namespace, error = %short_code(error), "authorization refused at the provider")
+            }
             Ok(false) => return used().into_response(),
             Err(e) => return e.into_response(),
         }
@@ -370,16 +445,22 @@ async fn callback(State(st): State<ConnectState>, Query(q): Query<CallbackQuery>
         return html(StatusCode::OK, pages::message(&name, title, &text, back.as_deref(), false), None);
     }
     let Some(code) = q.code.as_deref().filter(|c| !c.is_empty() && c.len() <= 2048) else {
-        return Refusal(StatusCode::BAD_REQUEST, "This sign-in is not valid", "The provider's answer lacks a code. Start again from the application.".into()).into_response();
+        return Refusal(
+            StatusCode::BAD_REQUEST,
+            "This sign-in is not valid",
+            "The provider's answer lacks a code. Start again from the application.".into(),
+        )
+        .into_response();
     };
     let Some(m) = r.oauth2() else { return unavailable("The connector is misconfigured.").into_response() };
-    let app = match oauth::organisation_app(&st.client, &r.connector.namespace().unwrap_or_default(), m, Some(st.config.redirect_uri())).await {
-        Ok(a) => a,
-        Err(e) => {
-            warn!(error = %e, "cannot exchange an authorization code");
-            return unavailable("The connector's OAuth app is not configured.").into_response();
-        }
-    };
+    let app =
+        match oauth::organisation_app(&st.client, &r.connector.namespace().unwrap_or_default(), m, Some(st.config.redirect_uri())).await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "cannot exchange an authorization code");
+                return unavailable("The connector's OAuth app is not configured.").into_response();
+            }
+        };
     let _permit = st.provider_calls.acquire().await;
     let now = Utc::now();
     let set = match app.exchange_code(&st.http, code, opened.pkce_verifier.as_ref()).await {
@@ -387,7 +468,12 @@ async fn callback(State(st): State<ConnectState>, Query(q): Query<CallbackQuery>
         Err(e) => {
             warn!(error = %e, activation = %r.ua.name_any(), namespace = %opened.claims.namespace, "exchanging the authorization code failed");
             let status = if e.is_transient() { StatusCode::BAD_GATEWAY } else { StatusCode::BAD_REQUEST };
-            return Refusal(status, "The sign-in could not be completed", format!("{name} did not accept the sign-in. Nothing was saved; start again from the application.")).into_response();
+            return Refusal(
+                status,
+                "The sign-in could not be completed",
+                format!("{name} did not accept the sign-in. Nothing was saved; start again from the application."),
+            )
+            .into_response();
         }
     };
     let lifetime = set.expires_in.unwrap_or_else(|| oauth::default_lifetime(m));
@@ -401,7 +487,13 @@ fn short_code(s: &str) -> String {
 }
 
 /// Claims the link (nonce compare-and-swap), stores the credential, and sends the user back.
-async fn complete(st: &ConnectState, r: &Resolved, credential: &Credential, lifetime: Option<std::time::Duration>, redirect_status: StatusCode) -> Response {
+async fn complete(
+    st: &ConnectState,
+    r: &Resolved,
+    credential: &Credential,
+    lifetime: Option<std::time::Duration>,
+    redirect_status: StatusCode,
+) -> Response {
     match claim_link(st, &r.ua, None).await {
         Ok(true) => {}
         Ok(false) => return used().into_response(),
@@ -415,7 +507,17 @@ async fn complete(st: &ConnectState, r: &Resolved, credential: &Credential, life
     info!(activation = %r.ua.name_any(), namespace = %r.ua.namespace().unwrap_or_default(), generation, "credentials stored from the connect flow");
     match r.return_url("success") {
         Some(url) => redirect(redirect_status, &url),
-        None => html(StatusCode::OK, pages::message(&r.display_name(), "Connected", &format!("Your {} account is connected. You can close this page.", r.display_name()), None, true), None),
+        None => html(
+            StatusCode::OK,
+            pages::message(
+                &r.display_name(),
+                "Connected",
+                &format!("Your {} account is connected. You can close this page.", r.display_name()),
+                None,
+                true,
+            ),
+            None,
+        ),
     }
 }
 
@@ -427,10 +529,19 @@ async fn claim_link(st: &ConnectState, ua: &UserActivation, connect_error: Optio
         "metadata": { "resourceVersion": ua.resource_version() },
         "status": { "connectNonce": token::new_nonce(), "connectUrl": null, "connectUrlExpiresAt": null, "connectError": connect_error },
     });
-    match api.patch_status(&ua.name_any(), &PatchParams { field_manager: Some(naming::CONNECT_FIELD_MANAGER.into()), ..Default::default() }, &Patch::Merge(&patch)).await {
+    match api
+        .patch_status(
+            &ua.name_any(),
+            &PatchParams { field_manager: Some(naming::CONNECT_FIELD_MANAGER.into()), ..Default::default() },
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-        Err(kube::Error::Api(e)) if e.code == 404 => Err(Refusal(StatusCode::NOT_FOUND, "This connection no longer exists", "The application removed it.".into())),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            Err(Refusal(StatusCode::NOT_FOUND, "This connection no longer exists", "The application removed it.".into()))
+        }
         Err(e) => {
             warn!(error = %e, "claiming a connect link failed");
             Err(unavailable("The connect service could not reach its storage."))
@@ -440,7 +551,12 @@ async fn claim_link(st: &ConnectState, ua: &UserActivation, connect_error: Optio
 
 /// Writes the credential into the activation's owned Secret (server-side apply, `latchkey-connect`) as the next
 /// credential generation. Never touches a Secret of that name that the activation does not own.
-async fn store(st: &ConnectState, ua: &UserActivation, credential: &Credential, timing: Option<(&OAuth2Method, std::time::Duration)>) -> Result<u32, Refusal> {
+async fn store(
+    st: &ConnectState,
+    ua: &UserActivation,
+    credential: &Credential,
+    timing: Option<(&OAuth2Method, std::time::Duration)>,
+) -> Result<u32, Refusal> {
     let ns = ua.namespace().unwrap_or_default();
     let name = naming::credentials_secret_name(ua);
     let api: Api<Secret> = Api::namespaced(st.client.clone(), &ns);
@@ -449,10 +565,19 @@ async fn store(st: &ConnectState, ua: &UserActivation, credential: &Credential, 
     if let Some(m) = &existing {
         if !naming::owned_by(m.metadata.owner_references.as_ref(), &uid) {
             warn!(secret = %name, namespace = %ns, "a Secret of the credentials' name exists and is not owned by the activation; not written");
-            return Err(Refusal(StatusCode::CONFLICT, "This connection cannot be saved", "A conflicting item exists on the application's side. Ask it to check its configuration.".into()));
+            return Err(Refusal(
+                StatusCode::CONFLICT,
+                "This connection cannot be saved",
+                "A conflicting item exists on the application's side. Ask it to check its configuration.".into(),
+            ));
         }
     }
-    let prev: u32 = existing.as_ref().and_then(|m| m.metadata.annotations.as_ref()).and_then(|a| a.get(naming::GENERATION_ANNOTATION)).and_then(|g| g.parse().ok()).unwrap_or(0);
+    let prev: u32 = existing
+        .as_ref()
+        .and_then(|m| m.metadata.annotations.as_ref())
+        .and_then(|a| a.get(naming::GENERATION_ANNOTATION))
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0);
     let generation = prev + 1;
     let secret = owned_secret(ua, &name, credential, generation, timing);
     api.patch(&name, &PatchParams::apply(naming::CONNECT_FIELD_MANAGER).force(), &Patch::Apply(&secret)).await.map_err(|e| {
@@ -464,7 +589,13 @@ async fn store(st: &ConnectState, ua: &UserActivation, credential: &Credential, 
 
 /// The owned Secret for a credential: the labels, owner reference and annotations the reconciler's writes carry,
 /// plus the token expiry for OAuth2.
-pub fn owned_secret(ua: &UserActivation, name: &str, credential: &Credential, generation: u32, timing: Option<(&OAuth2Method, std::time::Duration)>) -> Secret {
+pub fn owned_secret(
+    ua: &UserActivation,
+    name: &str,
+    credential: &Credential,
+    generation: u32,
+    timing: Option<(&OAuth2Method, std::time::Duration)>,
+) -> Secret {
     let data = credential.to_secret_data();
     let mut annotations = BTreeMap::from([
         (naming::DATA_HASH_ANNOTATION.to_string(), credentials::data_hash(&data)),
@@ -477,6 +608,10 @@ pub fn owned_secret(ua: &UserActivation, name: &str, credential: &Credential, ge
 }
 
 /// Serves the connect server until `shutdown` resolves.
-pub async fn serve(listener: tokio::net::TcpListener, state: ConnectState, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ConnectState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }

@@ -179,10 +179,8 @@ impl Keyring {
         if keys.is_empty() {
             return Err(TokenError::NoKey);
         }
-        let plain = keys
-            .iter()
-            .find_map(|k| state_cipher(k).decrypt(XNonce::from_slice(nonce), ct).ok())
-            .ok_or(TokenError::BadSignature)?;
+        let plain =
+            keys.iter().find_map(|k| state_cipher(k).decrypt(XNonce::from_slice(nonce), ct).ok()).ok_or(TokenError::BadSignature)?;
         let body: StateBody = serde_json::from_slice(&plain).map_err(|_| TokenError::Malformed)?;
         if body.claims.exp <= now.timestamp() {
             return Err(TokenError::Expired);
@@ -234,7 +232,13 @@ mod tests {
     use chrono::Duration;
 
     fn claims(now: DateTime<Utc>) -> Claims {
-        Claims { namespace: "t".into(), name: "acme".into(), uid: "u-1".into(), nonce: new_nonce(), exp: (now + Duration::hours(1)).timestamp() }
+        Claims {
+            namespace: "t".into(),
+            name: "acme".into(),
+            uid: "u-1".into(),
+            nonce: new_nonce(),
+            exp: (now + Duration::hours(1)).timestamp(),
+        }
     }
 
     #[test]

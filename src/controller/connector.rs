@@ -29,15 +29,32 @@ pub async fn reconcile(c: Arc<Connector>, ctx: Arc<Context>) -> Result<Action> {
         (None, Some(name)) => {
             let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
             match api.get_opt(name).await.map_err(Error::kube("reading the OAuth client Secret"))? {
-                None => Condition::new(types::READY, FALSE, reasons::CLIENT_SECRET_NOT_FOUND, format!("Secret {ns}/{name} (the organisation's OAuth app, keys client_id and client_secret) does not exist"), generation, now),
+                None => Condition::new(
+                    types::READY,
+                    FALSE,
+                    reasons::CLIENT_SECRET_NOT_FOUND,
+                    format!("Secret {ns}/{name} (the organisation's OAuth app, keys client_id and client_secret) does not exist"),
+                    generation,
+                    now,
+                ),
                 Some(s) => {
                     label_source(&api, &s).await?;
                     let data = s.data.unwrap_or_default();
-                    let missing: Vec<_> = [keys::CLIENT_ID, keys::CLIENT_SECRET].into_iter().filter(|k| data.get(*k).is_none_or(|v| v.0.is_empty())).collect();
+                    let missing: Vec<_> = [keys::CLIENT_ID, keys::CLIENT_SECRET]
+                        .into_iter()
+                        .filter(|k| data.get(*k).is_none_or(|v| v.0.is_empty()))
+                        .collect();
                     if missing.is_empty() {
                         Condition::new(types::READY, TRUE, reasons::READY, "all references resolve", generation, now)
                     } else {
-                        Condition::new(types::READY, FALSE, reasons::CLIENT_SECRET_INVALID, format!("Secret {ns}/{name} lacks key(s) {}", missing.join(", ")), generation, now)
+                        Condition::new(
+                            types::READY,
+                            FALSE,
+                            reasons::CLIENT_SECRET_INVALID,
+                            format!("Secret {ns}/{name} lacks key(s) {}", missing.join(", ")),
+                            generation,
+                            now,
+                        )
                     }
                 }
             }

@@ -43,14 +43,35 @@ pub fn ready_condition(ec: &EmbeddedConnection, connector: Option<&Connector>, a
     let g = ec.metadata.generation;
     let ns = ec.namespace().unwrap_or_default();
     let Some(connector) = connector else {
-        return Condition::new(types::READY, FALSE, reasons::CONNECTOR_NOT_FOUND, format!("Connector {ns}/{} does not exist", ec.spec.connector_ref.name), g, now);
+        return Condition::new(
+            types::READY,
+            FALSE,
+            reasons::CONNECTOR_NOT_FOUND,
+            format!("Connector {ns}/{} does not exist", ec.spec.connector_ref.name),
+            g,
+            now,
+        );
     };
     if connector.auth_method(&ec.spec.auth_method).is_none() {
         let names: Vec<_> = connector.spec.auth_methods.iter().map(|m| m.name.as_str()).collect();
-        return Condition::new(types::READY, FALSE, reasons::AUTH_METHOD_NOT_FOUND, format!("Connector {} has no auth method {:?}; it has {}", connector.name_any(), ec.spec.auth_method, names.join(", ")), g, now);
+        return Condition::new(
+            types::READY,
+            FALSE,
+            reasons::AUTH_METHOD_NOT_FOUND,
+            format!("Connector {} has no auth method {:?}; it has {}", connector.name_any(), ec.spec.auth_method, names.join(", ")),
+            g,
+            now,
+        );
     }
     if active == 0 {
-        return Condition::new(types::READY, FALSE, reasons::NO_ACTIVE_USERS, "activate at least one user: an embedded connection does not function before that", g, now);
+        return Condition::new(
+            types::READY,
+            FALSE,
+            reasons::NO_ACTIVE_USERS,
+            "activate at least one user: an embedded connection does not function before that",
+            g,
+            now,
+        );
     }
     Condition::new(types::READY, TRUE, reasons::READY, format!("{active} active user(s)"), g, now)
 }

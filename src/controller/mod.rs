@@ -18,9 +18,9 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, ReconcileRequest};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
 #[allow(deprecated)]
 use kube::runtime::metadata_watcher;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
@@ -128,7 +128,11 @@ impl Context {
     /// write was based on.
     pub fn already_written<K: Resource<DynamicType = ()>>(&self, obj: &K, status_hash: u64) -> bool {
         let rv = obj.meta().resource_version.clone().unwrap_or_default();
-        self.written.lock().ok().and_then(|w| w.get(&Self::key(obj)).cloned()).is_some_and(|(based_on, h)| based_on == rv && h == status_hash)
+        self.written
+            .lock()
+            .ok()
+            .and_then(|w| w.get(&Self::key(obj)).cloned())
+            .is_some_and(|(based_on, h)| based_on == rv && h == status_hash)
     }
 
     pub fn remember_written<K: Resource<DynamicType = ()>>(&self, obj: &K, status_hash: u64) {
@@ -165,10 +169,15 @@ where
 {
     namespaces
         .iter()
-        .map(|ns| (ns.clone(), match ns {
-            Some(n) => Api::namespaced(client.clone(), n),
-            None => Api::all(client.clone()),
-        }))
+        .map(|ns| {
+            (
+                ns.clone(),
+                match ns {
+                    Some(n) => Api::namespaced(client.clone(), n),
+                    None => Api::all(client.clone()),
+                },
+            )
+        })
         .collect()
 }
 
@@ -230,7 +239,9 @@ pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores,
         };
         reflect("Connector", full_watches::<Connector>(client, namespaces, &any), resolve, move |c, _| {
             t.connector(ObjectRef::from_obj(c));
-            for ec in conns.state().iter().filter(|ec| ec.metadata.namespace == c.metadata.namespace && ec.spec.connector_ref.name == c.metadata.name.clone().unwrap_or_default()) {
+            for ec in conns.state().iter().filter(|ec| {
+                ec.metadata.namespace == c.metadata.namespace && ec.spec.connector_ref.name == c.metadata.name.clone().unwrap_or_default()
+            }) {
                 t.connection(ObjectRef::from_obj(ec.as_ref()));
                 for ua in r.activations_of_connection(ec) {
                     t.activation(ua);
@@ -258,15 +269,22 @@ pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores,
     let source_secrets = {
         let (t, r) = (triggers.clone(), relations.clone());
         let cs = connectors.clone();
-        reflect("Secret", meta_watches::<Secret>(client, namespaces, &watcher::Config::default().labels(naming::SOURCE_SELECTOR)), prune_meta, move |s, _| {
-            let (ns, name) = (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default());
-            for ua in r.activations_using_secret(&ns, &name) {
-                t.activation(ua);
-            }
-            for c in cs.state().iter().filter(|c| c.metadata.namespace.as_deref() == Some(ns.as_str()) && connector::client_secret_name(c) == Some(name.as_str())) {
-                t.connector(ObjectRef::from_obj(c.as_ref()));
-            }
-        })
+        reflect(
+            "Secret",
+            meta_watches::<Secret>(client, namespaces, &watcher::Config::default().labels(naming::SOURCE_SELECTOR)),
+            prune_meta,
+            move |s, _| {
+                let (ns, name) = (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default());
+                for ua in r.activations_using_secret(&ns, &name) {
+                    t.activation(ua);
+                }
+                for c in cs.state().iter().filter(|c| {
+                    c.metadata.namespace.as_deref() == Some(ns.as_str()) && connector::client_secret_name(c) == Some(name.as_str())
+                }) {
+                    t.connector(ObjectRef::from_obj(c.as_ref()));
+                }
+            },
+        )
     };
     let jobs = {
         let (t, r) = (triggers.clone(), relations.clone());
@@ -283,7 +301,8 @@ pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores,
             },
         )
     };
-    let stores = Stores { connectors, connections, activations, namespaces: namespaces_store, owned_secrets, source_secrets, jobs, relations };
+    let stores =
+        Stores { connectors, connections, activations, namespaces: namespaces_store, owned_secrets, source_secrets, jobs, relations };
     (stores, receivers)
 }
 
@@ -301,7 +320,9 @@ impl Stores {
     }
 }
 
-fn queue<K: Resource<DynamicType = ()> + 'static>(rx: mpsc::UnboundedReceiver<ObjectRef<K>>) -> impl futures::Stream<Item = Result<ReconcileRequest<K>, Infallible>> {
+fn queue<K: Resource<DynamicType = ()> + 'static>(
+    rx: mpsc::UnboundedReceiver<ObjectRef<K>>,
+) -> impl futures::Stream<Item = Result<ReconcileRequest<K>, Infallible>> {
     tokio_stream_unbounded(rx).map(|r| Ok(ReconcileRequest::from(r)))
 }
 
@@ -310,7 +331,12 @@ fn tokio_stream_unbounded<T>(mut rx: mpsc::UnboundedReceiver<T>) -> impl futures
 }
 
 /// Runs the three controllers until `shutdown` resolves.
-pub async fn run_controllers(ctx: Arc<Context>, receivers: relations::Receivers, concurrency: u16, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+pub async fn run_controllers(
+    ctx: Arc<Context>,
+    receivers: relations::Receivers,
+    concurrency: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let cfg = controller::Config::default().concurrency(concurrency);
     let s = ctx.stores.clone();
     let ua = controller::applier(
@@ -346,7 +372,10 @@ pub async fn run_controllers(ctx: Arc<Context>, receivers: relations::Receivers,
 }
 
 /// Polls a controller's stream; failures were already logged by the error policy.
-async fn drain<K: Resource<DynamicType = ()>, E: std::fmt::Display>(name: &'static str, s: impl futures::Stream<Item = Result<(ObjectRef<K>, Action), E>>) {
+async fn drain<K: Resource<DynamicType = ()>, E: std::fmt::Display>(
+    name: &'static str,
+    s: impl futures::Stream<Item = Result<(ObjectRef<K>, Action), E>>,
+) {
     s.for_each(|r| async move {
         if let Err(e) = r {
             tracing::debug!(controller = name, error = %e, "controller event");

@@ -102,7 +102,11 @@ impl Relations {
 
     /// Names of the Jobs of the activation with `uid` in `ns`.
     pub fn jobs_of(&self, ns: &str, uid: &str) -> Vec<String> {
-        self.inner.read().ok().and_then(|i| i.jobs.get(&(ns.to_string(), uid.to_string())).map(|s| s.iter().cloned().collect())).unwrap_or_default()
+        self.inner
+            .read()
+            .ok()
+            .and_then(|i| i.jobs.get(&(ns.to_string(), uid.to_string())).map(|s| s.iter().cloned().collect()))
+            .unwrap_or_default()
     }
 
     pub fn activations_of_connection(&self, ec: &EmbeddedConnection) -> Vec<ObjectRef<UserActivation>> {

@@ -86,9 +86,9 @@ pub enum ParseError {
 fn text(data: &BTreeMap<String, ByteString>, key: &'static str) -> Result<Option<String>, ParseError> {
     match data.get(key) {
         None => Ok(None),
-        Some(b) => String::from_utf8(b.0.clone())
-            .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
-            .map_err(|_| ParseError::NotUtf8(key)),
+        Some(b) => {
+            String::from_utf8(b.0.clone()).map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string())).map_err(|_| ParseError::NotUtf8(key))
+        }
     }
     .map(|o| o.filter(|s| !s.is_empty()))
 }
@@ -116,7 +116,10 @@ impl Credential {
                     } else {
                         "an imported OAuth2 grant needs access_token (refresh_token and expires_at optional)"
                     };
-                    return Err(ParseError::Missing(if kind == AuthKind::OAuth2ClientCredentials { "client_id, client_secret" } else { ACCESS_TOKEN }.into(), hint));
+                    return Err(ParseError::Missing(
+                        if kind == AuthKind::OAuth2ClientCredentials { "client_id, client_secret" } else { ACCESS_TOKEN }.into(),
+                        hint,
+                    ));
                 }
                 let expires_at = match text(data, EXPIRES_AT)? {
                     None => None,
@@ -215,9 +218,7 @@ pub fn job_keys(kind: AuthKind) -> Vec<(&'static str, &'static str)> {
     let wanted: &[&str] = match kind {
         AuthKind::ApiKey => &[keys::API_KEY],
         AuthKind::Basic => &[keys::USERNAME, keys::PASSWORD],
-        AuthKind::OAuth2AuthorizationCode | AuthKind::OAuth2ClientCredentials => {
-            &[keys::ACCESS_TOKEN, keys::TOKEN_TYPE, keys::EXPIRES_AT]
-        }
+        AuthKind::OAuth2AuthorizationCode | AuthKind::OAuth2ClientCredentials => &[keys::ACCESS_TOKEN, keys::TOKEN_TYPE, keys::EXPIRES_AT],
     };
     JOB_KEYS.iter().copied().filter(|(k, _)| wanted.contains(k)).collect()
 }

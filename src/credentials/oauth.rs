@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicTokenResponse};
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, ErrorResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError,
-    Scope, TokenResponse, TokenUrl,
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, ErrorResponse, PkceCodeChallenge, PkceCodeVerifier,
+    RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
 };
 
 use super::Sensitive;
@@ -113,13 +113,21 @@ impl<'c> oauth2::AsyncHttpClient<'c> for Http<'_> {
     }
 }
 
-fn classify<T: ErrorResponse + 'static>(e: RequestTokenError<HttpError, T>, code_of: impl Fn(&T) -> (String, Option<String>)) -> OAuthError {
+fn classify<T: ErrorResponse + 'static>(
+    e: RequestTokenError<HttpError, T>,
+    code_of: impl Fn(&T) -> (String, Option<String>),
+) -> OAuthError {
     match e {
         RequestTokenError::ServerResponse(r) => {
             let (code, description) = code_of(&r);
             match code.as_str() {
                 "invalid_grant" => OAuthError::InvalidGrant { code, description },
-                "invalid_client" | "unauthorized_client" | "invalid_scope" | "unsupported_grant_type" | "invalid_request" | "access_denied" => OAuthError::Rejected { code, description },
+                "invalid_client"
+                | "unauthorized_client"
+                | "invalid_scope"
+                | "unsupported_grant_type"
+                | "invalid_request"
+                | "access_denied" => OAuthError::Rejected { code, description },
                 _ => OAuthError::Transient(format!("{code}{}", describe(&description))),
             }
         }
@@ -159,7 +167,8 @@ pub struct AuthorizationRequest {
 }
 
 /// Names the authorization request sets itself; `authorizationParams` cannot override them.
-const RESERVED_PARAMS: &[&str] = &["response_type", "client_id", "redirect_uri", "state", "scope", "code_challenge", "code_challenge_method"];
+const RESERVED_PARAMS: &[&str] =
+    &["response_type", "client_id", "redirect_uri", "state", "scope", "code_challenge", "code_challenge_method"];
 
 impl OAuthClient {
     /// The organisation's app of an authorization-code method.
@@ -177,7 +186,12 @@ impl OAuthClient {
         }
     }
 
-    fn base(&self) -> Result<BasicClient<oauth2::EndpointNotSet, oauth2::EndpointNotSet, oauth2::EndpointNotSet, oauth2::EndpointNotSet, oauth2::EndpointSet>, OAuthError> {
+    fn base(
+        &self,
+    ) -> Result<
+        BasicClient<oauth2::EndpointNotSet, oauth2::EndpointNotSet, oauth2::EndpointNotSet, oauth2::EndpointNotSet, oauth2::EndpointSet>,
+        OAuthError,
+    > {
         let mut c = BasicClient::new(ClientId::new(self.client_id.clone()))
             .set_token_uri(cfg(TokenUrl::new(self.token_url.clone()), "tokenUrl")?)
             .set_auth_type(match self.auth {
@@ -200,7 +214,12 @@ impl OAuthClient {
 
     /// The provider's authorization URL with scopes, extra parameters, `state` and (when `pkce`) S256 PKCE.
     /// `state` is computed from the PKCE verifier, so the caller seals it there.
-    pub fn authorization_url(&self, pkce: bool, params: &std::collections::BTreeMap<String, String>, state: impl FnOnce(Option<&Sensitive>) -> String) -> Result<AuthorizationRequest, OAuthError> {
+    pub fn authorization_url(
+        &self,
+        pkce: bool,
+        params: &std::collections::BTreeMap<String, String>,
+        state: impl FnOnce(Option<&Sensitive>) -> String,
+    ) -> Result<AuthorizationRequest, OAuthError> {
         let auth_url = self.authorization_url.clone().ok_or_else(|| OAuthError::Config("the method has no authorizationUrl".into()))?;
         let client = self.base()?.set_auth_uri(cfg(AuthUrl::new(auth_url), "authorizationUrl")?);
         let (challenge, verifier) = if pkce {
@@ -227,7 +246,12 @@ impl OAuthClient {
     }
 
     /// Exchanges an authorization code (with the PKCE verifier when one was sent).
-    pub async fn exchange_code(&self, http: &reqwest::Client, code: &str, pkce_verifier: Option<&Sensitive>) -> Result<TokenSet, OAuthError> {
+    pub async fn exchange_code(
+        &self,
+        http: &reqwest::Client,
+        code: &str,
+        pkce_verifier: Option<&Sensitive>,
+    ) -> Result<TokenSet, OAuthError> {
         let client = self.base()?;
         let mut req = client.exchange_code(AuthorizationCode::new(code.to_string()));
         if let Some(v) = pkce_verifier {
@@ -260,7 +284,12 @@ impl OAuthClient {
     /// RFC 7009 revocation of the refresh token (which ends the grant) or else the access token. Best effort,
     /// bounded by [`REVOKE_TIMEOUT`]. `Ok(false)` when the connector has no revocation URL. Sent by hand: the
     /// `oauth2` crate insists on an https revocation URL, which local and test providers do not have.
-    pub async fn revoke(&self, http: &reqwest::Client, refresh_token: Option<&Sensitive>, access_token: Option<&Sensitive>) -> Result<bool, OAuthError> {
+    pub async fn revoke(
+        &self,
+        http: &reqwest::Client,
+        refresh_token: Option<&Sensitive>,
+        access_token: Option<&Sensitive>,
+    ) -> Result<bool, OAuthError> {
         let Some(url) = &self.revocation_url else { return Ok(false) };
         let url = cfg(url::Url::parse(url), "revocationUrl")?;
         let (token, hint) = match (refresh_token, access_token) {
@@ -319,12 +348,22 @@ pub enum AppClientError {
 
 /// The organisation's OAuth app of an authorization-code method: `client_id` and `client_secret` from the
 /// connector's `clientSecretRef`, in the connector's namespace.
-pub async fn organisation_app(client: &kube::Client, namespace: &str, m: &OAuth2Method, redirect_url: Option<String>) -> Result<OAuthClient, AppClientError> {
+pub async fn organisation_app(
+    client: &kube::Client,
+    namespace: &str,
+    m: &OAuth2Method,
+    redirect_url: Option<String>,
+) -> Result<OAuthClient, AppClientError> {
     let name = m.client_secret_ref.as_ref().map(|r| r.name.clone()).ok_or(AppClientError::NoRef)?;
     let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client.clone(), namespace);
-    let secret = api.get_opt(&name).await.map_err(|source| AppClientError::Kube { name: format!("{namespace}/{name}"), source })?.ok_or_else(|| AppClientError::NotFound(format!("{namespace}/{name}")))?;
+    let secret = api
+        .get_opt(&name)
+        .await
+        .map_err(|source| AppClientError::Kube { name: format!("{namespace}/{name}"), source })?
+        .ok_or_else(|| AppClientError::NotFound(format!("{namespace}/{name}")))?;
     let data = secret.data.unwrap_or_default();
-    let text = |k: &str| data.get(k).and_then(|b| String::from_utf8(b.0.clone()).ok()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let text =
+        |k: &str| data.get(k).and_then(|b| String::from_utf8(b.0.clone()).ok()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     let client_id = text(super::keys::CLIENT_ID).ok_or_else(|| AppClientError::NoClientId(format!("{namespace}/{name}")))?;
     Ok(OAuthClient::for_method(m, client_id, text(super::keys::CLIENT_SECRET).map(Sensitive::new), redirect_url))
 }
@@ -346,7 +385,11 @@ pub fn default_lifetime(m: &OAuth2Method) -> Duration {
 }
 
 /// The OAuth2 credential of a fresh token response (the client of a client-credentials method kept with it).
-pub fn tokens_from(set: TokenSet, expires_at: chrono::DateTime<chrono::Utc>, previous: Option<&super::OAuth2Tokens>) -> super::OAuth2Tokens {
+pub fn tokens_from(
+    set: TokenSet,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    previous: Option<&super::OAuth2Tokens>,
+) -> super::OAuth2Tokens {
     super::OAuth2Tokens {
         access_token: set.access_token,
         // A refresh answer without a refresh token keeps the old one.
@@ -371,14 +414,24 @@ pub fn margin(m: &OAuth2Method, lifetime: Duration) -> Duration {
 
 /// When to refresh tokens that expire at `expires_at` after `lifetime`: `expires_at − margin`, moved earlier by
 /// `jitter` (0..1) × 10 % of the margin, never later; so a burst of tokens minted together spreads out.
-pub fn refresh_at(m: &OAuth2Method, expires_at: chrono::DateTime<chrono::Utc>, lifetime: Duration, jitter: f64) -> chrono::DateTime<chrono::Utc> {
+pub fn refresh_at(
+    m: &OAuth2Method,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    lifetime: Duration,
+    jitter: f64,
+) -> chrono::DateTime<chrono::Utc> {
     let margin = margin(m, lifetime);
     let extra = margin.mul_f64(0.1 * jitter.clamp(0.0, 1.0));
     expires_at - chrono::Duration::from_std(margin + extra).unwrap_or_default()
 }
 
 /// The annotations that carry the token's timing on the owned Secret.
-pub fn timing_annotations(m: &OAuth2Method, expires_at: chrono::DateTime<chrono::Utc>, lifetime: Duration, generation: u32) -> Vec<(String, String)> {
+pub fn timing_annotations(
+    m: &OAuth2Method,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    lifetime: Duration,
+    generation: u32,
+) -> Vec<(String, String)> {
     use rand::Rng as _;
     let at = refresh_at(m, expires_at, lifetime, rand::rng().random_range(0.0..=1.0));
     let fmt = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -391,7 +444,9 @@ pub fn timing_annotations(m: &OAuth2Method, expires_at: chrono::DateTime<chrono:
 
 /// Bounds a token request by [`TOKEN_TIMEOUT`] (plus a little), whatever the HTTP client does.
 async fn bounded<T, E>(f: impl std::future::Future<Output = Result<T, E>>) -> Result<Result<T, E>, OAuthError> {
-    tokio::time::timeout(TOKEN_TIMEOUT + Duration::from_secs(1), f).await.map_err(|_| OAuthError::Transient("the token request timed out".into()))
+    tokio::time::timeout(TOKEN_TIMEOUT + Duration::from_secs(1), f)
+        .await
+        .map_err(|_| OAuthError::Transient("the token request timed out".into()))
 }
 
 #[cfg(test)]
@@ -414,7 +469,8 @@ mod tests {
 
     #[test]
     fn authorization_url_carries_scopes_state_pkce_and_params() {
-        let params = std::collections::BTreeMap::from([("prompt".to_string(), "consent".to_string()), ("state".to_string(), "evil".to_string())]);
+        let params =
+            std::collections::BTreeMap::from([("prompt".to_string(), "consent".to_string()), ("state".to_string(), "evil".to_string())]);
         let mut seen = None;
         let req = client()
             .authorization_url(true, &params, |v| {
@@ -436,7 +492,10 @@ mod tests {
     }
 
     fn method(refresh_before: Option<&str>) -> OAuth2Method {
-        serde_json::from_value(serde_json::json!({"flow": "AuthorizationCode", "tokenUrl": "https://x/token", "refreshBefore": refresh_before})).unwrap()
+        serde_json::from_value(
+            serde_json::json!({"flow": "AuthorizationCode", "tokenUrl": "https://x/token", "refreshBefore": refresh_before}),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -471,7 +530,11 @@ mod tests {
 
     #[test]
     fn a_refresh_without_a_refresh_token_keeps_the_old_one() {
-        let prev = crate::credentials::OAuth2Tokens { refresh_token: Some(Sensitive::new("r1")), client_id: Some("c".into()), ..Default::default() };
+        let prev = crate::credentials::OAuth2Tokens {
+            refresh_token: Some(Sensitive::new("r1")),
+            client_id: Some("c".into()),
+            ..Default::default()
+        };
         let set = TokenSet { access_token: Sensitive::new("a2"), refresh_token: None, expires_in: None, token_type: None, scope: None };
         let t = tokens_from(set, chrono::Utc::now(), Some(&prev));
         assert_eq!(t.refresh_token, Some(Sensitive::new("r1")));
@@ -486,7 +549,8 @@ mod tests {
         assert!(matches!(classify(RequestTokenError::ServerResponse(client), token_error_code), OAuthError::Rejected { .. }));
         let busy = oauth2::StandardErrorResponse::new(BasicErrorResponseType::Extension("temporarily_unavailable".into()), None, None);
         assert!(classify(RequestTokenError::ServerResponse(busy), token_error_code).is_transient());
-        let e: RequestTokenError<HttpError, oauth2::StandardErrorResponse<BasicErrorResponseType>> = RequestTokenError::Request(HttpError::Status(503));
+        let e: RequestTokenError<HttpError, oauth2::StandardErrorResponse<BasicErrorResponseType>> =
+            RequestTokenError::Request(HttpError::Status(503));
         assert!(classify(e, token_error_code).is_transient());
     }
 }

@@ -25,7 +25,13 @@ pub enum VerifyError {
 }
 
 /// Sends the connector's verification request with the credential applied. `Ok(None)` when none is declared.
-pub async fn verify(http: &reqwest::Client, connector: &Connector, method: &AuthMethod, cred: &Credential, base_url: &str) -> Result<Option<Verdict>, VerifyError> {
+pub async fn verify(
+    http: &reqwest::Client,
+    connector: &Connector,
+    method: &AuthMethod,
+    cred: &Credential,
+    base_url: &str,
+) -> Result<Option<Verdict>, VerifyError> {
     let Some(v) = &connector.spec.verification else { return Ok(None) };
     let url = format!("{}{}", base_url.trim_end_matches('/'), v.path);
     let mut url = url::Url::parse(&url).map_err(|e| VerifyError::BadUrl(e.to_string()))?;
@@ -33,14 +39,18 @@ pub async fn verify(http: &reqwest::Client, connector: &Connector, method: &Auth
     match cred {
         Credential::ApiKey { key } => {
             let api = method.api_key.as_ref();
-            let (loc, name, prefix) = api
-                .map(|a| (a.in_, a.name.as_str(), a.prefix.clone().unwrap_or_default()))
-                .unwrap_or((ApiKeyLocation::Header, "Authorization", "Bearer ".into()));
+            let (loc, name, prefix) = api.map(|a| (a.in_, a.name.as_str(), a.prefix.clone().unwrap_or_default())).unwrap_or((
+                ApiKeyLocation::Header,
+                "Authorization",
+                "Bearer ".into(),
+            ));
             let value = format!("{prefix}{}", key.expose());
             match loc {
                 ApiKeyLocation::Header => {
-                    let n = reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| VerifyError::BadUrl(format!("invalid header name {name}")))?;
-                    let mut hv = reqwest::header::HeaderValue::from_str(&value).map_err(|_| VerifyError::BadUrl("the API key is not a valid header value".into()))?;
+                    let n = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| VerifyError::BadUrl(format!("invalid header name {name}")))?;
+                    let mut hv = reqwest::header::HeaderValue::from_str(&value)
+                        .map_err(|_| VerifyError::BadUrl("the API key is not a valid header value".into()))?;
                     hv.set_sensitive(true);
                     headers.insert(n, hv);
                 }
@@ -52,12 +62,14 @@ pub async fn verify(http: &reqwest::Client, connector: &Connector, method: &Auth
         Credential::Basic { username, password } => {
             use base64::Engine;
             let b = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose()));
-            let mut hv = reqwest::header::HeaderValue::from_str(&format!("Basic {b}")).map_err(|_| VerifyError::BadUrl("invalid basic credentials".into()))?;
+            let mut hv = reqwest::header::HeaderValue::from_str(&format!("Basic {b}"))
+                .map_err(|_| VerifyError::BadUrl("invalid basic credentials".into()))?;
             hv.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, hv);
         }
         Credential::OAuth2(t) => {
-            let mut hv = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.access_token.expose())).map_err(|_| VerifyError::BadUrl("invalid access token".into()))?;
+            let mut hv = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.access_token.expose()))
+                .map_err(|_| VerifyError::BadUrl("invalid access token".into()))?;
             hv.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, hv);
         }

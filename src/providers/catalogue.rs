@@ -73,7 +73,18 @@ const fn header(name: &'static str) -> ApiKey {
 const fn get(path: &'static str) -> Option<Verify> {
     Some(Verify { method: HttpMethod::GET, path })
 }
-const P: Provider = Provider { id: "", name: "", base_url: "", docs: "", tenant: None, oauth2: None, api_key: None, basic: false, verification: None, notes: "" };
+const P: Provider = Provider {
+    id: "",
+    name: "",
+    base_url: "",
+    docs: "",
+    tenant: None,
+    oauth2: None,
+    api_key: None,
+    basic: false,
+    verification: None,
+    notes: "",
+};
 
 /// The catalogue, sorted by id.
 pub static PROVIDERS: &[Provider] = &[
@@ -124,7 +135,9 @@ pub static PROVIDERS: &[Provider] = &[
         name: "Atlassian (Jira, Confluence)",
         base_url: "https://api.atlassian.com",
         docs: "https://developer.atlassian.com/cloud/jira/platform/oauth-2-3lo-apps/",
-        tenant: Some("cloudid: each site's id, from GET https://api.atlassian.com/oauth/token/accessible-resources; product APIs live under /ex/jira/{cloudid} and /ex/confluence/{cloudid}"),
+        tenant: Some(
+            "cloudid: each site's id, from GET https://api.atlassian.com/oauth/token/accessible-resources; product APIs live under /ex/jira/{cloudid} and /ex/confluence/{cloudid}",
+        ),
         oauth2: Some(OAuth2 {
             authorization_url: "https://auth.atlassian.com/authorize",
             token_url: "https://auth.atlassian.com/oauth/token",
@@ -379,7 +392,9 @@ pub static PROVIDERS: &[Provider] = &[
         name: "Mailchimp",
         base_url: "https://{dc}.api.mailchimp.com/3.0",
         docs: "https://mailchimp.com/developer/marketing/guides/access-user-data-oauth-2/",
-        tenant: Some("dc: the account's data centre, from GET https://login.mailchimp.com/oauth2/metadata after consent (or the API key's suffix)"),
+        tenant: Some(
+            "dc: the account's data centre, from GET https://login.mailchimp.com/oauth2/metadata after consent (or the API key's suffix)",
+        ),
         oauth2: Some(OAuth2 {
             authorization_url: "https://login.mailchimp.com/oauth2/authorize",
             token_url: "https://login.mailchimp.com/oauth2/token",
@@ -654,7 +669,9 @@ pub static PROVIDERS: &[Provider] = &[
         name: "Zendesk",
         base_url: "https://{subdomain}.zendesk.com/api/v2",
         docs: "https://developer.zendesk.com/documentation/ticketing/working-with-oauth/creating-and-using-oauth-tokens-with-the-api/",
-        tenant: Some("subdomain: the account's zendesk.com subdomain, asked of the user; authorization and token URLs are per subdomain too"),
+        tenant: Some(
+            "subdomain: the account's zendesk.com subdomain, asked of the user; authorization and token URLs are per subdomain too",
+        ),
         oauth2: Some(OAuth2 {
             authorization_url: "https://{subdomain}.zendesk.com/oauth/authorizations/new",
             token_url: "https://{subdomain}.zendesk.com/oauth/tokens",

@@ -112,19 +112,28 @@ pub fn problem(spec: &ConnectorSpec) -> Option<(&'static str, String)> {
         return Some((UNKNOWN_PROVIDER, format!("provider {id:?} is not in the catalogue{hint} (`latchkey providers` lists them)")));
     };
     let tenant = |what: &str| match p.tenant {
-        Some(t) => format!("{what}: provider {id} serves each tenant at its own address ({t}); set it on the Connector until tenant addresses are supported"),
+        Some(t) => format!(
+            "{what}: provider {id} serves each tenant at its own address ({t}); set it on the Connector until tenant addresses are supported"
+        ),
         None => format!("{what}: provider {id} has no value for it in the catalogue; set it on the Connector"),
     };
     if spec.base_url.is_empty() {
         return Some((INCOMPLETE, tenant("baseUrl")));
     }
     if spec.auth_methods.is_empty() {
-        return Some((INCOMPLETE, format!("provider {id} offers OAuth2 only: add an authMethod with oauth2.clientSecretRef (the organisation's OAuth app)")));
+        return Some((
+            INCOMPLETE,
+            format!("provider {id} offers OAuth2 only: add an authMethod with oauth2.clientSecretRef (the organisation's OAuth app)"),
+        ));
     }
     for m in &spec.auth_methods {
         if let Some(o) = &m.oauth2 {
-            if p.oauth2.is_none() && (o.token_url.is_empty() || (o.flow == OAuth2Flow::AuthorizationCode && o.authorization_url.is_none())) {
-                return Some((INCOMPLETE, format!("authMethods {}: provider {id} has no OAuth2 in the catalogue; set tokenUrl (and authorizationUrl)", m.name)));
+            if p.oauth2.is_none() && (o.token_url.is_empty() || (o.flow == OAuth2Flow::AuthorizationCode && o.authorization_url.is_none()))
+            {
+                return Some((
+                    INCOMPLETE,
+                    format!("authMethods {}: provider {id} has no OAuth2 in the catalogue; set tokenUrl (and authorizationUrl)", m.name),
+                ));
             }
             if o.token_url.is_empty() {
                 return Some((INCOMPLETE, tenant(&format!("authMethods {}: tokenUrl", m.name))));
@@ -135,7 +144,10 @@ pub fn problem(spec: &ConnectorSpec) -> Option<(&'static str, String)> {
         }
         if let Some(a) = &m.api_key {
             if a.name.is_empty() {
-                return Some((INCOMPLETE, format!("authMethods {}: provider {id} takes no API key in the catalogue; set apiKey.name", m.name)));
+                return Some((
+                    INCOMPLETE,
+                    format!("authMethods {}: provider {id} takes no API key in the catalogue; set apiKey.name", m.name),
+                ));
             }
         }
     }
@@ -231,7 +243,13 @@ pub fn table() -> String {
             if p.basic {
                 kinds.push("basic");
             }
-            [p.id.to_string(), p.name.to_string(), kinds.join(","), if p.tenant.is_some() { "per-tenant".into() } else { "-".into() }, p.docs.to_string()]
+            [
+                p.id.to_string(),
+                p.name.to_string(),
+                kinds.join(","),
+                if p.tenant.is_some() { "per-tenant".into() } else { "-".into() },
+                p.docs.to_string(),
+            ]
         })
         .collect();
     let header = ["ID", "NAME", "AUTH", "ADDRESS", "DOCS"].map(String::from);
@@ -243,7 +261,8 @@ pub fn table() -> String {
     }
     let mut out = String::new();
     for r in std::iter::once(&header).chain(rows.iter()) {
-        let line: Vec<String> = r.iter().zip(widths).enumerate().map(|(i, (c, w))| if i == 4 { c.clone() } else { format!("{c:<w$}") }).collect();
+        let line: Vec<String> =
+            r.iter().zip(widths).enumerate().map(|(i, (c, w))| if i == 4 { c.clone() } else { format!("{c:<w$}") }).collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }

@@ -17,8 +17,33 @@ fn spec(v: serde_json::Value) -> ConnectorSpec {
 fn the_catalogue_has_the_providers_the_issue_names() {
     assert!(PROVIDERS.len() >= 30, "{} providers", PROVIDERS.len());
     for id in [
-        "github", "gitlab", "google", "microsoft", "salesforce", "slack", "hubspot", "atlassian", "notion", "zoom", "dropbox", "box", "asana", "linear", "airtable", "intercom", "xero", "quickbooks", "shopify", "zendesk",
-        "linkedin", "discord", "stripe", "twilio", "sendgrid", "datadog", "pagerduty",
+        "github",
+        "gitlab",
+        "google",
+        "microsoft",
+        "salesforce",
+        "slack",
+        "hubspot",
+        "atlassian",
+        "notion",
+        "zoom",
+        "dropbox",
+        "box",
+        "asana",
+        "linear",
+        "airtable",
+        "intercom",
+        "xero",
+        "quickbooks",
+        "shopify",
+        "zendesk",
+        "linkedin",
+        "discord",
+        "stripe",
+        "twilio",
+        "sendgrid",
+        "datadog",
+        "pagerduty",
     ] {
         assert!(find(id).is_some(), "{id} missing");
     }
@@ -33,7 +58,10 @@ fn every_entry_is_well_formed() {
         assert!(ids.insert(id), "duplicate id {id}");
         assert!(previous < id, "catalogue not sorted at {id}");
         previous = id;
-        assert!(!id.is_empty() && id.len() <= 63 && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{id}: id must be [a-z0-9-]");
+        assert!(
+            !id.is_empty() && id.len() <= 63 && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{id}: id must be [a-z0-9-]"
+        );
         assert!(!p.name.is_empty(), "{id}: display name");
         assert!(https(p.docs), "{id}: docs link {}", p.docs);
         assert!(p.oauth2.is_some() || p.api_key.is_some() || p.basic, "{id}: no auth kind");
@@ -62,7 +90,10 @@ fn every_entry_is_well_formed() {
             let mut keys = HashSet::new();
             for (k, v) in o.authorization_params {
                 assert!(keys.insert(k) && !k.is_empty() && !v.is_empty(), "{id}: authorization param {k}");
-                assert!(!["client_id", "redirect_uri", "state", "scope", "response_type", "code_challenge"].contains(k), "{id}: {k} is set by the operator");
+                assert!(
+                    !["client_id", "redirect_uri", "state", "scope", "response_type", "code_challenge"].contains(k),
+                    "{id}: {k} is set by the operator"
+                );
             }
         }
         if let Some(k) = &p.api_key {
@@ -86,7 +117,8 @@ fn every_entry_is_well_formed() {
 
 #[test]
 fn github_fills_an_oauth_method_from_a_client_secret_only() {
-    let mut s = spec(json!({"provider": "github", "authMethods": [{"name": "oauth", "oauth2": {"clientSecretRef": {"name": "github-app"}}}]}));
+    let mut s =
+        spec(json!({"provider": "github", "authMethods": [{"name": "oauth", "oauth2": {"clientSecretRef": {"name": "github-app"}}}]}));
     resolve(&mut s);
     assert_eq!(s.base_url, "https://api.github.com");
     assert_eq!(s.display_name.as_deref(), Some("GitHub"));
@@ -131,14 +163,20 @@ fn fields_set_on_the_connector_win() {
     assert_eq!(o.scope_separator.as_deref(), Some("+"));
     assert!(!o.pkce);
     assert_eq!(o.authorization_params.get("prompt").map(String::as_str), Some("select_account"));
-    assert_eq!(o.authorization_params.get("access_type").map(String::as_str), Some("offline"), "the catalogue's other parameters still apply");
+    assert_eq!(
+        o.authorization_params.get("access_type").map(String::as_str),
+        Some("offline"),
+        "the catalogue's other parameters still apply"
+    );
     assert_eq!(s.verification.as_ref().unwrap().path, "/about?fields=user");
 }
 
 #[test]
 fn non_default_client_auth_and_pkce_of_the_connector_win_and_the_catalogue_turns_pkce_off_where_unsupported() {
     // Slack: Basic, no PKCE in the catalogue.
-    let mut s = spec(json!({"provider": "slack", "authMethods": [{"name": "o", "oauth2": {"clientAuth": "Body", "clientSecretRef": {"name": "s"}}}]}));
+    let mut s = spec(
+        json!({"provider": "slack", "authMethods": [{"name": "o", "oauth2": {"clientAuth": "Body", "clientSecretRef": {"name": "s"}}}]}),
+    );
     resolve(&mut s);
     let o = s.auth_methods[0].oauth2.as_ref().unwrap();
     assert_eq!(o.client_auth, ClientAuth::Body);
@@ -196,8 +234,10 @@ fn per_tenant_addresses_are_never_filled_with_a_template() {
     assert_eq!(reason, INCOMPLETE);
     assert!(msg.contains("baseUrl") && msg.contains("shop"), "{msg}");
     // One shop: the Connector sets the addresses, the rest still comes from the catalogue.
-    let mut s = spec(json!({"provider": "shopify", "baseUrl": "https://acme.myshopify.com/admin/api/2025-01", "authMethods": [{"name": "o", "oauth2": {
-        "authorizationUrl": "https://acme.myshopify.com/admin/oauth/authorize", "tokenUrl": "https://acme.myshopify.com/admin/oauth/access_token", "clientSecretRef": {"name": "s"}}}]}));
+    let mut s = spec(
+        json!({"provider": "shopify", "baseUrl": "https://acme.myshopify.com/admin/api/2025-01", "authMethods": [{"name": "o", "oauth2": {
+        "authorizationUrl": "https://acme.myshopify.com/admin/oauth/authorize", "tokenUrl": "https://acme.myshopify.com/admin/oauth/access_token", "clientSecretRef": {"name": "s"}}}]}),
+    );
     resolve(&mut s);
     assert_eq!(problem(&s), None);
     assert_eq!(s.auth_methods[0].oauth2.as_ref().unwrap().scopes, vec!["read_products", "read_orders"]);

@@ -125,7 +125,10 @@ pub async fn put_source(client: &Client, ns: &str, name: &str, key: &str) {
         "stringData": {"api_key": key}
     }))
     .unwrap();
-    Api::<Secret>::namespaced(client.clone(), ns).patch(name, &PatchParams::apply("the-application").force(), &Patch::Apply(&s)).await.unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(name, &PatchParams::apply("the-application").force(), &Patch::Apply(&s))
+        .await
+        .unwrap();
 }
 
 /// An activation of `conn_ns/acme-sync` for `user`, with the API key in Secret `<name>-key`.
@@ -155,7 +158,11 @@ pub fn is_ready(ua: &UserActivation) -> bool {
 
 /// Jobs per activation uid and run key in `ns`.
 pub async fn jobs_by_run(client: &Client, ns: &str) -> BTreeMap<(String, String), usize> {
-    let jobs = Api::<Job>::namespaced(client.clone(), ns).list(&ListParams::default().labels("app.kubernetes.io/managed-by=latchkey")).await.unwrap().items;
+    let jobs = Api::<Job>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=latchkey"))
+        .await
+        .unwrap()
+        .items;
     let mut out = BTreeMap::new();
     for j in jobs {
         let uid = j.labels().get("latchkey.dev/activation-uid").cloned().unwrap_or_default();

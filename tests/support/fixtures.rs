@@ -171,4 +171,3 @@ pub fn decoded(s: &Secret, key: &str) -> Option<String> {
 pub async fn jobs_of(tenant: &TestNamespace, activation: &str) -> Vec<Job> {
     tenant.api::<Job>().list(&ListParams::default().labels(&format!("latchkey.dev/activation={activation}"))).await.unwrap().items
 }
-

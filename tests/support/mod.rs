@@ -164,9 +164,8 @@ async fn ensure_bed(dir: PathBuf, shared: bool) -> Result<BedInfo, String> {
         return Ok(info);
     }
     let d = dir.clone();
-    let started = tokio::task::spawn_blocking(move || start_locked(&d))
-        .await
-        .map_err(|e| format!("starting the test bed panicked: {e}"))??;
+    let started =
+        tokio::task::spawn_blocking(move || start_locked(&d)).await.map_err(|e| format!("starting the test bed panicked: {e}"))??;
     match try_existing(&dir).await {
         Some(info) => {
             if started && shared {
@@ -193,10 +192,7 @@ async fn try_existing(dir: &Path) -> Option<BedInfo> {
     }
     let config = load_config(&dir.join("kubeconfig")).await.ok()?;
     let client = Client::try_from(config.clone()).ok()?;
-    let ok = tokio::time::timeout(Duration::from_secs(5), client.apiserver_version())
-        .await
-        .map(|r| r.is_ok())
-        .unwrap_or(false);
+    let ok = tokio::time::timeout(Duration::from_secs(5), client.apiserver_version()).await.map(|r| r.is_ok()).unwrap_or(false);
     if !ok {
         return None;
     }
@@ -329,19 +325,12 @@ impl Bed {
         }
         let mut buf = Vec::new();
         let _ = f.read_to_end(&mut buf);
-        buf.as_slice()
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
-            .collect()
+        buf.as_slice().lines().map_while(Result::ok).filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok()).collect()
     }
 
     /// Audit events of write requests by `user` (`.user.username`) after `mark`.
     pub fn audit_writes_by(&self, user: &str, mark: u64) -> Vec<serde_json::Value> {
-        self.audit_events_since(mark)
-            .into_iter()
-            .filter(|e| e["user"]["username"].as_str() == Some(user))
-            .collect()
+        self.audit_events_since(mark).into_iter().filter(|e| e["user"]["username"].as_str() == Some(user)).collect()
     }
 
     /// Stops this bed (scripts/testenv/down.sh) and removes its state: for [`private_bed()`]s.
@@ -363,11 +352,7 @@ pub struct TestNamespace {
 
 /// Creates a namespace named `<prefix>-<random>` (the prefix is made DNS-safe and short enough).
 pub async fn namespace(bed: &Bed, prefix: &str) -> TestNamespace {
-    let mut p: String = prefix
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
+    let mut p: String = prefix.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     p.truncate(40);
     let p = p.trim_matches('-');
     let p = if p.is_empty() { "test" } else { p };

@@ -78,14 +78,9 @@ impl OAuthServer {
     pub fn start(config: OAuthServerConfig) -> OAuthServer {
         let dir = server_dir();
         if !dir.join("node_modules/oidc-provider/package.json").exists() {
-            panic!(
-                "the test OAuth server's modules are missing: run `npm ci --prefix tests/oauth-server`"
-            );
+            panic!("the test OAuth server's modules are missing: run `npm ci --prefix tests/oauth-server`");
         }
-        let tmp = tempfile::Builder::new()
-            .prefix("latchkey-oauth-server")
-            .tempdir()
-            .expect("temp dir");
+        let tmp = tempfile::Builder::new().prefix("latchkey-oauth-server").tempdir().expect("temp dir");
         let log_path = tmp.path().join("server.log");
         let log = File::create(&log_path).expect("create the OAuth server log");
 
@@ -97,9 +92,7 @@ impl OAuthServer {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log.try_clone().expect("log handle")))
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run `node` for the test OAuth server (Node.js 20+ on PATH?): {e}")
-            });
+            .unwrap_or_else(|e| panic!("cannot run `node` for the test OAuth server (Node.js 20+ on PATH?): {e}"));
 
         // The first stdout line is the ready line; later lines go to the log so the pipe never fills.
         let stdout = child.stdout.take().expect("piped stdout");
@@ -122,21 +115,11 @@ impl OAuthServer {
                 panic!("the test OAuth server did not start ({outcome:?}); its log:\n{log}");
             }
         };
-        let info: ServerInfo = serde_json::from_str(&line).unwrap_or_else(|e| {
-            panic!("the test OAuth server printed {line:?} instead of its ready line: {e}")
-        });
+        let info: ServerInfo =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("the test OAuth server printed {line:?} instead of its ready line: {e}"));
 
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("reqwest client");
-        OAuthServer {
-            child,
-            info,
-            log_path,
-            _dir: tmp,
-            http,
-        }
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("reqwest client");
+        OAuthServer { child, info, log_path, _dir: tmp, http }
     }
 
     pub fn info(&self) -> &ServerInfo {
@@ -179,14 +162,7 @@ impl OAuthServer {
     }
 
     /// An authorization URL for the code flow with PKCE (S256).
-    pub fn authorization_request(
-        &self,
-        client_id: &str,
-        redirect_uri: &str,
-        scope: &str,
-        state: &str,
-        pkce: &Pkce,
-    ) -> String {
+    pub fn authorization_request(&self, client_id: &str, redirect_uri: &str, scope: &str, state: &str, pkce: &Pkce) -> String {
         let mut url = Url::parse(self.authorize_url()).expect("authorization endpoint URL");
         url.query_pairs_mut()
             .append_pair("response_type", "code")
@@ -220,26 +196,17 @@ impl OAuthServer {
 
     /// Token-endpoint requests only.
     pub async fn token_events(&self) -> Vec<Event> {
-        self.events()
-            .await
-            .into_iter()
-            .filter(|e| e.endpoint == "token")
-            .collect()
+        self.events().await.into_iter().filter(|e| e.endpoint == "token").collect()
     }
 
     /// Refresh-token grant requests only (including those answered by an injected fault).
     pub async fn refresh_events(&self) -> Vec<Event> {
-        self.token_events()
-            .await
-            .into_iter()
-            .filter(|e| e.grant_type.as_deref() == Some("refresh_token"))
-            .collect()
+        self.token_events().await.into_iter().filter(|e| e.grant_type.as_deref() == Some("refresh_token")).collect()
     }
 
     /// Requests to the revocation endpoint.
     pub async fn revocations(&self) -> Vec<Event> {
-        serde_json::from_value(self.get_json("/_test/revocations").await)
-            .expect("parse /_test/revocations")
+        serde_json::from_value(self.get_json("/_test/revocations").await).expect("parse /_test/revocations")
     }
 
     /// The raw events, with fields the [`Event`] type does not name.
@@ -264,17 +231,8 @@ impl OAuthServer {
     }
 
     pub async fn clear_faults(&self) {
-        let response = self
-            .http
-            .delete(self.test_url("/_test/faults"))
-            .send()
-            .await
-            .expect("DELETE /_test/faults");
-        assert!(
-            response.status().is_success(),
-            "DELETE /_test/faults: {}",
-            response.status()
-        );
+        let response = self.http.delete(self.test_url("/_test/faults")).send().await.expect("DELETE /_test/faults");
+        assert!(response.status().is_success(), "DELETE /_test/faults: {}", response.status());
     }
 
     /// Registers another client while the server runs (a new client_id only).
@@ -285,9 +243,7 @@ impl OAuthServer {
     /// Revokes, server-side, every grant of an account (as a user removing the app at the provider would):
     /// its refresh tokens then get `invalid_grant`. Returns how many grants were revoked.
     pub async fn revoke_grants_of(&self, account_id: &str) -> u64 {
-        let out = self
-            .post_json("/_test/revoke-grants", &json!({ "account_id": account_id }))
-            .await;
+        let out = self.post_json("/_test/revoke-grants", &json!({ "account_id": account_id })).await;
         out["revoked"].as_u64().unwrap_or(0)
     }
 
@@ -296,31 +252,13 @@ impl OAuthServer {
     }
 
     async fn get_json(&self, path: &str) -> Value {
-        let response = self
-            .http
-            .get(self.test_url(path))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        assert!(
-            response.status().is_success(),
-            "GET {path}: {}",
-            response.status()
-        );
-        response
-            .json()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        let response = self.http.get(self.test_url(path)).send().await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        response.json().await.unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     async fn post_json(&self, path: &str, body: &Value) -> Value {
-        let response = self
-            .http
-            .post(self.test_url(path))
-            .json(body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let response = self.http.post(self.test_url(path)).json(body).send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         assert!(status.is_success(), "POST {path}: {status} {text}");
@@ -336,11 +274,7 @@ impl Drop for OAuthServer {
 }
 
 fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("run kill");
     assert!(status.success(), "kill -{name} {pid} failed");
 }
 
@@ -358,14 +292,7 @@ pub struct Fault {
 impl Fault {
     /// `count` token-endpoint requests answered with `status` (`temporarily_unavailable`).
     pub fn token(status: u16, count: u32) -> Fault {
-        Fault {
-            endpoint: "token".into(),
-            grant_type: None,
-            status,
-            error: "temporarily_unavailable".into(),
-            count,
-            delay_ms: 0,
-        }
+        Fault { endpoint: "token".into(), grant_type: None, status, error: "temporarily_unavailable".into(), count, delay_ms: 0 }
     }
 
     pub fn grant_type(mut self, grant_type: &str) -> Fault {

@@ -47,7 +47,14 @@ impl Operator {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
         std::fs::create_dir_all(&dir).expect("target/test-logs");
         let log_path = dir.join(format!("{name}.log"));
-        let mut op = Operator { child: None, log_path, connect_base_url, metrics_url: format!("http://127.0.0.1:{metrics_port}"), args, kubeconfig: kubeconfig.to_path_buf() };
+        let mut op = Operator {
+            child: None,
+            log_path,
+            connect_base_url,
+            metrics_url: format!("http://127.0.0.1:{metrics_port}"),
+            args,
+            kubeconfig: kubeconfig.to_path_buf(),
+        };
         let _ = std::fs::remove_file(&op.log_path);
         op.spawn();
         op.wait_ready().await;

@@ -31,7 +31,8 @@ impl Bed {
     /// Starts a fresh bed in `dir` (a bed left there is stopped first).
     pub async fn up(dir: &Path) -> anyhow_lite::Result<Bed> {
         let repo = repo();
-        let _ = Command::new("bash").arg(repo.join("scripts/testenv/down.sh")).arg(dir).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ =
+            Command::new("bash").arg(repo.join("scripts/testenv/down.sh")).arg(dir).stdout(Stdio::null()).stderr(Stdio::null()).status();
         std::fs::create_dir_all(dir)?;
         let t0 = Instant::now();
         let out = Command::new("bash")
@@ -54,7 +55,9 @@ impl Bed {
     }
 
     pub fn kubectl(&self) -> PathBuf {
-        let cache = std::env::var_os("LATCHKEY_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/latchkey"));
+        let cache = std::env::var_os("LATCHKEY_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/latchkey"));
         cache.join("bin/kubectl")
     }
 
@@ -125,7 +128,12 @@ impl Bed {
     }
 
     pub fn down(&self) {
-        let _ = Command::new("bash").arg(self.repo.join("scripts/testenv/down.sh")).arg(&self.dir).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = Command::new("bash")
+            .arg(self.repo.join("scripts/testenv/down.sh"))
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -170,7 +178,11 @@ impl AuditEvent {
 
     /// `secrets`, `useractivations/status`, ...
     pub fn what(&self) -> String {
-        if self.subresource.is_empty() { format!("{} {}", self.verb, self.resource) } else { format!("{} {}/{}", self.verb, self.resource, self.subresource) }
+        if self.subresource.is_empty() {
+            format!("{} {}", self.verb, self.resource)
+        } else {
+            format!("{} {}/{}", self.verb, self.resource, self.subresource)
+        }
     }
 }
 

@@ -85,7 +85,11 @@ pub async fn load_main(url: &str, rate: f64, secs: f64) {
 /// Runs the generator pinned to CPU 0 for `secs` at `rate`.
 fn run_load(url: &str, rate: f64, secs: f64) -> Result<LoadResult> {
     let me = std::env::current_exe()?;
-    let out = std::process::Command::new("taskset").args(["-c", "0"]).arg(me).args(["--load", url, &rate.to_string(), &secs.to_string()]).output()?;
+    let out = std::process::Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(me)
+        .args(["--load", url, &rate.to_string(), &secs.to_string()])
+        .output()?;
     let line = String::from_utf8_lossy(&out.stdout);
     Ok(serde_json::from_str(line.trim())?)
 }
@@ -142,7 +146,10 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
     let mut ladder = Vec::new();
     for rate in [1_000.0, 2_000.0, 5_000.0, 10_000.0, 20_000.0] {
         let r = run_load(&valid, rate, step)?;
-        eprintln!("bench: connect page (valid link) offered {rate} req/s: achieved {:.0}, p50 {:.2} ms, p99 {:.2} ms, {} errors", r.achieved_rps, r.p50_ms, r.p99_ms, r.errors);
+        eprintln!(
+            "bench: connect page (valid link) offered {rate} req/s: achieved {:.0}, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            r.achieved_rps, r.p50_ms, r.p99_ms, r.errors
+        );
         let saturated = r.achieved_rps < 0.5 * rate;
         ladder.push(r);
         if saturated {
@@ -166,7 +173,10 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
     let mut forged_runs = Vec::new();
     for rate in [50_000.0] {
         let r = run_load(&forged, rate, flood_secs)?;
-        eprintln!("bench: forged links offered {rate} req/s for {flood_secs}s: achieved {:.0}, p99 {:.2} ms, {} errors", r.achieved_rps, r.p99_ms, r.errors);
+        eprintln!(
+            "bench: forged links offered {rate} req/s for {flood_secs}s: achieved {:.0}, p99 {:.2} ms, {} errors",
+            r.achieved_rps, r.p99_ms, r.errors
+        );
         forged_runs.push(r);
     }
     let rss1 = p.rss_mib();

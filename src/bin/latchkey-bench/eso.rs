@@ -21,7 +21,9 @@ const SOURCE_NS: &str = "bench-source";
 
 fn eso_dir(o: &Opts) -> PathBuf {
     o.eso.clone().unwrap_or_else(|| {
-        let cache = std::env::var_os("LATCHKEY_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/latchkey"));
+        let cache = std::env::var_os("LATCHKEY_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/latchkey"));
         cache.join("eso-v0.16.2")
     })
 }
@@ -64,7 +66,8 @@ async fn one(o: &Opts, dir: &std::path::Path, run: usize) -> Result<Run> {
     bed.namespaces(&[SOURCE_NS.to_string()], json!({})).await?;
     bed.namespaces(&w.tenant_namespaces(), json!({})).await?;
     let secrets: Api<Secret> = Api::namespaced(bed.client.clone(), SOURCE_NS);
-    let token: Secret = serde_json::from_value(json!({"metadata": {"name": "eso-reader-token"}, "stringData": {"token": bed.token("admin-token")}}))?;
+    let token: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "eso-reader-token"}, "stringData": {"token": bed.token("admin-token")}}))?;
     secrets.create(&PostParams::default(), &token).await.map_err(|e| e.to_string())?;
     load::at_concurrency(n, |i| {
         let api = secrets.clone();
@@ -74,7 +77,8 @@ async fn one(o: &Opts, dir: &std::path::Path, run: usize) -> Result<Run> {
         }
     })
     .await?;
-    let store_ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("external-secrets.io", "v1", "ClusterSecretStore"), "clustersecretstores");
+    let store_ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("external-secrets.io", "v1", "ClusterSecretStore"), "clustersecretstores");
     let es_ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("external-secrets.io", "v1", "ExternalSecret"), "externalsecrets");
     let ca = base64::engine::general_purpose::STANDARD.encode(bed.ca_pem());
     let store: DynamicObject = serde_json::from_value(json!({
@@ -84,7 +88,10 @@ async fn one(o: &Opts, dir: &std::path::Path, run: usize) -> Result<Run> {
             "server": {"url": bed.apiserver_url, "caBundle": ca},
             "auth": {"token": {"bearerToken": {"name": "eso-reader-token", "key": "token", "namespace": SOURCE_NS}}}}}}
     }))?;
-    Api::<DynamicObject>::all_with(bed.client.clone(), &store_ar).create(&PostParams::default(), &store).await.map_err(|e| e.to_string())?;
+    Api::<DynamicObject>::all_with(bed.client.clone(), &store_ar)
+        .create(&PostParams::default(), &store)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut watch = ReadyWatch::start(&bed.client, &es_ar).await;
     load::at_concurrency(n, |i| {
         let api: Api<DynamicObject> = Api::namespaced_with(bed.client.clone(), &w.ns(i), &es_ar);
@@ -115,13 +122,22 @@ async fn one(o: &Opts, dir: &std::path::Path, run: usize) -> Result<Run> {
     let (timeline, done) = watch.wait(n, t0, timeout).await;
     let cpu_s = p.cpu_seconds();
     let Some(converge_s) = done else {
-        return Err(format!("ESO: {} of {n} ExternalSecrets Ready after {}s; log {}", timeline.last().map(|x| x.1).unwrap_or(0), timeout.as_secs(), p.log.display()).into());
+        return Err(format!(
+            "ESO: {} of {n} ExternalSecrets Ready after {}s; log {}",
+            timeline.last().map(|x| x.1).unwrap_or(0),
+            timeout.as_secs(),
+            p.log.display()
+        )
+        .into());
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ev = bed.audit_since(mark);
     let writes = ev.iter().filter(|e| e.user == OPERATOR_USER && e.is_write()).count() as f64 / n as f64;
     let peak_rss = p.peak_rss_mib();
-    eprintln!("bench: eso run {run}: {n} Ready after {converge_s:.2}s, {cpu_s:.1} CPU-s, peak {peak_rss:.1} MiB, {writes:.2} writes/secret {}", json!(breakdown(&ev, OPERATOR_USER)));
+    eprintln!(
+        "bench: eso run {run}: {n} Ready after {converge_s:.2}s, {cpu_s:.1} CPU-s, peak {peak_rss:.1} MiB, {writes:.2} writes/secret {}",
+        json!(breakdown(&ev, OPERATOR_USER))
+    );
     drop(p);
     bed.down();
     Ok(Run { converge_s, timeline, peak_rss, cpu_s, writes })

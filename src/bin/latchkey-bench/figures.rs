@@ -102,7 +102,13 @@ async fn run_operator_with(o: &Opts, n: usize, started: bool, extras: bool, name
     let (timeline, done) = watch.wait(n, t0, timeout).await;
     m.cpu_s = op.proc.cpu_seconds();
     let Some(converge_s) = done else {
-        return Err(format!("{} of {n} activations Ready after {}s; operator log {}", timeline.last().map(|x| x.1).unwrap_or(0), timeout.as_secs(), op.proc.log.display()).into());
+        return Err(format!(
+            "{} of {n} activations Ready after {}s; operator log {}",
+            timeline.last().map(|x| x.1).unwrap_or(0),
+            timeout.as_secs(),
+            op.proc.log.display()
+        )
+        .into());
     };
     m.converge_s = converge_s;
     m.timeline = timeline;
@@ -147,8 +153,14 @@ async fn run_operator_with(o: &Opts, n: usize, started: bool, extras: bool, name
         tokio::time::sleep(Duration::from_secs(3)).await;
         let ev = bed.audit_since(mark_r);
         m.restart_writes = operator_writes(&ev) as f64;
-        m.restart_secret_gets = ev.iter().filter(|e| e.user == OPERATOR_USER && e.verb == "get" && e.resource == "secrets" && e.namespace != OPERATOR_NS).count() as f64;
-        m.restart_other_gets = ev.iter().filter(|e| e.user == OPERATOR_USER && e.verb == "get" && e.resource == "secrets" && e.namespace == OPERATOR_NS).count() as f64;
+        m.restart_secret_gets = ev
+            .iter()
+            .filter(|e| e.user == OPERATOR_USER && e.verb == "get" && e.resource == "secrets" && e.namespace != OPERATOR_NS)
+            .count() as f64;
+        m.restart_other_gets = ev
+            .iter()
+            .filter(|e| e.user == OPERATOR_USER && e.verb == "get" && e.resource == "secrets" && e.namespace == OPERATOR_NS)
+            .count() as f64;
         m.restart_breakdown = json!(breakdown(&ev, OPERATOR_USER));
         m.restart_cache_sync_s = load::caches_synced_ms(&op2.proc).unwrap_or(f64::NAN) / 1000.0;
     } else {
@@ -158,7 +170,14 @@ async fn run_operator_with(o: &Opts, n: usize, started: bool, extras: bool, name
     }
     eprintln!(
         "bench: {name}: settled after {:.0}s more, {:.2} writes/activation {}, RSS steady {:.1} MiB peak {:.1} MiB, idle {:.2}% CPU, restart {} writes {} tenant Secret GETs",
-        m.settle_s, m.writes_settled, m.breakdown_settled, m.steady_rss, m.peak_rss, m.idle_cpu_pct, m.restart_writes, m.restart_secret_gets
+        m.settle_s,
+        m.writes_settled,
+        m.breakdown_settled,
+        m.steady_rss,
+        m.peak_rss,
+        m.idle_cpu_pct,
+        m.restart_writes,
+        m.restart_secret_gets
     );
     drop(op);
     bed.down();
@@ -305,10 +324,17 @@ pub fn table(v: &Value) -> String {
     for (k, target) in rows {
         let val = match v.get(*k) {
             Some(Value::Number(x)) => x.to_string(),
-            Some(Value::Null) | None => if v.pointer(&format!("/missing/{k}")).is_some() { "missing".into() } else { "-".into() },
+            Some(Value::Null) | None => {
+                if v.pointer(&format!("/missing/{k}")).is_some() {
+                    "missing".into()
+                } else {
+                    "-".into()
+                }
+            }
             Some(other) => other.to_string(),
         };
-        let spread = v.pointer(&format!("/spread/{k}")).and_then(|x| x.as_array()).map(|a| format!("{}..{}", a[0], a[1])).unwrap_or_default();
+        let spread =
+            v.pointer(&format!("/spread/{k}")).and_then(|x| x.as_array()).map(|a| format!("{}..{}", a[0], a[1])).unwrap_or_default();
         s += &format!("{k:<38} {val:>12} {spread:>22} {target:>10}\n");
     }
     s

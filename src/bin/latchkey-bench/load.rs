@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::Client;
 use serde_json::json;
 
 use crate::bed::{Bed, anyhow_lite::Result};
@@ -65,14 +65,18 @@ pub async fn latchkey_fixture_with(bed: &Bed, w: &Workload, operator: &Path, job
     bed.namespaces(&[INTEGRATIONS_NS.to_string(), OPERATOR_NS.to_string()], json!({})).await?;
     bed.namespaces(&w.tenant_namespaces(), json!({ TENANT_LABEL: "true" })).await?;
     let ar_c = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("latchkey.dev", "v1alpha1", "Connector"), "connectors");
-    let ar_e = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("latchkey.dev", "v1alpha1", "EmbeddedConnection"), "embeddedconnections");
+    let ar_e =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("latchkey.dev", "v1alpha1", "EmbeddedConnection"), "embeddedconnections");
     let c: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector",
         "metadata": {"name": "bench-api", "namespace": INTEGRATIONS_NS},
         "spec": {"displayName": "Bench API", "baseUrl": "http://127.0.0.1:9",
                  "authMethods": [{"name": "token", "apiKey": {"in": "Header", "name": "Authorization", "prefix": "Bearer "}}]}
     }))?;
-    Api::<DynamicObject>::namespaced_with(bed.client.clone(), INTEGRATIONS_NS, &ar_c).create(&PostParams::default(), &c).await.map_err(|e| e.to_string())?;
+    Api::<DynamicObject>::namespaced_with(bed.client.clone(), INTEGRATIONS_NS, &ar_c)
+        .create(&PostParams::default(), &c)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut e = json!({
         "apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection",
         "metadata": {"name": "bench-sync", "namespace": INTEGRATIONS_NS},
@@ -84,7 +88,10 @@ pub async fn latchkey_fixture_with(bed: &Bed, w: &Workload, operator: &Path, job
         e["spec"].as_object_mut().unwrap().remove("job");
     }
     let e: DynamicObject = serde_json::from_value(e)?;
-    Api::<DynamicObject>::namespaced_with(bed.client.clone(), INTEGRATIONS_NS, &ar_e).create(&PostParams::default(), &e).await.map_err(|e| e.to_string())?;
+    Api::<DynamicObject>::namespaced_with(bed.client.clone(), INTEGRATIONS_NS, &ar_e)
+        .create(&PostParams::default(), &e)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -129,7 +136,10 @@ pub async fn bound_b1(client: &Client, w: &Workload) -> Result<f64> {
     at_concurrency(w.n, |i| {
         let api: Api<Secret> = Api::namespaced(client.clone(), &w.ns(i));
         async move {
-            let s: Secret = serde_json::from_value(json!({"metadata": {"name": format!("b1-{i}")}, "stringData": {"api_key": format!("bench-key-{i:06}")}})).unwrap();
+            let s: Secret = serde_json::from_value(
+                json!({"metadata": {"name": format!("b1-{i}")}, "stringData": {"api_key": format!("bench-key-{i:06}")}}),
+            )
+            .unwrap();
             api.create(&PostParams::default(), &s).await.map(|_| ())
         }
     })
@@ -170,7 +180,10 @@ pub async fn bound_b2(client: &Client, w: &Workload) -> Result<f64> {
 }
 
 fn is_ready(o: &DynamicObject) -> bool {
-    o.data.pointer("/status/conditions").and_then(|c| c.as_array()).is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    o.data
+        .pointer("/status/conditions")
+        .and_then(|c| c.as_array())
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
 /// Counts objects of `ar` with `Ready=True` through a cluster-wide watch. Call `start` before anything is
@@ -193,14 +206,16 @@ impl ReadyWatch {
                 let Ok(ev) = ev else { continue };
                 match ev {
                     watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
-                        let key = format!("{}/{}", o.metadata.namespace.clone().unwrap_or_default(), o.metadata.name.clone().unwrap_or_default());
+                        let key =
+                            format!("{}/{}", o.metadata.namespace.clone().unwrap_or_default(), o.metadata.name.clone().unwrap_or_default());
                         let changed = if is_ready(&o) { ready.insert(key) } else { ready.remove(&key) };
                         if changed {
                             let _ = tx.send((Instant::now(), ready.len()));
                         }
                     }
                     watcher::Event::Delete(o) => {
-                        let key = format!("{}/{}", o.metadata.namespace.clone().unwrap_or_default(), o.metadata.name.clone().unwrap_or_default());
+                        let key =
+                            format!("{}/{}", o.metadata.namespace.clone().unwrap_or_default(), o.metadata.name.clone().unwrap_or_default());
                         if ready.remove(&key) {
                             let _ = tx.send((Instant::now(), ready.len()));
                         }
@@ -285,5 +300,9 @@ pub async fn start_operator(bed: &Bed, operator: &Path, name: &str, concurrency:
 
 /// The `elapsed_ms` of the operator's "caches synced" log line (process start is earlier by the client setup).
 pub fn caches_synced_ms(p: &Proc) -> Option<f64> {
-    p.log_text().lines().find(|l| l.contains("caches synced")).and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok()).and_then(|v| v.get("elapsed_ms").or_else(|| v.pointer("/fields/elapsed_ms")).and_then(|x| x.as_f64()))
+    p.log_text()
+        .lines()
+        .find(|l| l.contains("caches synced"))
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v.get("elapsed_ms").or_else(|| v.pointer("/fields/elapsed_ms")).and_then(|x| x.as_f64()))
 }

@@ -71,7 +71,8 @@ async fn main() {
         print!("{}", figures::table(&v));
         return;
     }
-    let scale = arg(&args, "--scale").or_else(|| std::env::var("BENCH_SCALE").ok()).filter(|s| !s.is_empty()).unwrap_or_else(|| "small".into());
+    let scale =
+        arg(&args, "--scale").or_else(|| std::env::var("BENCH_SCALE").ok()).filter(|s| !s.is_empty()).unwrap_or_else(|| "small".into());
     let (big, small, namespaces, runs) = match scale.as_str() {
         "full" => (10_000, 1_000, 100, 3),
         "small" => (1_000, 100, 100, 3),
@@ -106,7 +107,10 @@ async fn main() {
     });
     let mut res = results::Results::load(&out, &scale, meta);
     res.save();
-    eprintln!("bench: scale {scale} (N={big}, {small} for the _1k keys, {namespaces} namespaces), {runs} run(s) per figure: {}", figures.join(","));
+    eprintln!(
+        "bench: scale {scale} (N={big}, {small} for the _1k keys, {namespaces} namespaces), {runs} run(s) per figure: {}",
+        figures.join(",")
+    );
     let mut failed = Vec::new();
     for f in &figures {
         let t0 = std::time::Instant::now();
@@ -139,8 +143,13 @@ async fn main() {
 }
 
 fn machine() -> serde_json::Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()));
-    let mem = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<f64>().ok())).map(|k| (k / 1048576.0).round());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()));
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<f64>().ok()))
+        .map(|k| (k / 1048576.0).round());
     let load = std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     json!({"cpu": cpu, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "mem_gib": mem, "loadavg_at_start": load,
            "date": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()})

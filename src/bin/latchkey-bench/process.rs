@@ -20,7 +20,12 @@ pub struct Proc {
 fn clk_tck() -> f64 {
     static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TCK.get_or_init(|| {
-        Command::new("getconf").arg("CLK_TCK").output().ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(100.0)
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
     })
 }
 
@@ -43,7 +48,14 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 impl Proc {
-    pub fn spawn(name: &str, program: &Path, args: &[String], env: &[(&str, String)], log_dir: &Path, cpu: Option<&str>) -> std::io::Result<Proc> {
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        log_dir: &Path,
+        cpu: Option<&str>,
+    ) -> std::io::Result<Proc> {
         std::fs::create_dir_all(log_dir)?;
         let log = log_dir.join(format!("{name}.log"));
         let f = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;

@@ -111,10 +111,13 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
     std::fs::create_dir_all(o.logs())?;
     let server = start_oauth_server(o, &callback, ttl)?;
     let s = |k: &str| server.info[k].as_str().unwrap_or_default().to_string();
-    let app: Secret = serde_json::from_value(json!({"metadata": {"name": "oauth-app"}, "stringData": {"client_id": "bench", "client_secret": "bench-secret"}}))?;
+    let app: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "oauth-app"}, "stringData": {"client_id": "bench", "client_secret": "bench-secret"}}),
+    )?;
     Api::<Secret>::namespaced(bed.client.clone(), INTEGRATIONS_NS).create(&PostParams::default(), &app).await.map_err(|e| e.to_string())?;
     let gvk = |k: &str| GroupVersionKind::gvk("latchkey.dev", "v1alpha1", k);
-    let conn_api: Api<DynamicObject> = Api::namespaced_with(bed.client.clone(), INTEGRATIONS_NS, &ApiResource::from_gvk_with_plural(&gvk("Connector"), "connectors"));
+    let conn_api: Api<DynamicObject> =
+        Api::namespaced_with(bed.client.clone(), INTEGRATIONS_NS, &ApiResource::from_gvk_with_plural(&gvk("Connector"), "connectors"));
     let c: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector", "metadata": {"name": "idp"},
         "spec": {"displayName": "Bench IdP", "baseUrl": s("issuer"), "authMethods": [{"name": "oauth", "oauth2": {
@@ -122,7 +125,11 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
             "scopes": ["read", "write"], "clientSecretRef": {"name": "oauth-app"}, "pkce": true, "clientAuth": "Basic", "refreshBefore": "5m"}}]}
     }))?;
     conn_api.create(&PostParams::default(), &c).await.map_err(|e| e.to_string())?;
-    let ec_api: Api<DynamicObject> = Api::namespaced_with(bed.client.clone(), INTEGRATIONS_NS, &ApiResource::from_gvk_with_plural(&gvk("EmbeddedConnection"), "embeddedconnections"));
+    let ec_api: Api<DynamicObject> = Api::namespaced_with(
+        bed.client.clone(),
+        INTEGRATIONS_NS,
+        &ApiResource::from_gvk_with_plural(&gvk("EmbeddedConnection"), "embeddedconnections"),
+    );
     let ec: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection", "metadata": {"name": "idp-sync"},
         "spec": {"connectorRef": {"name": "idp"}, "authMethod": "oauth", "allowedNamespaces": {"matchLabels": {load::TENANT_LABEL: "true"}}, "allowedReturnUrls": [RETURN_URL]}
@@ -149,7 +156,8 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
     let t = Instant::now();
     let links: Vec<String> = loop {
         let l = all.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
-        let links: Vec<String> = l.items.iter().filter_map(|u| u.data.pointer("/status/connectUrl").and_then(|x| x.as_str()).map(|s| s.to_string())).collect();
+        let links: Vec<String> =
+            l.items.iter().filter_map(|u| u.data.pointer("/status/connectUrl").and_then(|x| x.as_str()).map(|s| s.to_string())).collect();
         if links.len() >= m {
             break links;
         }
@@ -169,7 +177,9 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
                 let t = Instant::now();
                 let r = http.get(&cb).send().await.map_err(|e| e.to_string())?;
                 let ms = t.elapsed().as_secs_f64() * 1000.0;
-                if r.status().is_redirection() && r.headers().get("location").and_then(|l| l.to_str().ok()).is_some_and(|l| l.starts_with(RETURN_URL)) {
+                if r.status().is_redirection()
+                    && r.headers().get("location").and_then(|l| l.to_str().ok()).is_some_and(|l| l.starts_with(RETURN_URL))
+                {
                     Ok(ms)
                 } else {
                     Err(format!("callback answered {}", r.status()))
@@ -195,7 +205,11 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
     let writes = ev.iter().filter(|e| e.user == OPERATOR_USER && e.is_write() && e.namespace != OPERATOR_NS).count() as f64 / m as f64;
     res.runs("writes_per_activation_oauth", &[writes]);
     res.set("writes_breakdown_oauth", json!(breakdown(&ev, OPERATOR_USER)));
-    eprintln!("bench: oauth: {ok} of {m} connected in {cb_elapsed:.1}s (all Ready: {}), {writes:.2} writes/activation {}", done.is_some(), json!(breakdown(&ev, OPERATOR_USER)));
+    eprintln!(
+        "bench: oauth: {ok} of {m} connected in {cb_elapsed:.1}s (all Ready: {}), {writes:.2} writes/activation {}",
+        done.is_some(),
+        json!(breakdown(&ev, OPERATOR_USER))
+    );
 
     // Refresh: a checker reads the owned Secrets every second while the tokens rotate.
     let secrets: Api<Secret> = Api::all(bed.client.clone());
@@ -206,7 +220,15 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
         if let Ok(l) = secrets.list(&ListParams::default().labels("app.kubernetes.io/managed-by=latchkey")).await {
             let now = chrono::Utc::now();
             for s in l.items {
-                let Some(exp) = s.data.as_ref().and_then(|d| d.get("expires_at")).and_then(|b| String::from_utf8(b.0.clone()).ok()).and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok()) else { continue };
+                let Some(exp) = s
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("expires_at"))
+                    .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                    .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                else {
+                    continue;
+                };
                 reads += 1;
                 if exp <= now {
                     expired += 1;
@@ -215,7 +237,8 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let events: Vec<Value> = reqwest::get(s("issuer") + "/_test/events").await?.json::<Value>().await?.as_array().cloned().unwrap_or_default();
+    let events: Vec<Value> =
+        reqwest::get(s("issuer") + "/_test/events").await?.json::<Value>().await?.as_array().cloned().unwrap_or_default();
     // Issued refresh tokens: fingerprint -> (issued at, lifetime).
     let mut issued: HashMap<String, (f64, f64)> = HashMap::new();
     let mut presented: HashMap<String, u64> = HashMap::new();
@@ -245,7 +268,9 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
                 }
             }
         }
-        if let (Some(fp), Some(life)) = (e.pointer("/issued/refresh_token").and_then(|x| x.as_str()), e.pointer("/issued/expires_in").and_then(|x| x.as_f64())) {
+        if let (Some(fp), Some(life)) =
+            (e.pointer("/issued/refresh_token").and_then(|x| x.as_str()), e.pointer("/issued/expires_in").and_then(|x| x.as_f64()))
+        {
             issued.insert(fp.to_string(), (t, life));
         }
     }

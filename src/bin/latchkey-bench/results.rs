@@ -55,7 +55,13 @@ fn round(x: f64) -> Value {
     if !x.is_finite() {
         return Value::Null;
     }
-    let digits = if x.abs() >= 100.0 { 1 } else if x.abs() >= 1.0 { 3 } else { 5 };
+    let digits = if x.abs() >= 100.0 {
+        1
+    } else if x.abs() >= 1.0 {
+        3
+    } else {
+        5
+    };
     let f = 10f64.powi(digits);
     json!((x * f).round() / f)
 }
@@ -126,7 +132,8 @@ impl Results {
         self.set("converge_ratio_10k", r);
         let r = ratio(self.num("converge_live_seconds_10k"), b2);
         self.set("converge_ratio_live_10k", r);
-        let (s_big, s_small, n_big, n_small) = (self.num("steady_rss_mib_10k"), self.num("steady_rss_mib_1k"), self.num("n_10k"), self.num("n_1k"));
+        let (s_big, s_small, n_big, n_small) =
+            (self.num("steady_rss_mib_10k"), self.num("steady_rss_mib_1k"), self.num("n_10k"), self.num("n_1k"));
         if let (Some(a), Some(b), Some(na), Some(nb)) = (s_big, s_small, n_big, n_small) {
             self.set("rss_kib_per_activation", round((a - b) * 1024.0 / (na - nb)));
         }

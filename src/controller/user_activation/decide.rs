@@ -40,7 +40,10 @@ pub fn admit<'a>(
 ) -> Result<Admitted<'a>, Gate> {
     let conn_ns = ua.connection_namespace().unwrap_or_default();
     let Some(connection) = connection else {
-        return Err(gate(reasons::CONNECTION_NOT_FOUND, format!("EmbeddedConnection {conn_ns}/{} does not exist", ua.spec.connection_ref.name)));
+        return Err(gate(
+            reasons::CONNECTION_NOT_FOUND,
+            format!("EmbeddedConnection {conn_ns}/{} does not exist", ua.spec.connection_ref.name),
+        ));
     };
     let own_ns = ua.namespace().unwrap_or_default();
     if own_ns != conn_ns {
@@ -51,20 +54,32 @@ pub fn admit<'a>(
         if !allowed {
             return Err(gate(
                 reasons::NAMESPACE_NOT_ALLOWED,
-                format!("EmbeddedConnection {conn_ns}/{} does not allow activations from namespace {own_ns} (see its spec.allowedNamespaces)", connection.name_any()),
+                format!(
+                    "EmbeddedConnection {conn_ns}/{} does not allow activations from namespace {own_ns} (see its spec.allowedNamespaces)",
+                    connection.name_any()
+                ),
             ));
         }
     }
     if let Some(url) = &ua.spec.return_url {
         if !connection.spec.allowed_return_urls.iter().any(|p| url.starts_with(p.as_str())) {
-            return Err(gate(reasons::RETURN_URL_NOT_ALLOWED, format!("returnUrl {url} does not start with any of the connection's allowedReturnUrls")));
+            return Err(gate(
+                reasons::RETURN_URL_NOT_ALLOWED,
+                format!("returnUrl {url} does not start with any of the connection's allowedReturnUrls"),
+            ));
         }
     }
     let Some(connector) = connector else {
-        return Err(gate(reasons::CONNECTOR_NOT_FOUND, format!("Connector {conn_ns}/{} does not exist", connection.spec.connector_ref.name)));
+        return Err(gate(
+            reasons::CONNECTOR_NOT_FOUND,
+            format!("Connector {conn_ns}/{} does not exist", connection.spec.connector_ref.name),
+        ));
     };
     let Some(method) = connector.auth_method(&connection.spec.auth_method) else {
-        return Err(gate(reasons::AUTH_METHOD_NOT_FOUND, format!("Connector {} has no auth method {:?}", connector.name_any(), connection.spec.auth_method)));
+        return Err(gate(
+            reasons::AUTH_METHOD_NOT_FOUND,
+            format!("Connector {} has no auth method {:?}", connector.name_any(), connection.spec.auth_method),
+        ));
     };
     if let Some(other) = older_same_user {
         return Err(gate(reasons::DUPLICATE_USER, format!("user {:?} already has activation {other} of this connection", ua.spec.user.id)));
@@ -178,7 +193,14 @@ pub fn plan_run(
 
 /// The newest Job of the activation, for `status.lastRun`.
 pub fn newest(jobs: &[std::sync::Arc<Job>]) -> Option<&Job> {
-    jobs.iter().map(|j| j.as_ref()).max_by(|a, b| a.metadata.creation_timestamp.as_ref().map(|t| t.0).cmp(&b.metadata.creation_timestamp.as_ref().map(|t| t.0)).then_with(|| a.name_any().cmp(&b.name_any())))
+    jobs.iter().map(|j| j.as_ref()).max_by(|a, b| {
+        a.metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .cmp(&b.metadata.creation_timestamp.as_ref().map(|t| t.0))
+            .then_with(|| a.name_any().cmp(&b.name_any()))
+    })
 }
 
 pub fn any_active(jobs: &[std::sync::Arc<Job>]) -> bool {
@@ -281,7 +303,10 @@ mod tests {
 
     #[test]
     fn selectors() {
-        let sel: LabelSelector = serde_json::from_value(json!({"matchLabels": {"tenant": "true"}, "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["blocked"]}]})).unwrap();
+        let sel: LabelSelector = serde_json::from_value(
+            json!({"matchLabels": {"tenant": "true"}, "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["blocked"]}]}),
+        )
+        .unwrap();
         let l = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert!(selector_matches(&sel, &l(&[("tenant", "true")])));
         assert!(!selector_matches(&sel, &l(&[("tenant", "true"), ("tier", "blocked")])));

@@ -64,7 +64,8 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
     // Observe references from the stores.
     let conn_ns = ua.connection_namespace().unwrap_or_default();
     let connection = ctx.stores.connections.get(&ObjectRef::new(&ua.spec.connection_ref.name).within(&conn_ns));
-    let connector = connection.as_ref().and_then(|c| ctx.stores.connectors.get(&ObjectRef::new(&c.spec.connector_ref.name).within(&conn_ns)));
+    let connector =
+        connection.as_ref().and_then(|c| ctx.stores.connectors.get(&ObjectRef::new(&c.spec.connector_ref.name).within(&conn_ns)));
     let ns_labels = ctx.stores.namespaces.get(&ObjectRef::new(&ns)).map(|n| n.metadata.labels.clone().unwrap_or_default());
     let older = older_activation_of_same_user(&ctx, &ua);
 
@@ -90,17 +91,40 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
 
     // Credentials into the owned Secret.
     let creds = sync_credentials(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref().map(|o| &o.metadata), &mut status).await?;
-    let creds = oauth::lifecycle(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref().map(|o| &o.metadata), creds, &mut status, &mut requeue, now).await?;
+    let creds =
+        oauth::lifecycle(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref().map(|o| &o.metadata), creds, &mut status, &mut requeue, now)
+            .await?;
     let (ready, awaiting) = match &creds {
         Creds::Stored { generation: g, verified } => {
             status.secret_name = Some(secret_name.clone());
             status.credential_generation = *g;
             let cv = match verified {
-                Some(true) => Condition::new(types::CREDENTIALS_VALID, TRUE, reasons::VERIFIED, "the provider accepted the credentials", generation, now),
-                _ => Condition::new(types::CREDENTIALS_VALID, TRUE, reasons::NOT_VERIFIED, "stored; the connector declares no verification request", generation, now),
+                Some(true) => Condition::new(
+                    types::CREDENTIALS_VALID,
+                    TRUE,
+                    reasons::VERIFIED,
+                    "the provider accepted the credentials",
+                    generation,
+                    now,
+                ),
+                _ => Condition::new(
+                    types::CREDENTIALS_VALID,
+                    TRUE,
+                    reasons::NOT_VERIFIED,
+                    "stored; the connector declares no verification request",
+                    generation,
+                    now,
+                ),
             };
             desired.push(cv);
-            desired.push(Condition::new(types::READY, TRUE, reasons::ACTIVE, format!("credentials stored in Secret {secret_name}"), generation, now));
+            desired.push(Condition::new(
+                types::READY,
+                TRUE,
+                reasons::ACTIVE,
+                format!("credentials stored in Secret {secret_name}"),
+                generation,
+                now,
+            ));
             (true, false)
         }
         Creds::Awaiting { reason, message } => {
@@ -108,12 +132,26 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
             (false, true)
         }
         Creds::Unverified { message, stored_generation, retry_in } => {
-            desired.push(Condition::new(types::CREDENTIALS_VALID, UNKNOWN, reasons::VERIFICATION_UNAVAILABLE, message.clone(), generation, now));
+            desired.push(Condition::new(
+                types::CREDENTIALS_VALID,
+                UNKNOWN,
+                reasons::VERIFICATION_UNAVAILABLE,
+                message.clone(),
+                generation,
+                now,
+            ));
             retry_after = Some(retry_in.unwrap_or_else(|| ctx.backoff(ua.as_ref())));
             // The credentials stored before stay usable while the new ones cannot be checked.
             let ready = stored_generation.is_some();
             if ready {
-                desired.push(Condition::new(types::READY, TRUE, reasons::ACTIVE, format!("credentials stored in Secret {secret_name}; a newer version awaits verification"), generation, now));
+                desired.push(Condition::new(
+                    types::READY,
+                    TRUE,
+                    reasons::ACTIVE,
+                    format!("credentials stored in Secret {secret_name}; a newer version awaits verification"),
+                    generation,
+                    now,
+                ));
             } else {
                 desired.push(Condition::new(types::READY, FALSE, reasons::VERIFICATION_UNAVAILABLE, message.clone(), generation, now));
             }
@@ -143,11 +181,26 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
 
     // Jobs.
     let uid = ua.uid().unwrap_or_default();
-    let own_jobs: Vec<Arc<Job>> = ctx.stores.relations.jobs_of(&ns, &uid).iter().filter_map(|name| ctx.stores.jobs.get(&ObjectRef::new(name).within(&ns))).collect();
+    let own_jobs: Vec<Arc<Job>> =
+        ctx.stores.relations.jobs_of(&ns, &uid).iter().filter_map(|name| ctx.stores.jobs.get(&ObjectRef::new(name).within(&ns))).collect();
     if let Some(job_spec) = &adm.connection.spec.job {
         if ready && !ua.spec.suspend {
-            match decide::plan_run(job_spec, status.credential_generation, status.run_generation, status.last_schedule_time, decide::any_active(&own_jobs), now) {
-                Err(e) => desired.push(Condition::new(types::LAST_RUN_SUCCEEDED, FALSE, reasons::JOB_TEMPLATE_INVALID, e.to_string(), generation, now)),
+            match decide::plan_run(
+                job_spec,
+                status.credential_generation,
+                status.run_generation,
+                status.last_schedule_time,
+                decide::any_active(&own_jobs),
+                now,
+            ) {
+                Err(e) => desired.push(Condition::new(
+                    types::LAST_RUN_SUCCEEDED,
+                    FALSE,
+                    reasons::JOB_TEMPLATE_INVALID,
+                    e.to_string(),
+                    generation,
+                    now,
+                )),
                 Ok(plan) => {
                     status.last_schedule_time = plan.last_schedule_time;
                     if let Some(next) = plan.next_tick {
@@ -156,18 +209,37 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
                     let extra = match extra_connections(&ctx, &ua, job_spec, &conn_ns) {
                         Ok(x) => {
                             if !job_spec.connections.is_empty() {
-                                desired.push(Condition::new(types::CONNECTIONS_READY, TRUE, reasons::READY, "the user has activated every connection the job needs", generation, now));
+                                desired.push(Condition::new(
+                                    types::CONNECTIONS_READY,
+                                    TRUE,
+                                    reasons::READY,
+                                    "the user has activated every connection the job needs",
+                                    generation,
+                                    now,
+                                ));
                             }
                             Some(x)
                         }
                         Err(missing) => {
-                            desired.push(Condition::new(types::CONNECTIONS_READY, FALSE, reasons::WAITING_FOR_CONNECTIONS, format!("the job also needs this user's active activation of {missing}"), generation, now));
+                            desired.push(Condition::new(
+                                types::CONNECTIONS_READY,
+                                FALSE,
+                                reasons::WAITING_FOR_CONNECTIONS,
+                                format!("the job also needs this user's active activation of {missing}"),
+                                generation,
+                                now,
+                            ));
                             None
                         }
                     };
                     // A run asked for with the run-now annotation (a new value), unless Forbid and a run is active.
-                    let run_now = ua.annotations().get(naming::RUN_NOW_ANNOTATION).filter(|v| status.run_now_handled.as_ref() != Some(*v)).cloned();
-                    let manual = run_now.as_ref().filter(|_| plan.run.is_none() && !(job_spec.concurrency_policy == crate::api::embedded_connection::ConcurrencyPolicy::Forbid && decide::any_active(&own_jobs)));
+                    let run_now =
+                        ua.annotations().get(naming::RUN_NOW_ANNOTATION).filter(|v| status.run_now_handled.as_ref() != Some(*v)).cloned();
+                    let manual = run_now.as_ref().filter(|_| {
+                        plan.run.is_none()
+                            && !(job_spec.concurrency_policy == crate::api::embedded_connection::ConcurrencyPolicy::Forbid
+                                && decide::any_active(&own_jobs))
+                    });
                     let run = plan.run.clone().or_else(|| manual.map(|v| Run::Manual(naming::hash_hex(&[v.as_bytes()])[..12].to_string())));
                     if run.is_some() && run_now.is_some() {
                         status.run_now_handled = run_now.clone();
@@ -181,7 +253,14 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
                                     status.run_generation = g;
                                 }
                             }
-                            Err(message) => desired.push(Condition::new(types::LAST_RUN_SUCCEEDED, FALSE, reasons::JOB_TEMPLATE_INVALID, message, generation, now)),
+                            Err(message) => desired.push(Condition::new(
+                                types::LAST_RUN_SUCCEEDED,
+                                FALSE,
+                                reasons::JOB_TEMPLATE_INVALID,
+                                message,
+                                generation,
+                                now,
+                            )),
                         }
                     }
                 }
@@ -204,7 +283,9 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
             },
         };
         // A running Job's start time alone is no reason to write: it is written with its outcome.
-        if let Some(prev_run) = prev.last_run.as_ref().filter(|p| p.job == run.job && p.outcome == run.outcome && outcome == jobs::Outcome::Running) {
+        if let Some(prev_run) =
+            prev.last_run.as_ref().filter(|p| p.job == run.job && p.outcome == run.outcome && outcome == jobs::Outcome::Running)
+        {
             run.start_time = prev_run.start_time;
         }
         (outcome, run)
@@ -219,9 +300,30 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
         status.last_run = Some(run);
         if !desired.iter().any(|c| c.type_ == types::LAST_RUN_SUCCEEDED) {
             desired.push(match outcome {
-                jobs::Outcome::Succeeded => Condition::new(types::LAST_RUN_SUCCEEDED, TRUE, reasons::JOB_SUCCEEDED, format!("Job {name} succeeded"), generation, now),
-                jobs::Outcome::Failed => Condition::new(types::LAST_RUN_SUCCEEDED, FALSE, reasons::JOB_FAILED, format!("Job {name} failed; see its pods' logs"), generation, now),
-                jobs::Outcome::Running => Condition::new(types::LAST_RUN_SUCCEEDED, UNKNOWN, reasons::JOB_RUNNING, format!("Job {name} is running"), generation, now),
+                jobs::Outcome::Succeeded => Condition::new(
+                    types::LAST_RUN_SUCCEEDED,
+                    TRUE,
+                    reasons::JOB_SUCCEEDED,
+                    format!("Job {name} succeeded"),
+                    generation,
+                    now,
+                ),
+                jobs::Outcome::Failed => Condition::new(
+                    types::LAST_RUN_SUCCEEDED,
+                    FALSE,
+                    reasons::JOB_FAILED,
+                    format!("Job {name} failed; see its pods' logs"),
+                    generation,
+                    now,
+                ),
+                jobs::Outcome::Running => Condition::new(
+                    types::LAST_RUN_SUCCEEDED,
+                    UNKNOWN,
+                    reasons::JOB_RUNNING,
+                    format!("Job {name} is running"),
+                    generation,
+                    now,
+                ),
             });
         }
     }
@@ -248,7 +350,12 @@ async fn add_finalizer(ctx: &Context, ua: &UserActivation) -> Result<()> {
 
 /// The owned Secret of an activation: its labels, owner reference (so the garbage collector removes it with the
 /// activation), data and annotations. The reconciler and the connect server write the same shape.
-pub fn owned_secret_object(ua: &UserActivation, name: &str, data: BTreeMap<String, k8s_openapi::ByteString>, annotations: BTreeMap<String, String>) -> Secret {
+pub fn owned_secret_object(
+    ua: &UserActivation,
+    name: &str,
+    data: BTreeMap<String, k8s_openapi::ByteString>,
+    annotations: BTreeMap<String, String>,
+) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(name.into()),
@@ -281,7 +388,14 @@ fn min_requeue(a: Option<Duration>, b: Duration) -> Option<Duration> {
 }
 
 /// Writes status (when changed), publishes an event on a phase transition, and says when to look again.
-async fn finish_keeping_failures(ua: &UserActivation, ctx: &Context, prev: UserActivationStatus, mut status: UserActivationStatus, desired: Vec<Condition>, requeue: Option<Duration>) -> Result<Action> {
+async fn finish_keeping_failures(
+    ua: &UserActivation,
+    ctx: &Context,
+    prev: UserActivationStatus,
+    mut status: UserActivationStatus,
+    desired: Vec<Condition>,
+    requeue: Option<Duration>,
+) -> Result<Action> {
     status.conditions = conditions::merge(&prev.conditions, desired);
     let api: Api<UserActivation> = Api::namespaced(ctx.client.clone(), &ua.namespace().unwrap_or_default());
     // A change of the connect link races with the connect server's nonce rotation: write it only over what was read.
@@ -320,7 +434,14 @@ async fn finish_keeping_failures(ua: &UserActivation, ctx: &Context, prev: UserA
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
-async fn finish(ua: &UserActivation, ctx: &Context, prev: UserActivationStatus, status: UserActivationStatus, desired: Vec<Condition>, requeue: Option<Duration>) -> Result<Action> {
+async fn finish(
+    ua: &UserActivation,
+    ctx: &Context,
+    prev: UserActivationStatus,
+    status: UserActivationStatus,
+    desired: Vec<Condition>,
+    requeue: Option<Duration>,
+) -> Result<Action> {
     let action = finish_keeping_failures(ua, ctx, prev, status, desired, requeue).await?;
     ctx.succeeded(ua);
     Ok(action)
@@ -338,7 +459,9 @@ fn older_activation_of_same_user(ctx: &Context, ua: &UserActivation) -> Option<S
         .activations_of_user(ua)
         .into_iter()
         .filter_map(|r| ctx.stores.activations.get(&r))
-        .filter(|o| o.uid() != ua.uid() && o.spec.user.id == ua.spec.user.id && (o.connection_namespace(), &o.spec.connection_ref.name) == conn)
+        .filter(|o| {
+            o.uid() != ua.uid() && o.spec.user.id == ua.spec.user.id && (o.connection_namespace(), &o.spec.connection_ref.name) == conn
+        })
         .filter(|o| o.metadata.deletion_timestamp.is_none())
         .filter(|o| (waiting(o), o.metadata.creation_timestamp.as_ref().map(|t| t.0), o.namespace(), o.name_any()) < me)
         .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
@@ -368,9 +491,15 @@ async fn sync_credentials(
     let Some(source) = &ua.spec.credentials_secret_ref else {
         // No source: credentials come from the user through the connect flow.
         if let (true, Some(g)) = (owned_is_ours, stored_generation) {
-            return Ok(Creds::Stored { generation: g, verified: annotation(owned, naming::VERIFIED_ANNOTATION).map(|v| v == "true").filter(|v| *v) });
+            return Ok(Creds::Stored {
+                generation: g,
+                verified: annotation(owned, naming::VERIFIED_ANNOTATION).map(|v| v == "true").filter(|v| *v),
+            });
         }
-        return Ok(Creds::Awaiting { reason: reasons::AWAITING_USER, message: "waiting for the user to connect through status.connectUrl".into() });
+        return Ok(Creds::Awaiting {
+            reason: reasons::AWAITING_USER,
+            message: "waiting for the user to connect through status.connectUrl".into(),
+        });
     };
 
     // Unchanged source (as the metadata watch sees it): nothing to read.
@@ -384,9 +513,15 @@ async fn sync_credentials(
         }
         if status.source_resource_version.as_ref() == Some(v) {
             let permanent = [reasons::CREDENTIALS_REJECTED, reasons::SOURCE_SECRET_INVALID];
-            if let Some(c) = conditions::find(&status.conditions, types::READY).filter(|c| !c.is_true() && permanent.contains(&c.reason.as_str())) {
+            if let Some(c) =
+                conditions::find(&status.conditions, types::READY).filter(|c| !c.is_true() && permanent.contains(&c.reason.as_str()))
+            {
                 // Already rejected this version: wait for a change.
-                return Ok(Creds::Unusable { reason: reasons_static(&c.reason), message: c.message.clone(), rejected: c.reason == reasons::CREDENTIALS_REJECTED });
+                return Ok(Creds::Unusable {
+                    reason: reasons_static(&c.reason),
+                    message: c.message.clone(),
+                    rejected: c.reason == reasons::CREDENTIALS_REJECTED,
+                });
             }
         }
     }
@@ -395,7 +530,9 @@ async fn sync_credentials(
     // write, must not repeat the request).
     if let (Some(wait), Some(v)) = (ctx.wait_remaining(ua), &watched) {
         if status.source_resource_version.as_ref() == Some(v) {
-            if let Some(c) = conditions::find(&status.conditions, types::CREDENTIALS_VALID).filter(|c| c.reason == reasons::VERIFICATION_UNAVAILABLE) {
+            if let Some(c) =
+                conditions::find(&status.conditions, types::CREDENTIALS_VALID).filter(|c| c.reason == reasons::VERIFICATION_UNAVAILABLE)
+            {
                 let stored = owned_is_ours.then_some(stored_generation).flatten();
                 return Ok(Creds::Unverified { message: c.message.clone(), stored_generation: stored, retry_in: Some(wait) });
             }
@@ -403,12 +540,21 @@ async fn sync_credentials(
     }
 
     let Some(src) = source::read(ctx, &ns, &source.name).await? else {
-        return Ok(Creds::Awaiting { reason: reasons::SOURCE_SECRET_NOT_FOUND, message: format!("Secret {ns}/{} (spec.credentialsSecretRef) does not exist", source.name) });
+        return Ok(Creds::Awaiting {
+            reason: reasons::SOURCE_SECRET_NOT_FOUND,
+            message: format!("Secret {ns}/{} (spec.credentialsSecretRef) does not exist", source.name),
+        });
     };
     status.source_resource_version = Some(src.resource_version.clone());
     let credential = match Credential::from_secret_data(kind, &src.data) {
         Ok(c) => c,
-        Err(e) => return Ok(Creds::Unusable { reason: reasons::SOURCE_SECRET_INVALID, message: format!("Secret {ns}/{}: {e}", source.name), rejected: false }),
+        Err(e) => {
+            return Ok(Creds::Unusable {
+                reason: reasons::SOURCE_SECRET_INVALID,
+                message: format!("Secret {ns}/{}: {e}", source.name),
+                rejected: false,
+            });
+        }
     };
     let data = credential.to_secret_data();
     let hash = credentials::data_hash(&data);
@@ -416,22 +562,39 @@ async fn sync_credentials(
     // A Secret of that name that the operator does not own is never overwritten.
     let owned_meta = match owned {
         Some(m) => Some(m.clone()),
-        None => Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_metadata_opt(secret_name).await.map_err(Error::kube("checking the credentials Secret name"))?.map(|m| m.metadata),
+        None => Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+            .get_metadata_opt(secret_name)
+            .await
+            .map_err(Error::kube("checking the credentials Secret name"))?
+            .map(|m| m.metadata),
     };
     if let Some(m) = &owned_meta {
         if !naming::owned_by(m.owner_references.as_ref(), &uid) {
             let _ = ctx
                 .recorder
                 .publish(
-                    &Event { type_: EventType::Warning, reason: reasons::SECRET_CONFLICT.into(), note: Some(format!("Secret {secret_name} exists and is not owned by this activation; it is left untouched")), action: "WriteSecret".into(), secondary: None },
+                    &Event {
+                        type_: EventType::Warning,
+                        reason: reasons::SECRET_CONFLICT.into(),
+                        note: Some(format!("Secret {secret_name} exists and is not owned by this activation; it is left untouched")),
+                        action: "WriteSecret".into(),
+                        secondary: None,
+                    },
                     &ua.object_ref(&()),
                 )
                 .await;
-            return Ok(Creds::Unusable { reason: reasons::SECRET_CONFLICT, message: format!("Secret {ns}/{secret_name} exists and is not owned by this activation: delete or rename it; Latchkey never overwrites it"), rejected: false });
+            return Ok(Creds::Unusable {
+                reason: reasons::SECRET_CONFLICT,
+                message: format!(
+                    "Secret {ns}/{secret_name} exists and is not owned by this activation: delete or rename it; Latchkey never overwrites it"
+                ),
+                rejected: false,
+            });
         }
     }
     let same_data = owned_meta.as_ref().and_then(|m| annotation(Some(m), DATA_HASH_ANNOTATION)) == Some(&hash);
-    let prev_generation = owned_meta.as_ref().and_then(|m| annotation(Some(m), GENERATION_ANNOTATION)).and_then(|g| g.parse::<u32>().ok()).unwrap_or(0);
+    let prev_generation =
+        owned_meta.as_ref().and_then(|m| annotation(Some(m), GENERATION_ANNOTATION)).and_then(|g| g.parse::<u32>().ok()).unwrap_or(0);
 
     let mut verified = None;
     if !same_data {
@@ -441,16 +604,28 @@ async fn sync_credentials(
             Ok(Some(verify::Verdict::Valid)) => verified = Some(true),
             Ok(Some(verify::Verdict::Rejected { status: code })) => {
                 let v = adm.connector.spec.verification.as_ref().map(|v| format!("{:?} {}", v.method, v.path)).unwrap_or_default();
-                return Ok(Creds::Unusable { reason: reasons::CREDENTIALS_REJECTED, message: format!("the provider answered {code} to {v}: the credentials in Secret {} do not work", source.name), rejected: true });
+                return Ok(Creds::Unusable {
+                    reason: reasons::CREDENTIALS_REJECTED,
+                    message: format!("the provider answered {code} to {v}: the credentials in Secret {} do not work", source.name),
+                    rejected: true,
+                });
             }
             // A credential that cannot even be put into the request (a key with a line break, say) is unusable:
             // retrying will not help.
             Err(verify::VerifyError::BadUrl(why)) => {
-                return Ok(Creds::Unusable { reason: reasons::SOURCE_SECRET_INVALID, message: format!("Secret {}: {why}", source.name), rejected: false });
+                return Ok(Creds::Unusable {
+                    reason: reasons::SOURCE_SECRET_INVALID,
+                    message: format!("Secret {}: {why}", source.name),
+                    rejected: false,
+                });
             }
             Err(e) => {
                 status.consecutive_failures = status.consecutive_failures.saturating_add(1);
-                return Ok(Creds::Unverified { message: e.to_string(), stored_generation: owned_is_ours.then_some(prev_generation).filter(|g| *g > 0), retry_in: None });
+                return Ok(Creds::Unverified {
+                    message: e.to_string(),
+                    stored_generation: owned_is_ours.then_some(prev_generation).filter(|g| *g > 0),
+                    retry_in: None,
+                });
             }
         }
     } else {
@@ -466,7 +641,9 @@ async fn sync_credentials(
     if verified == Some(true) {
         annotations.insert(naming::VERIFIED_ANNOTATION.to_string(), "true".into());
     }
-    let unchanged = same_data && owned_meta.as_ref().and_then(|m| annotation(Some(m), SOURCE_VERSION_ANNOTATION)) == Some(&src.resource_version) && owned_meta.as_ref().and_then(|m| annotation(Some(m), GENERATION_ANNOTATION)) == Some(&generation.to_string());
+    let unchanged = same_data
+        && owned_meta.as_ref().and_then(|m| annotation(Some(m), SOURCE_VERSION_ANNOTATION)) == Some(&src.resource_version)
+        && owned_meta.as_ref().and_then(|m| annotation(Some(m), GENERATION_ANNOTATION)) == Some(&generation.to_string());
     if !unchanged {
         write_secret(ctx, ua, secret_name, data, annotations).await?;
         debug!(activation = %ua.name_any(), secret = %secret_name, generation, "credentials stored");
@@ -479,7 +656,13 @@ fn reasons_static(r: &str) -> &'static str {
 }
 
 /// Server-side apply of the owned Secret.
-pub async fn write_secret(ctx: &Context, ua: &UserActivation, name: &str, data: BTreeMap<String, k8s_openapi::ByteString>, annotations: BTreeMap<String, String>) -> Result<()> {
+pub async fn write_secret(
+    ctx: &Context,
+    ua: &UserActivation,
+    name: &str,
+    data: BTreeMap<String, k8s_openapi::ByteString>,
+    annotations: BTreeMap<String, String>,
+) -> Result<()> {
     let ns = ua.namespace().unwrap_or_default();
     let secret = owned_secret_object(ua, name, data, annotations);
     Api::<Secret>::namespaced(ctx.client.clone(), &ns)
@@ -491,7 +674,12 @@ pub async fn write_secret(ctx: &Context, ua: &UserActivation, name: &str, data: 
 
 /// Creates the Job of a run, after checking the template. `Ok(Err(message))` when the template cannot run here.
 /// The same user's active activations of the other connections the job needs; `Err` names the missing ones.
-fn extra_connections(ctx: &Context, ua: &UserActivation, spec: &crate::api::embedded_connection::JobSpec, conn_ns: &str) -> Result<Vec<jobs::ExtraConnection>, String> {
+fn extra_connections(
+    ctx: &Context,
+    ua: &UserActivation,
+    spec: &crate::api::embedded_connection::JobSpec,
+    conn_ns: &str,
+) -> Result<Vec<jobs::ExtraConnection>, String> {
     let ns = ua.namespace().unwrap_or_default();
     let mine = ctx.stores.relations.activations_of_tenant_user(&ns, &ua.spec.user.id);
     let mut out = Vec::new();
@@ -507,7 +695,12 @@ fn extra_connections(ctx: &Context, ua: &UserActivation, spec: &crate::api::embe
             let ec = ctx.stores.connections.get(&ObjectRef::new(&need.connection_ref.name).within(&need_ns))?;
             let connector = ctx.stores.connectors.get(&ObjectRef::new(&ec.spec.connector_ref.name).within(&need_ns))?;
             let method = connector.auth_method(&ec.spec.auth_method)?;
-            Some(jobs::ExtraConnection { as_: need.as_.clone(), secret_name: o.status.as_ref()?.secret_name.clone()?, kind: method.kind(), base_url: connector.spec.base_url.clone() })
+            Some(jobs::ExtraConnection {
+                as_: need.as_.clone(),
+                secret_name: o.status.as_ref()?.secret_name.clone()?,
+                kind: method.kind(),
+                base_url: connector.spec.base_url.clone(),
+            })
         });
         match resolved {
             Some(x) => out.push(x),
@@ -557,10 +750,14 @@ async fn start_run(
     if !missing.is_empty() {
         return Ok(Err(format!("the job template names {} that do(es) not exist in namespace {ns}", missing.join(", "))));
     }
-    let input = jobs::RunInput { ua, job: spec, kind, secret_name, run_key: &key, base_url: &adm.connector.spec.base_url, variables, extra };
+    let input =
+        jobs::RunInput { ua, job: spec, kind, secret_name, run_key: &key, base_url: &adm.connector.spec.base_url, variables, extra };
     let job = jobs::build(&input, template);
     let name = job.name_any();
-    match Api::<Job>::namespaced(ctx.client.clone(), &ns).create(&PostParams { field_manager: Some(naming::FIELD_MANAGER.into()), ..Default::default() }, &job).await {
+    match Api::<Job>::namespaced(ctx.client.clone(), &ns)
+        .create(&PostParams { field_manager: Some(naming::FIELD_MANAGER.into()), ..Default::default() }, &job)
+        .await
+    {
         Ok(_) => {
             info!(activation = %ua.name_any(), namespace = %ns, job = %name, run = %key, "started run");
             ctx.metrics.job_started();

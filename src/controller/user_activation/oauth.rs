@@ -32,7 +32,9 @@ use crate::api::user_activation::Phase;
 use crate::api::{UserActivation, parse_duration};
 use crate::connect::token::{Claims, new_nonce};
 use crate::controller::{Context, Error, Result, backoff_for};
-use crate::credentials::oauth::{self, EXPIRES_AT_ANNOTATION, EXPIRY_GENERATION_ANNOTATION, OAuthClient, OAuthError, REFRESH_AT_ANNOTATION};
+use crate::credentials::oauth::{
+    self, EXPIRES_AT_ANNOTATION, EXPIRY_GENERATION_ANNOTATION, OAuthClient, OAuthError, REFRESH_AT_ANNOTATION,
+};
 use crate::credentials::{self, Credential, OAuth2Tokens};
 use crate::naming;
 
@@ -105,14 +107,28 @@ fn until(t: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
 }
 
 /// Publishes a connect link with a fresh nonce unless the current one is still good. Returns when to renew it.
-fn publish_link(ctx: &Context, ua: &UserActivation, adm: &Admitted<'_>, status: &mut UserActivationStatus, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+fn publish_link(
+    ctx: &Context,
+    ua: &UserActivation,
+    adm: &Admitted<'_>,
+    status: &mut UserActivationStatus,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     let cfg = ctx.connect.as_ref()?;
-    let good = status.connect_url.is_some() && status.connect_nonce.is_some() && status.connect_url_expires_at.is_some_and(|e| e - LINK_RENEW_BEFORE > now);
+    let good = status.connect_url.is_some()
+        && status.connect_nonce.is_some()
+        && status.connect_url_expires_at.is_some_and(|e| e - LINK_RENEW_BEFORE > now);
     if !good {
         let ttl = adm.connection.spec.connect_url_ttl.as_deref().and_then(parse_duration).unwrap_or(Duration::from_secs(24 * 3600));
         let exp = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(24));
         let nonce = new_nonce();
-        let claims = Claims { namespace: ua.namespace().unwrap_or_default(), name: ua.name_any(), uid: ua.uid().unwrap_or_default(), nonce: nonce.clone(), exp: exp.timestamp() };
+        let claims = Claims {
+            namespace: ua.namespace().unwrap_or_default(),
+            name: ua.name_any(),
+            uid: ua.uid().unwrap_or_default(),
+            nonce: nonce.clone(),
+            exp: exp.timestamp(),
+        };
         match cfg.keys.sign(&claims) {
             Ok(t) => {
                 status.connect_url = Some(cfg.connect_url(&t));
@@ -173,18 +189,33 @@ async fn tokens(
                 Some(e) if e > now => stored,
                 // Never had a token: keep saying what the provider answered last time.
                 None => {
-                    let last = crate::api::conditions::find(&status.conditions, crate::api::conditions::types::READY).filter(|c| c.message.starts_with("no access token yet"));
-                    let (reason, message) = last.map(|c| (reasons_of(&c.reason), c.message.clone())).unwrap_or((reasons::PROVIDER_UNAVAILABLE, format!("no access token yet; fetching is retried with backoff ({} failures so far)", status.consecutive_failures)));
+                    let last = crate::api::conditions::find(&status.conditions, crate::api::conditions::types::READY)
+                        .filter(|c| c.message.starts_with("no access token yet"));
+                    let (reason, message) = last.map(|c| (reasons_of(&c.reason), c.message.clone())).unwrap_or((
+                        reasons::PROVIDER_UNAVAILABLE,
+                        format!("no access token yet; fetching is retried with backoff ({} failures so far)", status.consecutive_failures),
+                    ));
                     Creds::Unusable { reason, message, rejected: false }
                 }
-                _ => Creds::Unusable { reason: reasons::TOKEN_EXPIRED, message: format!("the access token expired; refreshing is retried with backoff ({} failures so far)", status.consecutive_failures), rejected: false },
+                _ => Creds::Unusable {
+                    reason: reasons::TOKEN_EXPIRED,
+                    message: format!(
+                        "the access token expired; refreshing is retried with backoff ({} failures so far)",
+                        status.consecutive_failures
+                    ),
+                    rejected: false,
+                },
             });
         }
     }
     // A refresh asked for with the refresh-now annotation (a new value): due now, once.
     // Handled is recorded in status and on the owned Secret (whose store copy is fresh after a refresh wrote it).
     let handled_on_secret = annotation(owned, naming::REFRESH_NOW_ANNOTATION);
-    let forced = ua.annotations().get(naming::REFRESH_NOW_ANNOTATION).filter(|v| status.refresh_now_handled.as_ref() != Some(*v) && handled_on_secret != Some(*v)).cloned();
+    let forced = ua
+        .annotations()
+        .get(naming::REFRESH_NOW_ANNOTATION)
+        .filter(|v| status.refresh_now_handled.as_ref() != Some(*v) && handled_on_secret != Some(*v))
+        .cloned();
     if let (Some(v), None) = (handled_on_secret, &forced) {
         if ua.annotations().get(naming::REFRESH_NOW_ANNOTATION) == Some(v) {
             status.refresh_now_handled = Some(v.clone());
@@ -218,7 +249,13 @@ async fn tokens(
     let data = secret.data.clone().unwrap_or_default();
     let current = match Credential::from_secret_data(kind, &data) {
         Ok(Credential::OAuth2(t)) => t,
-        _ => return Ok(Creds::Unusable { reason: reasons::SOURCE_SECRET_INVALID, message: format!("Secret {secret_name} holds no usable OAuth2 tokens"), rejected: false }),
+        _ => {
+            return Ok(Creds::Unusable {
+                reason: reasons::SOURCE_SECRET_INVALID,
+                message: format!("Secret {secret_name} holds no usable OAuth2 tokens"),
+                rejected: false,
+            });
+        }
     };
     let client = match refresh_client(ctx, adm, m, kind, &current).await {
         Ok(c) => c,
@@ -273,9 +310,11 @@ async fn tokens(
             }
             Ok(declare_dead(ctx, ua, status, "the provider refused the refresh token (invalid_grant)").await)
         }
-        Err(OAuthError::Rejected { code, .. }) if kind == AuthKind::OAuth2ClientCredentials => {
-            Ok(Creds::Unusable { reason: reasons::CREDENTIALS_REJECTED, message: format!("the provider rejected the client ID and secret ({code})"), rejected: true })
-        }
+        Err(OAuthError::Rejected { code, .. }) if kind == AuthKind::OAuth2ClientCredentials => Ok(Creds::Unusable {
+            reason: reasons::CREDENTIALS_REJECTED,
+            message: format!("the provider rejected the client ID and secret ({code})"),
+            rejected: true,
+        }),
         Err(e) => {
             let reason = if e.is_transient() { reasons::PROVIDER_UNAVAILABLE } else { reasons::CLIENT_SECRET_INVALID };
             Ok(failure(ctx, ua, status, requeue, &current, now, reason, format!("refreshing the tokens failed: {e}"), stored))
@@ -289,7 +328,13 @@ fn unreachable_refresh() -> std::result::Result<oauth::TokenSet, OAuthError> {
 
 /// The client that refreshes: the organisation's app (authorization code, when there is a refresh token) or the
 /// tenant's own client (client credentials). `Ok(None)`: nothing to refresh with.
-async fn refresh_client(ctx: &Context, adm: &Admitted<'_>, m: &OAuth2Method, kind: AuthKind, t: &OAuth2Tokens) -> std::result::Result<Option<OAuthClient>, String> {
+async fn refresh_client(
+    ctx: &Context,
+    adm: &Admitted<'_>,
+    m: &OAuth2Method,
+    kind: AuthKind,
+    t: &OAuth2Tokens,
+) -> std::result::Result<Option<OAuthClient>, String> {
     if kind == AuthKind::OAuth2ClientCredentials {
         return match (&t.client_id, &t.client_secret) {
             (Some(id), Some(secret)) => Ok(Some(oauth::tenant_client(m, id, secret))),
@@ -300,20 +345,37 @@ async fn refresh_client(ctx: &Context, adm: &Admitted<'_>, m: &OAuth2Method, kin
         return Ok(None);
     }
     let redirect = ctx.connect.as_ref().map(|c| c.redirect_uri());
-    oauth::organisation_app(&ctx.client, &adm.connector.namespace().unwrap_or_default(), m, redirect).await.map(Some).map_err(|e| e.to_string())
+    oauth::organisation_app(&ctx.client, &adm.connector.namespace().unwrap_or_default(), m, redirect)
+        .await
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Writes rotated tokens with the read resourceVersion as precondition (a replace, never a forced apply). The
 /// generation stays: a refresh is not a credential change. Returns the new refresh time.
 #[allow(clippy::too_many_arguments)]
-async fn write_rotated(ctx: &Context, api: &Api<Secret>, mut secret: Secret, tokens: &OAuth2Tokens, m: &OAuth2Method, lifetime: Duration, generation: u32, forced: Option<&str>) -> Result<DateTime<Utc>> {
+async fn write_rotated(
+    ctx: &Context,
+    api: &Api<Secret>,
+    mut secret: Secret,
+    tokens: &OAuth2Tokens,
+    m: &OAuth2Method,
+    lifetime: Duration,
+    generation: u32,
+    forced: Option<&str>,
+) -> Result<DateTime<Utc>> {
     let _ = ctx;
     let data = Credential::OAuth2(tokens.clone()).to_secret_data();
     let expires_at = tokens.expires_at.unwrap_or_else(Utc::now);
     let mut annotations: BTreeMap<String, String> = secret.metadata.annotations.clone().unwrap_or_default();
     annotations.insert(naming::DATA_HASH_ANNOTATION.into(), credentials::data_hash(&data));
     let timing = oauth::timing_annotations(m, expires_at, lifetime, generation);
-    let refresh_at = timing.iter().find(|(k, _)| k == REFRESH_AT_ANNOTATION).and_then(|(_, v)| DateTime::parse_from_rfc3339(v).ok()).map(|t| t.with_timezone(&Utc)).unwrap_or(expires_at);
+    let refresh_at = timing
+        .iter()
+        .find(|(k, _)| k == REFRESH_AT_ANNOTATION)
+        .and_then(|(_, v)| DateTime::parse_from_rfc3339(v).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or(expires_at);
     annotations.extend(timing);
     if let Some(v) = forced {
         annotations.insert(naming::REFRESH_NOW_ANNOTATION.into(), v.into());
@@ -323,7 +385,9 @@ async fn write_rotated(ctx: &Context, api: &Api<Secret>, mut secret: Secret, tok
     secret.data = Some(data);
     let name = secret.name_any();
     // `replace` sends the read resourceVersion: a concurrent writer makes this fail with 409, never overwritten.
-    api.replace(&name, &PostParams { field_manager: Some(REFRESH_FIELD_MANAGER.into()), ..Default::default() }, &secret).await.map_err(Error::kube("writing the refreshed tokens"))?;
+    api.replace(&name, &PostParams { field_manager: Some(REFRESH_FIELD_MANAGER.into()), ..Default::default() }, &secret)
+        .await
+        .map_err(Error::kube("writing the refreshed tokens"))?;
     Ok(refresh_at)
 }
 
@@ -339,7 +403,17 @@ fn refreshed(ctx: &Context, outcome: &str) {
     ctx.metrics.refreshes.get_or_create(&crate::metrics::OutcomeLabel { outcome: outcome.into() }).inc();
 }
 
-fn failure(ctx: &Context, ua: &UserActivation, status: &mut UserActivationStatus, requeue: &mut Option<Duration>, t: &OAuth2Tokens, now: DateTime<Utc>, reason: &'static str, message: String, stored: Creds) -> Creds {
+fn failure(
+    ctx: &Context,
+    ua: &UserActivation,
+    status: &mut UserActivationStatus,
+    requeue: &mut Option<Duration>,
+    t: &OAuth2Tokens,
+    now: DateTime<Utc>,
+    reason: &'static str,
+    message: String,
+    stored: Creds,
+) -> Creds {
     refreshed(ctx, "error");
     let _ = ctx;
     status.consecutive_failures = status.consecutive_failures.saturating_add(1);
@@ -354,7 +428,11 @@ fn failure(ctx: &Context, ua: &UserActivation, status: &mut UserActivationStatus
         }
         // Never had a token (client credentials fetched for the first time): say what the provider answered.
         _ if t.access_token.is_empty() => Creds::Unusable { reason, message: format!("no access token yet: {message}"), rejected: false },
-        _ => Creds::Unusable { reason: if reason == reasons::PROVIDER_UNAVAILABLE { reasons::TOKEN_EXPIRED } else { reason }, message: format!("the access token expired and {message}"), rejected: false },
+        _ => Creds::Unusable {
+            reason: if reason == reasons::PROVIDER_UNAVAILABLE { reasons::TOKEN_EXPIRED } else { reason },
+            message: format!("the access token expired and {message}"),
+            rejected: false,
+        },
     }
 }
 
@@ -364,24 +442,35 @@ fn reasons_of(r: &str) -> &'static str {
 
 fn dead_grant(status: &UserActivationStatus) -> Creds {
     let _ = status;
-    Creds::Awaiting { reason: reasons::INVALID_GRANT, message: "the provider no longer accepts this grant: the user has to connect again through status.connectUrl".into() }
+    Creds::Awaiting {
+        reason: reasons::INVALID_GRANT,
+        message: "the provider no longer accepts this grant: the user has to connect again through status.connectUrl".into(),
+    }
 }
 
 async fn declare_dead(ctx: &Context, ua: &UserActivation, status: &mut UserActivationStatus, why: &str) -> Creds {
     warn!(activation = %ua.name_any(), namespace = %ua.namespace().unwrap_or_default(), reason = why, "grant is dead; reauthorization needed");
     status.next_refresh_time = None;
     status.connect_url = None; // a fresh link with a fresh nonce
-    event(ctx, ua, EventType::Warning, reasons::INVALID_GRANT, &format!("{why}: the user has to connect again through status.connectUrl")).await;
+    event(ctx, ua, EventType::Warning, reasons::INVALID_GRANT, &format!("{why}: the user has to connect again through status.connectUrl"))
+        .await;
     dead_grant(status)
 }
 
 async fn event(ctx: &Context, ua: &UserActivation, type_: EventType, reason: &str, note: &str) {
-    let _ = ctx.recorder.publish(&Event { type_, reason: reason.into(), note: Some(note.into()), action: "RefreshTokens".into(), secondary: None }, &ua.object_ref(&())).await;
+    let _ = ctx
+        .recorder
+        .publish(
+            &Event { type_, reason: reason.into(), note: Some(note.into()), action: "RefreshTokens".into(), secondary: None },
+            &ua.object_ref(&()),
+        )
+        .await;
 }
 
 /// Whether deleting the activation has something to revoke first.
 pub(super) fn revocable(adm: &Admitted<'_>) -> bool {
-    adm.connection.spec.secret_deletion_policy == SecretDeletionPolicy::Delete && adm.method.oauth2.as_ref().is_some_and(|m| m.revocation_url.is_some())
+    adm.connection.spec.secret_deletion_policy == SecretDeletionPolicy::Delete
+        && adm.method.oauth2.as_ref().is_some_and(|m| m.revocation_url.is_some())
 }
 
 /// Revokes the activation's grant at the provider: best effort, bounded, never failing the deletion. A missing
@@ -390,8 +479,10 @@ pub(super) async fn revoke_on_delete(ctx: &Context, ua: &UserActivation) {
     let ns = ua.namespace().unwrap_or_default();
     let work = async {
         let conn_ns = ua.connection_namespace().unwrap_or_default();
-        let connection = ctx.stores.connections.get(&kube::runtime::reflector::ObjectRef::new(&ua.spec.connection_ref.name).within(&conn_ns))?;
-        let connector = ctx.stores.connectors.get(&kube::runtime::reflector::ObjectRef::new(&connection.spec.connector_ref.name).within(&conn_ns))?;
+        let connection =
+            ctx.stores.connections.get(&kube::runtime::reflector::ObjectRef::new(&ua.spec.connection_ref.name).within(&conn_ns))?;
+        let connector =
+            ctx.stores.connectors.get(&kube::runtime::reflector::ObjectRef::new(&connection.spec.connector_ref.name).within(&conn_ns))?;
         let method = connector.auth_method(&connection.spec.auth_method)?.clone();
         let m = method.oauth2.as_ref()?;
         m.revocation_url.as_ref()?;

@@ -38,9 +38,7 @@ impl OAuthClient {
             client_secret: client_secret.into(),
             redirect_uris: Vec::new(),
             auth: ClientAuth::Basic,
-            grant_types: ["authorization_code", "refresh_token", "client_credentials"]
-                .map(String::from)
-                .into(),
+            grant_types: ["authorization_code", "refresh_token", "client_credentials"].map(String::from).into(),
         }
     }
 
@@ -148,10 +146,7 @@ impl OAuthServerConfig {
         let flag = |on: bool| if on { "1" } else { "0" }.to_string();
         let mut env = vec![
             ("PORT".into(), "0".into()),
-            (
-                "OAUTH_CLIENTS".into(),
-                Value::from_iter(self.clients.iter().map(OAuthClient::metadata)).to_string(),
-            ),
+            ("OAUTH_CLIENTS".into(), Value::from_iter(self.clients.iter().map(OAuthClient::metadata)).to_string()),
             (
                 "OAUTH_AUTO_APPROVE".into(),
                 match self.consent {
@@ -161,20 +156,11 @@ impl OAuthServerConfig {
                 }
                 .into(),
             ),
-            (
-                "OAUTH_ROTATE_REFRESH_TOKEN".into(),
-                flag(self.rotate_refresh_tokens),
-            ),
+            ("OAUTH_ROTATE_REFRESH_TOKEN".into(), flag(self.rotate_refresh_tokens)),
             ("OAUTH_PKCE_REQUIRED".into(), flag(self.pkce_required)),
-            (
-                "OAUTH_STRICT_CLIENT_AUTH".into(),
-                flag(self.strict_client_auth),
-            ),
+            ("OAUTH_STRICT_CLIENT_AUTH".into(), flag(self.strict_client_auth)),
             ("OAUTH_OMIT_EXPIRES_IN".into(), flag(self.omit_expires_in)),
-            (
-                "OAUTH_REFRESH_OMITS_REFRESH_TOKEN".into(),
-                flag(self.refresh_omits_refresh_token),
-            ),
+            ("OAUTH_REFRESH_OMITS_REFRESH_TOKEN".into(), flag(self.refresh_omits_refresh_token)),
         ];
         let mut set = |name: &str, value: Option<String>| {
             if let Some(value) = value {
@@ -183,10 +169,7 @@ impl OAuthServerConfig {
         };
         set("OAUTH_ACCESS_TTL", self.access_ttl.map(|s| s.to_string()));
         set("OAUTH_REFRESH_TTL", self.refresh_ttl.map(|s| s.to_string()));
-        set(
-            "OAUTH_CLIENT_CREDENTIALS_TTL",
-            self.client_credentials_ttl.map(|s| s.to_string()),
-        );
+        set("OAUTH_CLIENT_CREDENTIALS_TTL", self.client_credentials_ttl.map(|s| s.to_string()));
         set("OAUTH_PASSWORD", self.password.clone());
         set("OAUTH_SCOPES", self.scopes.as_ref().map(|s| s.join(" ")));
         env.extend(self.env.iter().cloned());

@@ -23,10 +23,7 @@ impl Pkce {
         let bytes: [u8; 32] = rand::rng().random();
         let verifier = URL_SAFE_NO_PAD.encode(bytes);
         let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-        Pkce {
-            verifier,
-            challenge,
-        }
+        Pkce { verifier, challenge }
     }
 }
 
@@ -46,20 +43,13 @@ pub struct Login {
 
 impl Default for Login {
     fn default() -> Self {
-        Login {
-            username: AUTO_APPROVE_USER.into(),
-            password: TEST_PASSWORD.into(),
-            approve: true,
-        }
+        Login { username: AUTO_APPROVE_USER.into(), password: TEST_PASSWORD.into(), approve: true }
     }
 }
 
 impl Login {
     pub fn as_user(username: &str) -> Login {
-        Login {
-            username: username.into(),
-            ..Login::default()
-        }
+        Login { username: username.into(), ..Login::default() }
     }
 }
 
@@ -76,11 +66,7 @@ pub struct AuthorizationRedirect {
 #[derive(Debug)]
 pub enum ConsentError {
     /// The redirect to the client carried `error` (e.g. `access_denied`) instead of a code.
-    Denied {
-        error: String,
-        description: Option<String>,
-        url: String,
-    },
+    Denied { error: String, description: Option<String>, url: String },
     /// The login form answered 401.
     LoginRejected,
     /// Something else: an unexpected status, a page without a form, too many hops.
@@ -90,14 +76,8 @@ pub enum ConsentError {
 impl std::fmt::Display for ConsentError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ConsentError::Denied {
-                error, description, ..
-            } => {
-                write!(
-                    f,
-                    "authorization denied: {error} {}",
-                    description.as_deref().unwrap_or("")
-                )
+            ConsentError::Denied { error, description, .. } => {
+                write!(f, "authorization denied: {error} {}", description.as_deref().unwrap_or(""))
             }
             ConsentError::LoginRejected => {
                 write!(f, "the login form rejected the username or password")
@@ -121,11 +101,9 @@ impl CookieJar {
             let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else {
                 continue;
             };
-            let expired = parts.map(|a| a.trim().to_ascii_lowercase()).any(|a| {
-                a == "max-age=0"
-                    || a.starts_with("max-age=-")
-                    || a.starts_with("expires=thu, 01 jan 1970")
-            });
+            let expired = parts
+                .map(|a| a.trim().to_ascii_lowercase())
+                .any(|a| a == "max-age=0" || a.starts_with("max-age=-") || a.starts_with("expires=thu, 01 jan 1970"));
             if expired || value.is_empty() {
                 self.0.remove(name.trim());
             } else {
@@ -135,13 +113,7 @@ impl CookieJar {
     }
 
     fn header(&self) -> Option<String> {
-        (!self.0.is_empty()).then(|| {
-            self.0
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
+        (!self.0.is_empty()).then(|| self.0.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; "))
     }
 }
 
@@ -151,19 +123,14 @@ const MAX_HOPS: usize = 20;
 /// redirects there, such as an operator's connect link), follows `Location` headers with a cookie jar and
 /// redirects off, fills in the login form when the server shows one, and stops at the first redirect that
 /// starts with `redirect_uri`, returning its `code` and `state`. The redirect URI itself is not requested.
-pub async fn authorize_without_browser(
-    start_url: &str,
-    redirect_uri: &str,
-    login: &Login,
-) -> Result<AuthorizationRedirect, ConsentError> {
+pub async fn authorize_without_browser(start_url: &str, redirect_uri: &str, login: &Login) -> Result<AuthorizationRedirect, ConsentError> {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
         .build()
         .expect("reqwest client");
     let mut jar = CookieJar::default();
-    let mut url = Url::parse(start_url)
-        .map_err(|e| ConsentError::Unexpected(format!("bad start URL: {e}")))?;
+    let mut url = Url::parse(start_url).map_err(|e| ConsentError::Unexpected(format!("bad start URL: {e}")))?;
     let mut form: Option<Vec<(&str, String)>> = None;
 
     for _ in 0..MAX_HOPS {
@@ -177,10 +144,7 @@ pub async fn authorize_without_browser(
         if let Some(cookies) = jar.header() {
             request = request.header(reqwest::header::COOKIE, cookies);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ConsentError::Unexpected(format!("{url}: {e}")))?;
+        let response = request.send().await.map_err(|e| ConsentError::Unexpected(format!("{url}: {e}")))?;
         jar.store(response.headers());
         let status = response.status();
 
@@ -189,12 +153,8 @@ pub async fn authorize_without_browser(
                 .headers()
                 .get(reqwest::header::LOCATION)
                 .and_then(|l| l.to_str().ok())
-                .ok_or_else(|| {
-                    ConsentError::Unexpected(format!("{url}: {status} without Location"))
-                })?;
-            url = url
-                .join(location)
-                .map_err(|e| ConsentError::Unexpected(format!("bad Location {location}: {e}")))?;
+                .ok_or_else(|| ConsentError::Unexpected(format!("{url}: {status} without Location")))?;
+            url = url.join(location).map_err(|e| ConsentError::Unexpected(format!("bad Location {location}: {e}")))?;
             continue;
         }
         if status == reqwest::StatusCode::UNAUTHORIZED {
@@ -202,12 +162,8 @@ pub async fn authorize_without_browser(
         }
         let body = response.text().await.unwrap_or_default();
         if status.is_success() && body.contains("<form") {
-            let action = form_action(&body).ok_or_else(|| {
-                ConsentError::Unexpected(format!("{url}: a form without an action"))
-            })?;
-            url = url
-                .join(&action)
-                .map_err(|e| ConsentError::Unexpected(format!("bad form action {action}: {e}")))?;
+            let action = form_action(&body).ok_or_else(|| ConsentError::Unexpected(format!("{url}: a form without an action")))?;
+            url = url.join(&action).map_err(|e| ConsentError::Unexpected(format!("bad form action {action}: {e}")))?;
             let decision = if login.approve { "approve" } else { "deny" };
             let mut fields = vec![("decision", decision.to_string())];
             if body.contains("name=\"username\"") {
@@ -217,14 +173,9 @@ pub async fn authorize_without_browser(
             form = Some(fields);
             continue;
         }
-        return Err(ConsentError::Unexpected(format!(
-            "{url}: {status} {}",
-            body.chars().take(500).collect::<String>()
-        )));
+        return Err(ConsentError::Unexpected(format!("{url}: {status} {}", body.chars().take(500).collect::<String>())));
     }
-    Err(ConsentError::Unexpected(format!(
-        "no redirect to {redirect_uri} after {MAX_HOPS} hops (last {url})"
-    )))
+    Err(ConsentError::Unexpected(format!("no redirect to {redirect_uri} after {MAX_HOPS} hops (last {url})")))
 }
 
 fn form_action(html: &str) -> Option<String> {
@@ -237,19 +188,8 @@ fn form_action(html: &str) -> Option<String> {
 fn redirect_outcome(url: Url) -> Result<AuthorizationRedirect, ConsentError> {
     let query: HashMap<String, String> = url.query_pairs().into_owned().collect();
     if let Some(error) = query.get("error") {
-        return Err(ConsentError::Denied {
-            error: error.clone(),
-            description: query.get("error_description").cloned(),
-            url: url.into(),
-        });
+        return Err(ConsentError::Denied { error: error.clone(), description: query.get("error_description").cloned(), url: url.into() });
     }
-    let code = query.get("code").cloned().ok_or_else(|| {
-        ConsentError::Unexpected(format!("redirect without code or error: {url}"))
-    })?;
-    Ok(AuthorizationRedirect {
-        code,
-        state: query.get("state").cloned(),
-        iss: query.get("iss").cloned(),
-        url,
-    })
+    let code = query.get("code").cloned().ok_or_else(|| ConsentError::Unexpected(format!("redirect without code or error: {url}")))?;
+    Ok(AuthorizationRedirect { code, state: query.get("state").cloned(), iss: query.get("iss").cloned(), url })
 }

@@ -80,12 +80,7 @@ impl Event {
 
     /// A refresh request that presented a refresh token already presented before.
     pub fn reused_refresh_token(&self) -> bool {
-        self.is_refresh()
-            && self.outcome != "injected"
-            && self
-                .refresh_token
-                .as_ref()
-                .is_some_and(|t| t.prior_uses > 0)
+        self.is_refresh() && self.outcome != "injected" && self.refresh_token.as_ref().is_some_and(|t| t.prior_uses > 0)
     }
 
     /// A resource request with an access token that had expired when it arrived.
@@ -96,8 +91,5 @@ impl Event {
 
 /// How the server names a token in its records: the first 16 hex digits of SHA-256 of the value.
 pub fn fingerprint(token: &str) -> String {
-    Sha256::digest(token.as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(token.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
