@@ -28,6 +28,9 @@ if [ ! -d tests/oauth-server/node_modules ] || [ tests/oauth-server/package-lock
 fi
 if [ -f scripts/browser-deps.sh ]; then scripts/browser-deps.sh; fi
 
+if command -v rustfmt >/dev/null; then
+  cargo fmt --all -- --check >/dev/null || { echo "make test: rustfmt would change files: run cargo fmt --all" >&2; exit 1; }
+fi
 say "building the operator and the tests (cold: ~4 minutes)"
 cargo build --locked --all-targets --quiet
 
