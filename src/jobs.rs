@@ -167,17 +167,7 @@ pub fn build(input: &RunInput<'_>, mut template: PodTemplateSpec) -> Job {
         pod.automount_service_account_token = Some(false);
     }
     let mut volumes = pod.volumes.take().unwrap_or_default();
-    volumes.push(Volume {
-        name: CREDENTIALS_VOLUME.into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(input.secret_name.into()),
-            // Only usable keys: never the refresh token or a client secret.
-            items: Some(usable.iter().map(|(k, _)| KeyToPath { key: (*k).into(), path: (*k).into(), mode: None }).collect()),
-            default_mode: Some(0o440),
-            optional: Some(false),
-        }),
-        ..Default::default()
-    });
+    volumes.push(credential_volume(CREDENTIALS_VOLUME, input.secret_name, &usable));
     volumes.push(Volume {
         name: VARIABLES_VOLUME.into(),
         downward_api: Some(DownwardAPIVolumeSource {
@@ -200,21 +190,7 @@ pub fn build(input: &RunInput<'_>, mut template: PodTemplateSpec) -> Job {
         EnvVar { name: "LATCHKEY_CREDENTIALS_DIR".into(), value: Some(CREDENTIALS_DIR.into()), value_from: None },
         EnvVar { name: "LATCHKEY_VARIABLES_FILE".into(), value: Some(format!("{VARIABLES_DIR}/variables.json")), value_from: None },
     ];
-    for (key, var) in &usable {
-        // Optional: an OAuth grant may lack token_type or expires_at.
-        let optional = !matches!(
-            *key,
-            credentials::keys::API_KEY | credentials::keys::ACCESS_TOKEN | credentials::keys::USERNAME | credentials::keys::PASSWORD
-        );
-        env.push(EnvVar {
-            name: (*var).into(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector { name: input.secret_name.into(), key: (*key).into(), optional: Some(optional) }),
-                ..Default::default()
-            }),
-        });
-    }
+    env.extend(credential_env(input.secret_name, &usable, None));
     env.extend(variable_env(input.variables));
     let mut mounts = vec![
         VolumeMount { name: CREDENTIALS_VOLUME.into(), mount_path: CREDENTIALS_DIR.into(), read_only: Some(true), ..Default::default() },
@@ -224,16 +200,7 @@ pub fn build(input: &RunInput<'_>, mut template: PodTemplateSpec) -> Job {
         let lower = x.as_.to_ascii_lowercase().replace('_', "-");
         let volume = format!("latchkey-{lower}");
         let keys = credentials::job_keys(x.kind);
-        volumes.push(Volume {
-            name: volume.clone(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(x.secret_name.clone()),
-                items: Some(keys.iter().map(|(k, _)| KeyToPath { key: (*k).into(), path: (*k).into(), mode: None }).collect()),
-                default_mode: Some(0o440),
-                optional: Some(false),
-            }),
-            ..Default::default()
-        });
+        volumes.push(credential_volume(&volume, &x.secret_name, &keys));
         mounts.push(VolumeMount {
             name: volume,
             mount_path: format!("/var/run/latchkey/{lower}"),
@@ -241,20 +208,7 @@ pub fn build(input: &RunInput<'_>, mut template: PodTemplateSpec) -> Job {
             ..Default::default()
         });
         env.push(EnvVar { name: format!("LATCHKEY_{}_BASE_URL", x.as_), value: Some(x.base_url.clone()), value_from: None });
-        for (key, var) in &keys {
-            let optional = !matches!(
-                *key,
-                credentials::keys::API_KEY | credentials::keys::ACCESS_TOKEN | credentials::keys::USERNAME | credentials::keys::PASSWORD
-            );
-            env.push(EnvVar {
-                name: var.replacen("LATCHKEY_", &format!("LATCHKEY_{}_", x.as_), 1),
-                value: None,
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector { name: x.secret_name.clone(), key: (*key).into(), optional: Some(optional) }),
-                    ..Default::default()
-                }),
-            });
-        }
+        env.extend(credential_env(&x.secret_name, &keys, Some(&x.as_)));
     }
     pod.volumes = Some(volumes);
     for c in pod.containers.iter_mut().chain(pod.init_containers.iter_mut().flatten()) {
@@ -283,6 +237,45 @@ pub fn build(input: &RunInput<'_>, mut template: PodTemplateSpec) -> Job {
         }),
         status: None,
     }
+}
+
+/// A Secret volume with only the usable keys of a credential: never the refresh token or a client secret.
+fn credential_volume(name: &str, secret: &str, keys: &[(&'static str, &'static str)]) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: Some(keys.iter().map(|(k, _)| KeyToPath { key: (*k).into(), path: (*k).into(), mode: None }).collect()),
+            default_mode: Some(0o440),
+            optional: Some(false),
+        }),
+        ..Default::default()
+    }
+}
+
+/// `LATCHKEY_[<AS>_]<KEY>` env vars from the credential's Secret. Keys an OAuth grant may lack (token_type,
+/// expires_at) are optional.
+fn credential_env(secret: &str, keys: &[(&'static str, &'static str)], prefix: Option<&str>) -> Vec<EnvVar> {
+    keys.iter()
+        .map(|(key, var)| {
+            let required = matches!(
+                *key,
+                credentials::keys::API_KEY | credentials::keys::ACCESS_TOKEN | credentials::keys::USERNAME | credentials::keys::PASSWORD
+            );
+            let name = match prefix {
+                Some(p) => var.replacen("LATCHKEY_", &format!("LATCHKEY_{p}_"), 1),
+                None => (*var).to_string(),
+            };
+            EnvVar {
+                name,
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: (*key).into(), optional: Some(!required) }),
+                    ..Default::default()
+                }),
+            }
+        })
+        .collect()
 }
 
 /// The outcome of a Job from its status.
