@@ -195,6 +195,13 @@ impl Resolved {
 }
 
 /// Reads the activation a verified token names and checks that the link is still the current one.
+/// Verifies a connect token (before any I/O) and resolves what it points at; the answer to send when either fails.
+async fn verify_and_resolve(st: &ConnectState, tok: &str) -> Result<(Claims, Resolved), Response> {
+    let claims = st.config.keys.verify(tok, Utc::now()).map_err(|e| token_refusal(e).into_response())?;
+    let r = resolve(st, &claims).await.map_err(IntoResponse::into_response)?;
+    Ok((claims, r))
+}
+
 async fn resolve(st: &ConnectState, claims: &Claims) -> Result<Resolved, Refusal> {
     let api: Api<UserActivation> = Api::namespaced(st.client.clone(), &claims.namespace);
     let ua = api.get_opt(&claims.name).await.map_err(|e| {
@@ -261,13 +268,9 @@ fn fields(kind: AuthKind) -> &'static [Field] {
 
 /// `GET /connect/{token}`: the form, or the redirect to the provider's consent page. Changes nothing.
 async fn show(State(st): State<ConnectState>, Path(tok): Path<String>) -> Response {
-    let claims = match st.config.keys.verify(&tok, Utc::now()) {
-        Ok(c) => c,
-        Err(e) => return token_refusal(e).into_response(),
-    };
-    let r = match resolve(&st, &claims).await {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
+    let (claims, r) = match verify_and_resolve(&st, &tok).await {
+        Ok(v) => v,
+        Err(refused) => return refused,
     };
     let kind = r.method.kind();
     if kind != AuthKind::OAuth2AuthorizationCode {
@@ -306,13 +309,9 @@ async fn show(State(st): State<ConnectState>, Path(tok): Path<String>) -> Respon
 
 /// `POST /connect/{token}`: checks and stores the credential the user typed, then sends them back.
 async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(form): Form<HashMap<String, String>>) -> Response {
-    let claims = match st.config.keys.verify(&tok, Utc::now()) {
-        Ok(c) => c,
-        Err(e) => return token_refusal(e).into_response(),
-    };
-    let r = match resolve(&st, &claims).await {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
+    let (claims, r) = match verify_and_resolve(&st, &tok).await {
+        Ok(v) => v,
+        Err(refused) => return refused,
     };
     let kind = r.method.kind();
     if kind == AuthKind::OAuth2AuthorizationCode {

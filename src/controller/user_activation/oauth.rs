@@ -23,7 +23,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::{Creds, decide::Admitted};
+use super::{Creds, annotation, decide::Admitted};
 use crate::api::UserActivationStatus;
 use crate::api::conditions::reasons;
 use crate::api::connector::{AuthKind, OAuth2Method};
@@ -142,10 +142,6 @@ fn publish_link(
         }
     }
     status.connect_url_expires_at.map(|e| e - LINK_RENEW_BEFORE)
-}
-
-fn annotation<'a>(meta: Option<&'a ObjectMeta>, key: &str) -> Option<&'a String> {
-    meta.and_then(|m| m.annotations.as_ref()).and_then(|a| a.get(key))
 }
 
 fn time(meta: Option<&ObjectMeta>, key: &str) -> Option<DateTime<Utc>> {
