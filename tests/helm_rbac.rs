@@ -251,3 +251,66 @@ async fn cluster_wide_rbac_reads_everywhere_but_changes_only_what_it_owns() {
     }
     drop(release);
 }
+
+/// A tenant namespace's own people use the rights they already hold there: whoever is bound to Kubernetes' `admin`
+/// or `edit` role manages its activations, `view` reads them, and none of this opens the credentials Secrets or
+/// another namespace.
+#[tokio::test]
+async fn namespace_admins_manage_activations_and_viewers_read_them_through_the_default_roles() {
+    let bed = bed().await;
+    let home = namespace(&bed, "rbac-agg").await;
+    let tenant = namespace(&bed, "rbac-agg-tenant").await;
+    let other = namespace(&bed, "rbac-agg-other").await;
+    let release = Release::install(&bed, &format!("agg-{}", suffix()), home.name(), &[]);
+    let (admin, viewer) = (format!("tenant-admin-{}", suffix()), format!("tenant-viewer-{}", suffix()));
+    for (user, role) in [(&admin, "admin"), (&viewer, "view")] {
+        let rb: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": format!("{role}-{user}")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+        }))
+        .unwrap();
+        tenant.api::<k8s_openapi::api::rbac::v1::RoleBinding>().create(&PostParams::default(), &rb).await.unwrap();
+    }
+    let can_i = |user: &str, args: &[&str]| {
+        let mut c = tool("kubectl");
+        c.args(["auth", "can-i"]).args(args).args(["--as", user]).env("KUBECONFIG", &bed.kubeconfig);
+        c.output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "yes").unwrap_or(false)
+    };
+    let ns = tenant.name();
+    // The controller-manager aggregates the chart's rules into the default roles a moment after the install.
+    wait_for_value("the chart's rules aggregated into `admin`", T, || async {
+        if can_i(&admin, &["create", "useractivations.latchkey.dev", "-n", ns]) { Ok(()) } else { Err("not yet".to_string()) }
+    })
+    .await;
+    wait_for_value("the chart's rules aggregated into `view`", T, || async {
+        if can_i(&viewer, &["list", "useractivations.latchkey.dev", "-n", ns]) { Ok(()) } else { Err("not yet".to_string()) }
+    })
+    .await;
+    for (user, args) in [
+        (&admin, vec!["patch", "useractivations.latchkey.dev", "-n", ns]),
+        (&admin, vec!["delete", "useractivations.latchkey.dev", "-n", ns]),
+        (&admin, vec!["create", "embeddedconnections.latchkey.dev", "-n", ns]),
+        (&viewer, vec!["get", "connectors.latchkey.dev", "-n", ns]),
+        (&viewer, vec!["watch", "embeddedconnections.latchkey.dev", "-n", ns]),
+    ] {
+        assert!(can_i(user, &args), "{user} should be able to: can-i {args:?}");
+    }
+    for (user, args) in [
+        (&viewer, vec!["create", "useractivations.latchkey.dev", "-n", ns]),
+        (&viewer, vec!["patch", "useractivations.latchkey.dev", "-n", ns]),
+        (&viewer, vec!["get", "secrets", "-n", ns]),
+        (&viewer, vec!["patch", "useractivations.latchkey.dev", "--subresource=status", "-n", ns]),
+        (&admin, vec!["list", "useractivations.latchkey.dev", "-n", other.name()]),
+        (&admin, vec!["get", "secrets", "-n", other.name()]),
+        (&admin, vec!["list", "useractivations.latchkey.dev", "--all-namespaces"]),
+    ] {
+        assert!(!can_i(user, &args), "{user} must not: can-i {args:?}");
+    }
+    drop(release);
+    // The roles go with the release: the default roles lose the rules again.
+    wait_for_value("the rules leave `view` with the release", T, || async {
+        if can_i(&viewer, &["list", "useractivations.latchkey.dev", "-n", ns]) { Err("still there".to_string()) } else { Ok(()) }
+    })
+    .await;
+}
