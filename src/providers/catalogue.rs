@@ -88,6 +88,8 @@ const P: Provider = Provider {
 
 /// The catalogue, sorted by id.
 pub static PROVIDERS: &[Provider] = &[
+    // Checked 2026-11-26: airtable.com/developers/web/api/oauth-reference (authorize URL, space-delimited scopes, code_challenge with
+    // S256 among the authorization parameters, basic authentication for confidential clients).
     Provider {
         id: "airtable",
         name: "Airtable",
@@ -114,6 +116,8 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "Requests also need an `anthropic-version` header, which Jobs add; no verification request (it needs that header too).",
         ..P
     },
+    // Checked 2026-11-26: developers.asana.com/docs/oauth quick reference (GET /-/oauth_authorize, POST /-/oauth_token, POST
+    // /-/oauth_revoke). PKCE support is from Asana's OAuth guide as read before; not re-confirmed in this pass.
     Provider {
         id: "asana",
         name: "Asana",
@@ -130,11 +134,14 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "Access tokens last one hour. Scopes are configured on the app unless listed. API key: a personal access token.",
         ..P
     },
+    // Checked 2026-11-26: developer.atlassian.com/cloud/oauth/getting-started/implementing-oauth-3lo (authorize URL, space-separated
+    // scopes, prompt=consent, code exchange at auth.atlassian.com/oauth/token) and .../cloud/jira/platform/oauth-2-3lo-apps/
+    // (audience=api.atlassian.com, offline_access, rotating refresh tokens, /ex/{product}/{cloudid}). PKCE is not documented.
     Provider {
         id: "atlassian",
         name: "Atlassian (Jira, Confluence)",
         base_url: "https://api.atlassian.com",
-        docs: "https://developer.atlassian.com/cloud/jira/platform/oauth-2-3lo-apps/",
+        docs: "https://developer.atlassian.com/cloud/oauth/getting-started/implementing-oauth-3lo",
         tenant: Some(
             "cloudid: each site's id, from GET https://api.atlassian.com/oauth/token/accessible-resources; product APIs live under /ex/jira/{cloudid} and /ex/confluence/{cloudid}",
         ),
@@ -166,6 +173,8 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "Scopes are set on the OAuth consumer. Access tokens last two hours.",
         ..P
     },
+    // Checked 2026-11-26: developer.box.com/guides/authentication/tokens (access tokens 60 minutes, refresh tokens 60 days or one use)
+    // and /tokens/access-tokens (POST https://api.box.com/oauth2/token, form body). Box documents no PKCE.
     Provider {
         id: "box",
         name: "Box",
@@ -224,17 +233,24 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "API key: an API token (not the legacy global key).",
         ..P
     },
+    // Checked 2026-11-26: docs.datadoghq.com/api/latest/authentication (API key for writes, plus application key for reads;
+    // GET /api/v1/validate per site) and .../key-management/validate-api-and-application-keys (/api/v2/validate_keys checks both).
     Provider {
         id: "datadog",
         name: "Datadog",
         base_url: "https://api.datadoghq.com",
         docs: "https://docs.datadoghq.com/account_management/api-app-keys/",
-        tenant: Some("site: US1 is api.datadoghq.com; other sites (datadoghq.eu, us3/us5.datadoghq.com, ap1.datadoghq.com) set baseUrl"),
+        tenant: Some(
+            "site: US1 is api.datadoghq.com; other sites set baseUrl to api.us3.datadoghq.com, api.us5.datadoghq.com, api.datadoghq.eu, api.ap1.datadoghq.com, api.ap2.datadoghq.com, api.uk1.datadoghq.com or api.ddog-gov.com",
+        ),
         api_key: Some(header("DD-API-KEY")),
         verification: get("/api/v1/validate"),
-        notes: "Most read APIs also need an application key (DD-APPLICATION-KEY), which one API-key method cannot carry yet.",
+        notes: "Writes need the API key; reads also need an application key (DD-APPLICATION-KEY), which one API-key method cannot carry yet. /api/v1/validate checks the API key only (403 when invalid).",
         ..P
     },
+    // Checked 2026-11-26 only against secondary sources (logto.io provider explorer, community guides): the three endpoint URLs and a
+    // form-encoded token request. Discord's own page (discord.com/developers/docs/topics/oauth2) was not in the searchable corpus,
+    // so basic client authentication and the missing PKCE are not confirmed here.
     Provider {
         id: "discord",
         name: "Discord",
@@ -254,6 +270,8 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "API key: a bot token, sent as `Bot <token>` (/users/@me then names the bot).",
         ..P
     },
+    // Checked 2026-11-26: dropbox.tech/developers/using-oauth-2-0-with-offline-access (short-lived tokens, token_access_type=offline
+    // for a refresh token); the SDKs implement PKCE. The four-hour lifetime is from Dropbox's migration post.
     Provider {
         id: "dropbox",
         name: "Dropbox",
@@ -270,6 +288,9 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "token_access_type=offline is what yields a refresh token; access tokens last four hours. Revocation is POST /2/auth/token/revoke with the token as bearer (not RFC 7009).",
         ..P
     },
+    // Checked 2026-11-26: docs.github.com .../authorizing-oauth-apps (web application flow, /login/oauth/authorize) and
+    // github.blog/changelog/2025-07-14-pkce-support-for-oauth-and-github-app-authentication (S256 only, supported, not required).
+    // Not confirmed in this pass: the 8-hour GitHub-App token lifetime and the DELETE revocation path (from earlier reading).
     Provider {
         id: "github",
         name: "GitHub",
@@ -286,6 +307,8 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "OAuth-app tokens never expire and come without a refresh token (set defaultTokenLifetime long); GitHub-App user tokens last 8 hours with a 6-month refresh token. PKCE (S256) supported since July 2025. The token endpoint answers form-encoded unless asked for JSON. Revocation is DELETE /applications/{client_id}/token (not RFC 7009). API key: a personal access token.",
         ..P
     },
+    // Checked 2026-11-26: docs.gitlab.com/api/oauth2/ (authorization code with PKCE recommended for server apps too; /oauth/token,
+    // /oauth/revoke, /oauth/userinfo on the instance's host). Not confirmed on an official page: the two-hour access-token lifetime.
     Provider {
         id: "gitlab",
         name: "GitLab",
@@ -303,6 +326,8 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "gitlab.com; a self-managed GitLab sets baseUrl and the three URLs to its own host. Access tokens last two hours; refresh tokens rotate. API key: a personal, group or project access token.",
         ..P
     },
+    // Checked 2026-11-26: developers.google.com/identity/protocols/oauth2/web-server (offline access, refresh tokens, revocation);
+    // the endpoint URLs as listed by Google's discovery document (logto.io provider explorer repeats them).
     Provider {
         id: "google",
         name: "Google",
@@ -320,23 +345,31 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "access_type=offline gives a refresh token, prompt=consent gives one again on re-consent. Access tokens last one hour. Add the API's scopes (e.g. https://www.googleapis.com/auth/drive.readonly).",
         ..P
     },
+    // Checked 2026-11-26: developers.hubspot.com api-reference/2026-03/authentication/oauth-tokens/refresh-oauth-token (POST
+    // https://api.hubapi.com/oauth/2026-03/token, form body with client_id/client_secret, code_verifier accepted), .../manage-oauth-tokens
+    // (30-minute access tokens), .../legacy/.../oauth-tokens/v1/migration-guide (v1 sunset 2027-02-16), auth-oauth-v3/guide
+    // (authorize URL). Not confirmed: that the authorize URL takes code_challenge, so PKCE stays off; the 2026-03 revoke path.
     Provider {
         id: "hubspot",
         name: "HubSpot",
         base_url: "https://api.hubapi.com",
-        docs: "https://developers.hubspot.com/docs/api/oauth-quickstart-guide",
+        docs: "https://developers.hubspot.com/docs/api-reference/2026-03/authentication/manage-oauth-tokens",
         oauth2: Some(OAuth2 {
             authorization_url: "https://app.hubspot.com/oauth/authorize",
-            token_url: "https://api.hubapi.com/oauth/v1/token",
+            token_url: "https://api.hubapi.com/oauth/2026-03/token",
             scopes: &["oauth", "crm.objects.contacts.read"],
             pkce: false,
             ..OAUTH
         }),
         api_key: Some(BEARER),
         verification: get("/crm/v3/objects/contacts?limit=1"),
-        notes: "Client credentials go in the form body. Access tokens last 30 minutes. Revocation is DELETE /oauth/v1/refresh-tokens/{token} (not RFC 7009). API key: a private-app access token.",
+        notes: "Client credentials go in the form body (the 2026-03 endpoints take every parameter in the body; the v1 /oauth/v1/token endpoint is retired on 2027-02-16). Access tokens last 30 minutes. Revocation deletes the refresh token through HubSpot's own endpoint (not RFC 7009). API key: a private-app access token.",
         ..P
     },
+    // Checked 2026-11-26: developers.intercom.com/building-apps/docs/setting-up-oauth and intercom-developer-hub.readme.io/reference/
+    // using-oauth (token POST https://api.intercom.io/auth/eagle/token; permissions on the app); no refresh token and no expiry per
+    // Intercom engineering support (community.intercom.com). Not confirmed: the reference names https://app.intercom.io/oauth as the
+    // authorization URL; app.intercom.com/oauth is kept from the current guide as read before.
     Provider {
         id: "intercom",
         name: "Intercom",
@@ -350,9 +383,11 @@ pub static PROVIDERS: &[Provider] = &[
         }),
         api_key: Some(BEARER),
         verification: get("/me"),
-        notes: "Access tokens do not expire and no refresh token is issued: set defaultTokenLifetime long. Permissions are set on the app. EU and AU workspaces use api.eu.intercom.io / api.au.intercom.io.",
+        notes: "The token request carries code, client_id and client_secret in the body. Access tokens do not expire and no refresh token is issued: set defaultTokenLifetime long. Permissions are set on the app. EU and AU workspaces use api.eu.intercom.io / api.au.intercom.io.",
         ..P
     },
+    // Checked 2026-11-26: linear.app/developers/oauth-2-0-authentication (authorize URL, comma-separated scopes, PKCE supported,
+    // token at api.linear.app/oauth/token, all apps moved to refresh tokens on 2026-04-01). Not confirmed: the revoke URL's form.
     Provider {
         id: "linear",
         name: "Linear",
@@ -367,9 +402,11 @@ pub static PROVIDERS: &[Provider] = &[
             ..OAUTH
         }),
         api_key: Some(header("Authorization")),
-        notes: "Scopes are comma-separated. The API is GraphQL (POST /graphql), so no verification request. API key: a personal API key sent without a prefix.",
+        notes: "Scopes are comma-separated (read is always granted). Since 2026-04-01 every OAuth app gets short-lived access tokens with a refresh token. The API is GraphQL (POST /graphql), so no verification request. API key: a personal API key sent without a prefix.",
         ..P
     },
+    // Checked 2026-11-26: learn.microsoft.com/en-us/linkedin/shared/authentication/programmatic-refresh-tokens (60-day access, 365-day
+    // refresh tokens for approved partners) and .../authorization-code-flow-native (PKCE only for native clients, enabled by LinkedIn).
     Provider {
         id: "linkedin",
         name: "LinkedIn",
@@ -384,7 +421,7 @@ pub static PROVIDERS: &[Provider] = &[
             ..OAUTH
         }),
         verification: get("/userinfo"),
-        notes: "Access tokens last 60 days; refresh tokens only for approved partners. PKCE is for native clients only.",
+        notes: "Access tokens last 60 days; refresh tokens only for approved partners, valid 365 days from consent (a refresh does not extend them). PKCE is for native clients only.",
         ..P
     },
     Provider {
@@ -416,6 +453,8 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "Basic: username `api`, password the API key. EU accounts use https://api.eu.mailgun.net/v3.",
         ..P
     },
+    // Checked 2026-11-26: learn.microsoft.com/entra/identity-platform/v2-oauth2-auth-code-flow (auth code with PKCE recommended,
+    // /{tenant}/oauth2/v2.0/authorize and /token, `common` for multi-tenant apps). No RFC 7009 endpoint is documented.
     Provider {
         id: "microsoft",
         name: "Microsoft (Graph)",
@@ -446,11 +485,14 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "Access tokens do not expire; no refresh token. GraphQL API (POST), so no verification request. API key: a personal API token sent without a prefix.",
         ..P
     },
+    // Checked 2026-11-26: developers.notion.com/reference/create-a-token and /reference/refresh-a-token (POST /v1/oauth/token, basic
+    // authentication, refresh_token in the answer). Not confirmed: that the token endpoint takes a form body (Notion documents JSON),
+    // and whether /v1/oauth/revoke follows RFC 7009, so no revocationUrl.
     Provider {
         id: "notion",
         name: "Notion",
         base_url: "https://api.notion.com/v1",
-        docs: "https://developers.notion.com/docs/authorization",
+        docs: "https://developers.notion.com/guides/get-started/authorization",
         oauth2: Some(OAuth2 {
             authorization_url: "https://api.notion.com/v1/oauth/authorize",
             token_url: "https://api.notion.com/v1/oauth/token",
@@ -460,7 +502,7 @@ pub static PROVIDERS: &[Provider] = &[
             ..OAUTH
         }),
         api_key: Some(BEARER),
-        notes: "The token endpoint takes HTTP basic client authentication. Every request needs a Notion-Version header, so no verification request. API key: an internal integration secret.",
+        notes: "The token endpoint takes HTTP basic client authentication and now answers with a refresh token (refreshing returns a new refresh token too). Every request needs a Notion-Version header, so no verification request. API key: an internal integration secret.",
         ..P
     },
     Provider {
@@ -472,6 +514,8 @@ pub static PROVIDERS: &[Provider] = &[
         verification: get("/models"),
         ..P
     },
+    // Checked 2026-11-26 against secondary sources only (the Token token= header and Accept header as shown in PagerDuty examples);
+    // developer.pagerduty.com's page itself was not in the corpus. Not confirmed: the EU host and the /abilities request.
     Provider {
         id: "pagerduty",
         name: "PagerDuty",
@@ -479,7 +523,7 @@ pub static PROVIDERS: &[Provider] = &[
         docs: "https://developer.pagerduty.com/docs/authentication",
         api_key: Some(ApiKey { prefix: Some("Token token="), ..header("Authorization") }),
         verification: get("/abilities"),
-        notes: "API key: a REST API key, sent as `Authorization: Token token=<key>`. EU accounts use api.eu.pagerduty.com.",
+        notes: "API key: a REST API key, sent as `Authorization: Token token=<key>` (OAuth tokens go as Bearer instead). Requests should send Accept: application/vnd.pagerduty+json;version=2. EU accounts use api.eu.pagerduty.com.",
         ..P
     },
     Provider {
@@ -528,11 +572,13 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "Access tokens last one hour, refresh tokens 100 days and rotate. Sandbox companies use sandbox-quickbooks.api.intuit.com. No verification request (it needs the realmId).",
         ..P
     },
+    // Checked 2026-11-26: help.salesforce.com remoteaccess_oauth_web_server_flow (web server flow = authorization code; PKCE
+    // recommended with code_challenge/code_verifier). Not confirmed in this pass: the revoke URL and the absent expires_in.
     Provider {
         id: "salesforce",
         name: "Salesforce",
         base_url: "{instance_url}/services/data/v62.0",
-        docs: "https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_web_server_flow.htm",
+        docs: "https://help.salesforce.com/HTViewHelpDoc?id=remoteaccess_oauth_web_server_flow.htm&language=en_US",
         tenant: Some("instance_url: the org's My Domain, a field of the token response"),
         oauth2: Some(OAuth2 {
             authorization_url: "https://login.salesforce.com/services/oauth2/authorize",
@@ -545,20 +591,27 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "The token response has no expires_in (session timeout set by the org): defaultTokenLifetime applies. Sandboxes use test.salesforce.com. Until tenant addresses land, set baseUrl (one org).",
         ..P
     },
+    // Checked 2026-11-26: twilio.com/docs/sendgrid/api-reference/how-to-use-the-sendgrid-v3-api/authentication (Authorization: Bearer)
+    // and .../api-key-permissions/retrieve-a-list-of-scopes-for-which-this-user-has-access (GET /v3/scopes, EU base URL).
     Provider {
         id: "sendgrid",
         name: "SendGrid",
         base_url: "https://api.sendgrid.com",
-        docs: "https://www.twilio.com/docs/sendgrid/for-developers/sending-email/authentication",
+        docs: "https://www.twilio.com/docs/sendgrid/api-reference/how-to-use-the-sendgrid-v3-api/authentication",
         api_key: Some(BEARER),
         verification: get("/v3/scopes"),
+        notes: "EU regional subusers use https://api.eu.sendgrid.com.",
         ..P
     },
+    // Checked 2026-11-26: shopify.dev/docs/apps/build/authentication-authorization/authenticate-standalone-apps (authorization code
+    // grant), shopify.dev/changelog/offline-access-tokens-now-support-expiry-and-refresh and .../use-expiring-offline-access-tokens
+    // (60-minute offline tokens with rotating refresh tokens; required for public apps from 2027-01-01). The expiring=1 token
+    // parameter is from Shopify's own PHP library (Shopify/shopify-app-php issue 12), not a documentation page.
     Provider {
         id: "shopify",
         name: "Shopify",
         base_url: "https://{shop}.myshopify.com/admin/api/2025-01",
-        docs: "https://shopify.dev/docs/apps/build/authentication-authorization/access-tokens/authorization-code-grant",
+        docs: "https://shopify.dev/docs/apps/build/authentication-authorization/authenticate-standalone-apps",
         tenant: Some("shop: the store's myshopify.com subdomain, asked of the user; authorization and token URLs are per shop too"),
         oauth2: Some(OAuth2 {
             authorization_url: "https://{shop}.myshopify.com/admin/oauth/authorize",
@@ -570,14 +623,17 @@ pub static PROVIDERS: &[Provider] = &[
         }),
         api_key: Some(header("X-Shopify-Access-Token")),
         verification: get("/shop.json"),
-        notes: "Scopes are comma-separated. Offline tokens do not expire. API key: a custom app's Admin API access token. Until tenant addresses land, a Connector sets baseUrl and the OAuth URLs (one shop).",
+        notes: "Scopes are comma-separated. Offline tokens expire after one hour, with a refresh token that is replaced on every use, when the token request carries expiring=1; public apps must use expiring tokens (non-expiring ones are refused from 2027-01-01), custom apps may still get non-expiring ones. API key: a custom app's Admin API access token. Until tenant addresses land, a Connector sets baseUrl and the OAuth URLs (one shop).",
         ..P
     },
+    // Checked 2026-11-26: docs.slack.dev/reference/methods/oauth.v2.access (basic auth preferred over body parameters; code_verifier
+    // accepted), docs.slack.dev/authentication/using-token-rotation (12-hour tokens), docs.slack.dev/authentication/using-pkce and
+    // docs.slack.dev/changelog/2026/03/30/pkce (PKCE is for public clients). The 200-with-ok:false behaviour is from earlier reading.
     Provider {
         id: "slack",
         name: "Slack",
         base_url: "https://slack.com/api",
-        docs: "https://api.slack.com/authentication/oauth-v2",
+        docs: "https://docs.slack.dev/reference/methods/oauth.v2.access",
         oauth2: Some(OAuth2 {
             authorization_url: "https://slack.com/oauth/v2/authorize",
             token_url: "https://slack.com/api/oauth.v2.access",
@@ -589,7 +645,7 @@ pub static PROVIDERS: &[Provider] = &[
         }),
         api_key: Some(BEARER),
         verification: get("/auth.test"),
-        notes: "Bot scopes, comma-separated; user scopes go in authorizationParams.user_scope and the user token comes back under authed_user. Tokens do not expire unless token rotation is on (then 12 hours with a refresh token). Web API errors answer 200 with ok:false, so the verification request passes a bad token: check ok in Jobs. Revocation is auth.revoke (not RFC 7009).",
+        notes: "Bot scopes, comma-separated; user scopes go in authorizationParams.user_scope and the user token comes back under authed_user. Slack asks for the client id and secret by HTTP basic. Tokens do not expire unless token rotation is on (then 12 hours with a refresh token). PKCE stays off: enabling it in Slack marks the app a public client, for good, and its refresh tokens then expire after 30 days. Web API errors answer 200 with ok:false, so the verification request passes a bad token: check ok in Jobs. Revocation is auth.revoke (not RFC 7009).",
         ..P
     },
     Provider {
@@ -608,6 +664,8 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "Access tokens last one hour.",
         ..P
     },
+    // Checked 2026-11-26: docs.stripe.com/api/authentication (basic with the key as username and no password, or Bearer; sk_ and
+    // restricted rk_ keys, restricted keys recommended in live mode).
     Provider {
         id: "stripe",
         name: "Stripe",
@@ -619,6 +677,8 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "API key: a secret or restricted key (sk_/rk_). Basic: the key as username, empty password.",
         ..P
     },
+    // Checked 2026-11-26: twilio.com/docs/usage/requests-to-twilio (HTTP basic; API key + secret recommended, Account SID + Auth
+    // Token for local testing; regional credentials). Not confirmed: that GET /Accounts.json answers 200 for an API key.
     Provider {
         id: "twilio",
         name: "Twilio",
@@ -626,7 +686,7 @@ pub static PROVIDERS: &[Provider] = &[
         docs: "https://www.twilio.com/docs/usage/requests-to-twilio",
         basic: true,
         verification: get("/Accounts.json"),
-        notes: "Basic: username the Account SID (or an API key SID), password the Auth Token (or the API key secret).",
+        notes: "Basic: username an API key SID and password its secret (Twilio's recommendation), or the Account SID and Auth Token (for local testing). Credentials are per Twilio Region.",
         ..P
     },
     Provider {
@@ -646,6 +706,9 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "PKCE is required; offline.access gives a refresh token. Access tokens last two hours.",
         ..P
     },
+    // Checked 2026-11-26: developer.xero.com/faq/oauth2 (30-minute access tokens, refresh tokens expire after 60 days unused),
+    // developer.xero.com/documentation/oauth2/pkce-flow (authorize URL, PKCE S256), /connections and the Xero-tenant-id header.
+    // Not confirmed in this pass: the revocation URL and basic authentication at the token endpoint (from earlier reading).
     Provider {
         id: "xero",
         name: "Xero",
@@ -661,14 +724,17 @@ pub static PROVIDERS: &[Provider] = &[
             ..OAUTH
         }),
         verification: get("/connections"),
-        notes: "Access tokens last 30 minutes; refresh tokens rotate. The accounting API is under /api.xro/2.0.",
+        notes: "Access tokens last 30 minutes; refresh tokens rotate and expire after 60 days unused. The accounting API is under /api.xro/2.0.",
         ..P
     },
+    // Checked 2026-11-26: developer.zendesk.com/api-reference/ticketing/oauth/grant_type_tokens/ (authorization_code and refresh_token
+    // grants at /oauth/tokens, PKCE with code_challenge/code_verifier) and .../documentation/api-basics/authentication/refresh-token.
+    // Not confirmed in this pass: the /oauth/authorizations/new path (from earlier reading) and the access-token lifetime.
     Provider {
         id: "zendesk",
         name: "Zendesk",
         base_url: "https://{subdomain}.zendesk.com/api/v2",
-        docs: "https://developer.zendesk.com/documentation/ticketing/working-with-oauth/creating-and-using-oauth-tokens-with-the-api/",
+        docs: "https://developer.zendesk.com/api-reference/ticketing/oauth/grant_type_tokens/",
         tenant: Some(
             "subdomain: the account's zendesk.com subdomain, asked of the user; authorization and token URLs are per subdomain too",
         ),
@@ -680,9 +746,11 @@ pub static PROVIDERS: &[Provider] = &[
         }),
         basic: true,
         verification: get("/users/me.json"),
-        notes: "Basic: username `{email}/token`, password an API token. Until tenant addresses land, a Connector sets baseUrl and the OAuth URLs (one account).",
+        notes: "OAuth access tokens expire and come with a refresh token (refresh_token grant at /oauth/tokens). Basic: username `{email}/token`, password an API token. Until tenant addresses land, a Connector sets baseUrl and the OAuth URLs (one account).",
         ..P
     },
+    // Checked 2026-11-26: developers.zoom.us/docs/integrations/oauth/ and /docs/rooms/oauth/ (POST https://zoom.us/oauth/token with
+    // basic authentication; tokens can be requested, refreshed and revoked). PKCE and the one-hour lifetime from Zoom's own samples.
     Provider {
         id: "zoom",
         name: "Zoom",
