@@ -107,13 +107,15 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "PKCE is required. Access tokens last 60 minutes; refresh tokens rotate. API key: a personal access token.",
         ..P
     },
+    // Checked 2026-11-26: docs.anthropic.com/en/api/overview (x-api-key on every request) and docs.anthropic.com/en/api/models-list
+    // (GET /v1/models takes anthropic-version). The same pages now also live under platform.claude.com/docs.
     Provider {
         id: "anthropic",
         name: "Anthropic",
         base_url: "https://api.anthropic.com/v1",
         docs: "https://docs.anthropic.com/en/api/overview",
         api_key: Some(header("x-api-key")),
-        notes: "Requests also need an `anthropic-version` header, which Jobs add; no verification request (it needs that header too).",
+        notes: "Requests also need an `anthropic-version` header (e.g. 2023-06-01), which the Job's own code sends; no verification request, since GET /v1/models needs that header too.",
         ..P
     },
     // Checked 2026-11-26: developers.asana.com/docs/oauth quick reference (GET /-/oauth_authorize, POST /-/oauth_token, POST
@@ -157,6 +159,8 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "offline_access gives a rotating refresh token. Base URL is the gateway; Jobs add /ex/jira/{cloudid}.",
         ..P
     },
+    // Checked 2026-11-26: developer.atlassian.com/cloud/bitbucket/oauth-2 (updated 2026-02: authorize and access_token URLs, the
+    // code exchanged with `-u client_id:secret`, i.e. basic authentication). Not confirmed in this pass: the two-hour token lifetime.
     Provider {
         id: "bitbucket",
         name: "Bitbucket Cloud",
@@ -191,11 +195,14 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "Scopes are set on the app. Access tokens last about an hour; each refresh token is single-use (rotates).",
         ..P
     },
+    // Checked 2026-11-26: developer.calendly.com/how-to-access-calendly-data-on-behalf-of-authenticated-users (authorize URL, two-hour
+    // access tokens, refresh tokens valid until used) and developer.calendly.com/authentication (OAuth 2.1 or personal access tokens);
+    // the token request's form body with code_verifier from Calendly's API reference preview. Not confirmed: the revoke URL's form.
     Provider {
         id: "calendly",
         name: "Calendly",
         base_url: "https://api.calendly.com",
-        docs: "https://developer.calendly.com/create-a-developer-account",
+        docs: "https://developer.calendly.com/how-to-access-calendly-data-on-behalf-of-authenticated-users",
         oauth2: Some(OAuth2 {
             authorization_url: "https://auth.calendly.com/oauth/authorize",
             token_url: "https://auth.calendly.com/oauth/token",
@@ -204,9 +211,12 @@ pub static PROVIDERS: &[Provider] = &[
         }),
         api_key: Some(BEARER),
         verification: get("/users/me"),
-        notes: "API key: a personal access token.",
+        notes: "Access tokens last two hours; each refresh token lasts until it is used once. API key: a personal access token.",
         ..P
     },
+    // Checked 2026-11-26: developer.clickup.com/docs/authentication (personal tokens pk_... sent as `Authorization: <token>`, never
+    // expiring; authorization URL https://app.clickup.com/api, token URL .../api/v2/oauth/token). OAuth tokens not expiring is from
+    // secondary sources only. ClickUp documents no PKCE.
     Provider {
         id: "clickup",
         name: "ClickUp",
@@ -223,6 +233,8 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "Access tokens do not expire and no refresh token is issued: set defaultTokenLifetime long. API key: a personal token (pk_...) sent as is.",
         ..P
     },
+    // Checked 2026-11-26: developers.cloudflare.com/api/resources/user/subresources/tokens/methods/verify (GET /user/tokens/verify,
+    // Bearer) and .../accounts/subresources/tokens/methods/verify (account-owned tokens).
     Provider {
         id: "cloudflare",
         name: "Cloudflare",
@@ -230,7 +242,7 @@ pub static PROVIDERS: &[Provider] = &[
         docs: "https://developers.cloudflare.com/fundamentals/api/get-started/create-token/",
         api_key: Some(BEARER),
         verification: get("/user/tokens/verify"),
-        notes: "API key: an API token (not the legacy global key).",
+        notes: "API key: an API token (not the legacy global key). An account-owned token verifies at /accounts/{account_id}/tokens/verify instead, so set verification for one.",
         ..P
     },
     // Checked 2026-11-26: docs.datadoghq.com/api/latest/authentication (API key for writes, plus application key for reads;
@@ -424,6 +436,8 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "Access tokens last 60 days; refresh tokens only for approved partners, valid 365 days from consent (a refresh does not extend them). PKCE is for native clients only.",
         ..P
     },
+    // Checked 2026-11-26: mailchimp.com/developer/marketing/guides/access-user-data-oauth-2/ and Mailchimp's "How to Use OAuth2"
+    // (authorize, token and metadata URLs; tokens do not expire). Not confirmed: an API key accepted as a Bearer token.
     Provider {
         id: "mailchimp",
         name: "Mailchimp",
@@ -440,9 +454,11 @@ pub static PROVIDERS: &[Provider] = &[
         }),
         api_key: Some(BEARER),
         verification: get("/ping"),
-        notes: "Access tokens do not expire; no refresh token.",
+        notes: "Access tokens do not expire; no refresh token. Mailchimp documents API keys with HTTP basic (any username, the key as password); sending one as Bearer is not confirmed.",
         ..P
     },
+    // Checked 2026-11-26: documentation.mailgun.com/docs/mailgun/api-reference/authentication/ (basic api:<key>; primary account key
+    // vs domain sending keys) and the API overview (US and EU base URLs). Not confirmed in this pass: GET /v3/domains itself.
     Provider {
         id: "mailgun",
         name: "Mailgun",
@@ -450,7 +466,7 @@ pub static PROVIDERS: &[Provider] = &[
         docs: "https://documentation.mailgun.com/docs/mailgun/api-reference/authentication",
         basic: true,
         verification: get("/domains"),
-        notes: "Basic: username `api`, password the API key. EU accounts use https://api.eu.mailgun.net/v3.",
+        notes: "Basic: username `api`, password the primary account API key (a domain sending key may only send messages, so the verification request refuses it). EU domains use https://api.eu.mailgun.net/v3.",
         ..P
     },
     // Checked 2026-11-26: learn.microsoft.com/entra/identity-platform/v2-oauth2-auth-code-flow (auth code with PKCE recommended,
@@ -470,6 +486,8 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "`common` admits work and personal accounts; a single-tenant app puts its tenant id there. offline_access gives a refresh token. No RFC 7009 revocation endpoint.",
         ..P
     },
+    // Checked 2026-11-26: developer.monday.com/apps/docs/oauth (authorize URL; the access token is valid until the user uninstalls the
+    // app). Not confirmed in this pass: the token URL (from earlier reading) and PKCE, which monday documents nowhere seen.
     Provider {
         id: "monday",
         name: "monday.com",
@@ -505,6 +523,8 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "The token endpoint takes HTTP basic client authentication and now answers with a refresh token (refreshing returns a new refresh token too). Every request needs a Notion-Version header, so no verification request. API key: an internal integration secret.",
         ..P
     },
+    // Checked 2026-11-26 against mirrors of the API reference only (Authorization: Bearer, GET https://api.openai.com/v1/models);
+    // platform.openai.com itself was not in the corpus.
     Provider {
         id: "openai",
         name: "OpenAI",
@@ -526,6 +546,9 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "API key: a REST API key, sent as `Authorization: Token token=<key>` (OAuth tokens go as Bearer instead). Requests should send Accept: application/vnd.pagerduty+json;version=2. EU accounts use api.eu.pagerduty.com.",
         ..P
     },
+    // Checked 2026-11-26: pipedrive.readme.io/docs/marketplace-oauth-authorization and developers.pipedrive.com/docs/api/v1/Oauth
+    // (authorize URL; /oauth/token with basic client authentication; expiring access tokens with refresh tokens). Not confirmed in
+    // this pass: the revoke URL and api_domain (from earlier reading).
     Provider {
         id: "pipedrive",
         name: "Pipedrive",
@@ -544,6 +567,8 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "The token response carries api_domain (the company's own host, e.g. https://acme.pipedrive.com) for OAuth calls. Scopes are set on the app.",
         ..P
     },
+    // Checked 2026-11-26: postmarkapp.com/developer/user-guide/managing-your-account (X-Postmark-Server-Token for server endpoints,
+    // X-Postmark-Account-Token for account ones, 401 on a bad token) and the server API reference (GET /server with a server token).
     Provider {
         id: "postmark",
         name: "Postmark",
@@ -554,6 +579,9 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "API key: a server token (account-level calls use X-Postmark-Account-Token instead).",
         ..P
     },
+    // Checked 2026-11-26: developer.intuit.com .../oauth-openid-discovery-doc (authorization and token endpoints as listed above, from
+    // https://developer.api.intuit.com/.well-known/openid_configuration) and .../oauth-2.0 (realmID). Not confirmed in this pass: the
+    // revocation endpoint, token lifetimes and basic client authentication (from earlier reading of the same pages).
     Provider {
         id: "quickbooks",
         name: "QuickBooks Online",
@@ -648,6 +676,8 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "Bot scopes, comma-separated; user scopes go in authorizationParams.user_scope and the user token comes back under authed_user. Slack asks for the client id and secret by HTTP basic. Tokens do not expire unless token rotation is on (then 12 hours with a refresh token). PKCE stays off: enabling it in Slack marks the app a public client, for good, and its refresh tokens then expire after 30 days. Web API errors answer 200 with ok:false, so the verification request passes a bad token: check ok in Jobs. Revocation is auth.revoke (not RFC 7009).",
         ..P
     },
+    // Checked 2026-11-26 against tutorials that follow developer.spotify.com/documentation/web-api/tutorials/code-flow (authorize and
+    // token URLs, basic client authentication) and .../code-pkce-flow. Spotify's own page was not in the corpus.
     Provider {
         id: "spotify",
         name: "Spotify",
@@ -689,11 +719,14 @@ pub static PROVIDERS: &[Provider] = &[
         notes: "Basic: username an API key SID and password its secret (Twilio's recommendation), or the Account SID and Auth Token (for local testing). Credentials are per Twilio Region.",
         ..P
     },
+    // Checked 2026-11-26: docs.x.com/fundamentals/authentication/oauth-2-0/user-access-token and .../authorization-code (confidential
+    // clients use basic authentication at the token endpoint; two-hour tokens; offline.access for a refresh token; token URL).
+    // Not confirmed in this pass: the revoke URL.
     Provider {
         id: "x",
         name: "X (Twitter)",
         base_url: "https://api.x.com/2",
-        docs: "https://docs.x.com/resources/fundamentals/authentication/oauth-2-0/authorization-code",
+        docs: "https://docs.x.com/fundamentals/authentication/oauth-2-0/user-access-token",
         oauth2: Some(OAuth2 {
             authorization_url: "https://x.com/i/oauth2/authorize",
             token_url: "https://api.x.com/2/oauth2/token",
