@@ -18,7 +18,10 @@ use crate::naming;
 
 pub const CREDENTIALS_DIR: &str = "/var/run/latchkey/credentials";
 pub const VARIABLES_DIR: &str = "/var/run/latchkey/vars";
+/// Files of the token-response fields the connector keeps (`tokenResponseFields`).
+pub const TOKEN_RESPONSE_DIR: &str = "/var/run/latchkey/token-response";
 const CREDENTIALS_VOLUME: &str = "latchkey-credentials";
+const TOKEN_RESPONSE_VOLUME: &str = "latchkey-token-response";
 const VARIABLES_VOLUME: &str = "latchkey-variables";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -39,6 +42,8 @@ pub struct RunInput<'a> {
     pub secret_name: &'a str,
     pub run_key: &'a str,
     pub base_url: &'a str,
+    /// The connector's `tokenResponseFields` (OAuth2): given as optional env and files.
+    pub token_response_fields: &'a [String],
     /// The variables with the schema's defaults filled in.
     pub variables: &'a BTreeMap<String, serde_json::Value>,
     /// The same user's other connections that the Job needs.
@@ -53,6 +58,7 @@ pub struct ExtraConnection {
     pub secret_name: String,
     pub kind: AuthKind,
     pub base_url: String,
+    pub token_response_fields: Vec<String>,
 }
 
 /// Parses and checks the template.
@@ -191,11 +197,37 @@ pub fn build(input: &RunInput<'_>, mut template: PodTemplateSpec) -> Job {
         EnvVar { name: "LATCHKEY_VARIABLES_FILE".into(), value: Some(format!("{VARIABLES_DIR}/variables.json")), value_from: None },
     ];
     env.extend(credential_env(input.secret_name, &usable, None));
+    env.extend(token_response_env(input.secret_name, input.token_response_fields, None));
     env.extend(variable_env(input.variables));
     let mut mounts = vec![
         VolumeMount { name: CREDENTIALS_VOLUME.into(), mount_path: CREDENTIALS_DIR.into(), read_only: Some(true), ..Default::default() },
         VolumeMount { name: VARIABLES_VOLUME.into(), mount_path: VARIABLES_DIR.into(), read_only: Some(true), ..Default::default() },
     ];
+    if !input.token_response_fields.is_empty() {
+        // Optional: a provider may leave a field out of a response, and a missing key must not stop the pod.
+        volumes.push(Volume {
+            name: TOKEN_RESPONSE_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(input.secret_name.into()),
+                items: Some(
+                    input
+                        .token_response_fields
+                        .iter()
+                        .map(|f| KeyToPath { key: format!("{}{f}", credentials::keys::TOKEN_RESPONSE_PREFIX), path: f.clone(), mode: None })
+                        .collect(),
+                ),
+                default_mode: Some(0o440),
+                optional: Some(true),
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: TOKEN_RESPONSE_VOLUME.into(),
+            mount_path: TOKEN_RESPONSE_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     for x in input.extra {
         let lower = x.as_.to_ascii_lowercase().replace('_', "-");
         let volume = format!("latchkey-{lower}");
@@ -209,6 +241,7 @@ pub fn build(input: &RunInput<'_>, mut template: PodTemplateSpec) -> Job {
         });
         env.push(EnvVar { name: format!("LATCHKEY_{}_BASE_URL", x.as_), value: Some(x.base_url.clone()), value_from: None });
         env.extend(credential_env(&x.secret_name, &keys, Some(&x.as_)));
+        env.extend(token_response_env(&x.secret_name, &x.token_response_fields, Some(&x.as_)));
     }
     pod.volumes = Some(volumes);
     for c in pod.containers.iter_mut().chain(pod.init_containers.iter_mut().flatten()) {
@@ -278,6 +311,31 @@ fn credential_env(secret: &str, keys: &[(&'static str, &'static str)], prefix: O
         .collect()
 }
 
+/// `LATCHKEY_[<AS>_]TOKEN_RESPONSE_<FIELD>` from the credential's Secret, optional (a response may omit a field).
+fn token_response_env(secret: &str, fields: &[String], prefix: Option<&str>) -> Vec<EnvVar> {
+    fields
+        .iter()
+        .map(|f| {
+            let var = credentials::token_response_env(f);
+            EnvVar {
+                name: match prefix {
+                    Some(p) => var.replacen("LATCHKEY_", &format!("LATCHKEY_{p}_"), 1),
+                    None => var,
+                },
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.into(),
+                        key: format!("{}{f}", credentials::keys::TOKEN_RESPONSE_PREFIX),
+                        optional: Some(true),
+                    }),
+                    ..Default::default()
+                }),
+            }
+        })
+        .collect()
+}
+
 /// The outcome of a Job from its status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -330,6 +388,7 @@ mod tests {
             secret_name: "acme-sf-credentials".into(),
             kind: AuthKind::OAuth2AuthorizationCode,
             base_url: "https://acme.my.salesforce.com".into(),
+            token_response_fields: vec!["instance_url".into()],
         }];
         let input = RunInput {
             ua: &ua,
@@ -338,6 +397,7 @@ mod tests {
             secret_name: "acme-sync-credentials",
             run_key: "cred-1",
             base_url: "https://api.example.com",
+            token_response_fields: &[],
             variables: &ua.spec.variables,
             extra: &[],
         };
@@ -345,7 +405,9 @@ mod tests {
         let pod2 = with_extra.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let env2: Vec<_> = pod2.containers[0].env.iter().flatten().map(|e| e.name.clone()).collect();
         assert!(
-            env2.contains(&"LATCHKEY_SALESFORCE_ACCESS_TOKEN".to_string()) && env2.contains(&"LATCHKEY_SALESFORCE_BASE_URL".to_string()),
+            env2.contains(&"LATCHKEY_SALESFORCE_ACCESS_TOKEN".to_string())
+                && env2.contains(&"LATCHKEY_SALESFORCE_BASE_URL".to_string())
+                && env2.contains(&"LATCHKEY_SALESFORCE_TOKEN_RESPONSE_INSTANCE_URL".to_string()),
             "{env2:?}"
         );
         let sf = pod2.volumes.as_ref().unwrap().iter().find(|v| v.name == "latchkey-salesforce").unwrap();
@@ -358,6 +420,7 @@ mod tests {
             secret_name: "acme-sync-credentials",
             run_key: "cred-1",
             base_url: "https://api.example.com",
+            token_response_fields: &[],
             variables: &ua.spec.variables,
             extra: &[],
         };
@@ -375,6 +438,34 @@ mod tests {
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
         assert_eq!(job.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
         assert_eq!(env.iter().find(|e| e.name == "LATCHKEY_VAR_LIMIT").unwrap().value.as_deref(), Some("50"));
+    }
+
+    #[test]
+    fn token_response_fields_reach_the_job_as_optional_env_and_files() {
+        let ua = ua();
+        let js = spec(basic_template());
+        let fields = vec!["instance_url".to_string()];
+        let input = RunInput {
+            ua: &ua,
+            job: &js,
+            kind: AuthKind::OAuth2AuthorizationCode,
+            secret_name: "acme-sync-credentials",
+            run_key: "cred-1",
+            base_url: "https://acme.my.salesforce.com/services/data/v62.0",
+            token_response_fields: &fields,
+            variables: &ua.spec.variables,
+            extra: &[],
+        };
+        let job = build(&input, template(&js).unwrap());
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let env = pod.containers[0].env.as_ref().unwrap();
+        let var = env.iter().find(|e| e.name == "LATCHKEY_TOKEN_RESPONSE_INSTANCE_URL").expect("the field's env var");
+        let r = var.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!((r.name.as_str(), r.key.as_str(), r.optional), ("acme-sync-credentials", "token_response.instance_url", Some(true)));
+        let vol = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == "latchkey-token-response").unwrap().secret.as_ref().unwrap();
+        assert_eq!(vol.optional, Some(true));
+        assert_eq!(vol.items.as_ref().unwrap()[0].path, "instance_url");
+        assert!(pod.containers[0].volume_mounts.as_ref().unwrap().iter().any(|m| m.mount_path == TOKEN_RESPONSE_DIR));
     }
 
     #[test]

@@ -129,6 +129,14 @@ pub struct OAuth2Method {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub refresh_before: Option<String>,
+    /// Non-standard fields of the provider's token response to keep, e.g. Salesforce's `instance_url` or Slack's
+    /// `team`. Each is stored in the activation's Secret as `token_response.<field>` (a string as it is, other
+    /// JSON as JSON), kept across refreshes unless a response brings a new value, and given to Jobs as
+    /// `LATCHKEY_TOKEN_RESPONSE_<FIELD>` and `/var/run/latchkey/token-response/<field>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(regex(pattern = r"^[A-Za-z0-9_.-]{1,63}$")))]
+    #[x_kube(validation = Rule::new("self.all(f, !(f in ['access_token', 'refresh_token', 'expires_in', 'token_type', 'scope']))").message("tokenResponseFields lists non-standard fields only (the standard ones are always kept)"))]
+    pub token_response_fields: Vec<String>,
 }
 
 /// Keeps a serde default out of the schema, so the apiserver stores only what was written (the catalogue, not

@@ -51,6 +51,8 @@ pub mod keys {
     pub const SCOPE: &str = "scope";
     pub const CLIENT_ID: &str = "client_id";
     pub const CLIENT_SECRET: &str = "client_secret";
+    /// Prefix of the token-response fields a connector keeps (`tokenResponseFields`): `token_response.instance_url`.
+    pub const TOKEN_RESPONSE_PREFIX: &str = "token_response.";
 }
 
 /// One user's credential for one auth method.
@@ -71,6 +73,9 @@ pub struct OAuth2Tokens {
     pub scope: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<Sensitive>,
+    /// Non-standard token-response fields the connector keeps (`tokenResponseFields`), by field name; stored
+    /// under `token_response.<field>`.
+    pub fields: BTreeMap<String, Sensitive>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -133,6 +138,7 @@ impl Credential {
                     scope: text(data, SCOPE)?,
                     client_id,
                     client_secret,
+                    fields: token_response_fields(data)?,
                 }))
             }
         }
@@ -172,6 +178,9 @@ impl Credential {
                 if let Some(v) = &t.client_secret {
                     put(keys::CLIENT_SECRET, v.expose());
                 }
+                for (field, v) in &t.fields {
+                    put(&format!("{}{field}", keys::TOKEN_RESPONSE_PREFIX), v.expose());
+                }
             }
         }
         m
@@ -186,10 +195,29 @@ impl Credential {
                 let mut v = vec![t.access_token.expose()];
                 v.extend(t.refresh_token.as_ref().map(Sensitive::expose));
                 v.extend(t.client_secret.as_ref().map(Sensitive::expose));
+                v.extend(t.fields.values().map(Sensitive::expose));
                 v
             }
         }
     }
+}
+
+/// The `token_response.<field>` keys of a Secret's data, by field name.
+fn token_response_fields(data: &BTreeMap<String, ByteString>) -> Result<BTreeMap<String, Sensitive>, ParseError> {
+    let mut out = BTreeMap::new();
+    for (k, v) in data {
+        if let Some(field) = k.strip_prefix(keys::TOKEN_RESPONSE_PREFIX).filter(|f| !f.is_empty()) {
+            let text = String::from_utf8(v.0.clone()).map_err(|_| ParseError::NotUtf8("token_response.*"))?;
+            out.insert(field.to_string(), Sensitive(text));
+        }
+    }
+    Ok(out)
+}
+
+/// The env var a token-response field becomes: `LATCHKEY_TOKEN_RESPONSE_INSTANCE_URL` for `instance_url`.
+pub fn token_response_env(field: &str) -> String {
+    let upper: String = field.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("LATCHKEY_TOKEN_RESPONSE_{upper}")
 }
 
 /// Hash of a Secret's data, recorded in the data-hash annotation so that a write happens only on change.
@@ -272,6 +300,20 @@ mod tests {
             let ks: Vec<_> = job_keys(kind).into_iter().map(|(k, _)| k).collect();
             assert!(!ks.contains(&keys::REFRESH_TOKEN) && !ks.contains(&keys::CLIENT_SECRET));
         }
+    }
+
+    #[test]
+    fn token_response_fields_round_trip_under_their_prefix() {
+        let c = Credential::from_secret_data(
+            AuthKind::OAuth2AuthorizationCode,
+            &data(&[("access_token", "a"), ("token_response.instance_url", "https://acme.my.salesforce.com")]),
+        )
+        .unwrap();
+        let Credential::OAuth2(t) = &c else { panic!() };
+        assert_eq!(t.fields["instance_url"].expose(), "https://acme.my.salesforce.com");
+        assert_eq!(c.to_secret_data().get("token_response.instance_url").unwrap().0, b"https://acme.my.salesforce.com");
+        assert_eq!(token_response_env("instance_url"), "LATCHKEY_TOKEN_RESPONSE_INSTANCE_URL");
+        assert_eq!(token_response_env("authed-user.id"), "LATCHKEY_TOKEN_RESPONSE_AUTHED_USER_ID");
     }
 
     #[test]

@@ -5,10 +5,15 @@
 //! is a configuration problem, and network errors, 429 and 5xx are transient. No error carries a token.
 use std::time::Duration;
 
-use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicTokenResponse};
+use std::collections::BTreeMap;
+
+use oauth2::basic::{
+    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType,
+};
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, ErrorResponse, PkceCodeChallenge, PkceCodeVerifier,
-    RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet, ErrorResponse, PkceCodeChallenge,
+    PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse, TokenResponse,
+    TokenUrl,
 };
 
 use super::Sensitive;
@@ -33,17 +38,55 @@ pub struct OAuthClient {
     pub redirect_url: Option<String>,
     pub scopes: Vec<String>,
     pub scope_separator: String,
+    /// Non-standard fields of the token response to keep (the connector's `tokenResponseFields`).
+    pub token_response_fields: Vec<String>,
 }
 
 /// What a token endpoint answered.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct TokenSet {
     pub access_token: Sensitive,
     pub refresh_token: Option<Sensitive>,
     pub expires_in: Option<Duration>,
     pub token_type: Option<String>,
     pub scope: Option<String>,
+    /// The non-standard fields the connector asked for that the response carried (strings as they are, other
+    /// JSON values as JSON). Sensitive: a provider may put a second token in one (Slack's `authed_user`).
+    pub fields: BTreeMap<String, Sensitive>,
 }
+
+/// Every non-standard field of a token response, kept by `oauth2`'s extra-fields hook. `Debug` names the
+/// fields only, never their values.
+#[derive(Clone, serde::Deserialize, serde::Serialize, Default)]
+pub struct RawTokenFields {
+    #[serde(flatten)]
+    pub fields: BTreeMap<String, serde_json::Value>,
+}
+
+impl std::fmt::Debug for RawTokenFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.fields.keys()).finish()
+    }
+}
+
+impl oauth2::ExtraTokenFields for RawTokenFields {}
+
+/// A token response with its non-standard fields.
+pub type RawTokenResponse = StandardTokenResponse<RawTokenFields, BasicTokenType>;
+
+/// `oauth2`'s client with [`RawTokenResponse`] in place of the basic token response.
+type ProviderClient<HasAuthUrl = EndpointNotSet> = oauth2::Client<
+    BasicErrorResponse,
+    RawTokenResponse,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    HasAuthUrl,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OAuthError {
@@ -142,8 +185,23 @@ fn token_error_code(r: &oauth2::StandardErrorResponse<BasicErrorResponseType>) -
     (r.error().as_ref().to_string(), r.error_description().cloned())
 }
 
-fn into_token_set(r: BasicTokenResponse) -> TokenSet {
+/// A JSON value as one string: a string as it is, anything else as JSON.
+pub fn field_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn into_token_set(r: RawTokenResponse, wanted: &[String]) -> TokenSet {
+    let fields = wanted
+        .iter()
+        .filter_map(|name| {
+            r.extra_fields().fields.get(name).filter(|v| !v.is_null()).map(|v| (name.clone(), Sensitive::new(field_text(v))))
+        })
+        .collect();
     TokenSet {
+        fields,
         access_token: Sensitive::new(r.access_token().secret().clone()),
         refresh_token: r.refresh_token().map(|t| Sensitive::new(t.secret().clone())),
         expires_in: r.expires_in(),
@@ -183,21 +241,23 @@ impl OAuthClient {
             redirect_url,
             scopes: m.scopes.clone(),
             scope_separator: m.scope_separator.clone().unwrap_or_else(|| " ".into()),
+            token_response_fields: m.token_response_fields.clone(),
         }
     }
 
-    fn base(
-        &self,
-    ) -> Result<
-        BasicClient<oauth2::EndpointNotSet, oauth2::EndpointNotSet, oauth2::EndpointNotSet, oauth2::EndpointNotSet, oauth2::EndpointSet>,
-        OAuthError,
-    > {
-        let mut c = BasicClient::new(ClientId::new(self.client_id.clone()))
-            .set_token_uri(cfg(TokenUrl::new(self.token_url.clone()), "tokenUrl")?)
-            .set_auth_type(match self.auth {
-                ClientAuth::Basic => AuthType::BasicAuth,
-                ClientAuth::Body => AuthType::RequestBody,
-            });
+    fn base(&self) -> Result<ProviderClient, OAuthError> {
+        let mut c = oauth2::Client::<
+            BasicErrorResponse,
+            RawTokenResponse,
+            BasicTokenIntrospectionResponse,
+            StandardRevocableToken,
+            BasicRevocationErrorResponse,
+        >::new(ClientId::new(self.client_id.clone()))
+        .set_token_uri(cfg(TokenUrl::new(self.token_url.clone()), "tokenUrl")?)
+        .set_auth_type(match self.auth {
+            ClientAuth::Basic => AuthType::BasicAuth,
+            ClientAuth::Body => AuthType::RequestBody,
+        });
         if let Some(s) = &self.client_secret {
             c = c.set_client_secret(ClientSecret::new(s.expose().to_string()));
         }
@@ -258,7 +318,10 @@ impl OAuthClient {
             req = req.set_pkce_verifier(PkceCodeVerifier::new(v.expose().to_string()));
         }
         let call = Http(http, TOKEN_TIMEOUT);
-        bounded(req.request_async(&call)).await?.map(into_token_set).map_err(|e| classify(e, token_error_code))
+        bounded(req.request_async(&call))
+            .await?
+            .map(|r| into_token_set(r, &self.token_response_fields))
+            .map_err(|e| classify(e, token_error_code))
     }
 
     /// Uses a refresh token.
@@ -267,7 +330,10 @@ impl OAuthClient {
         let rt = RefreshToken::new(refresh_token.expose().to_string());
         let req = client.exchange_refresh_token(&rt);
         let call = Http(http, TOKEN_TIMEOUT);
-        bounded(req.request_async(&call)).await?.map(into_token_set).map_err(|e| classify(e, token_error_code))
+        bounded(req.request_async(&call))
+            .await?
+            .map(|r| into_token_set(r, &self.token_response_fields))
+            .map_err(|e| classify(e, token_error_code))
     }
 
     /// The client-credentials grant (the tenant's own client).
@@ -278,7 +344,10 @@ impl OAuthClient {
             req = req.add_scope(s);
         }
         let call = Http(http, TOKEN_TIMEOUT);
-        bounded(req.request_async(&call)).await?.map(into_token_set).map_err(|e| classify(e, token_error_code))
+        bounded(req.request_async(&call))
+            .await?
+            .map(|r| into_token_set(r, &self.token_response_fields))
+            .map_err(|e| classify(e, token_error_code))
     }
 
     /// RFC 7009 revocation of the refresh token (which ends the grant) or else the access token. Best effort,
@@ -399,6 +468,12 @@ pub fn tokens_from(
         scope: set.scope.or_else(|| previous.and_then(|p| p.scope.clone())),
         client_id: previous.and_then(|p| p.client_id.clone()),
         client_secret: previous.and_then(|p| p.client_secret.clone()),
+        // Fields the previous answer brought stay unless this one brings new values.
+        fields: {
+            let mut f = previous.map(|p| p.fields.clone()).unwrap_or_default();
+            f.extend(set.fields);
+            f
+        },
     }
 }
 
@@ -464,6 +539,7 @@ mod tests {
             redirect_url: Some("https://connect.example/oauth/callback".into()),
             scopes: vec!["repo".into(), "read:user".into()],
             scope_separator: ",".into(),
+            token_response_fields: vec![],
         }
     }
 
@@ -535,10 +611,36 @@ mod tests {
             client_id: Some("c".into()),
             ..Default::default()
         };
-        let set = TokenSet { access_token: Sensitive::new("a2"), refresh_token: None, expires_in: None, token_type: None, scope: None };
+        let set = TokenSet { access_token: Sensitive::new("a2"), ..Default::default() };
         let t = tokens_from(set, chrono::Utc::now(), Some(&prev));
         assert_eq!(t.refresh_token, Some(Sensitive::new("r1")));
         assert_eq!(t.client_id.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn the_token_response_fields_asked_for_are_kept_and_survive_a_refresh_that_omits_them() {
+        let body = serde_json::json!({
+            "access_token": "a1", "token_type": "Bearer", "expires_in": 60,
+            "instance_url": "https://acme.my.salesforce.com", "team": {"id": "T1", "name": "Acme"}, "other": "dropped", "id": null
+        });
+        let r: RawTokenResponse = serde_json::from_value(body).unwrap();
+        assert!(!format!("{r:?}").contains("acme.my"), "Debug names the fields only");
+        let wanted = vec!["instance_url".to_string(), "team".to_string(), "id".to_string(), "missing".to_string()];
+        let set = into_token_set(r, &wanted);
+        assert_eq!(set.fields.len(), 2, "{:?}", set.fields.keys());
+        assert_eq!(set.fields["instance_url"].expose(), "https://acme.my.salesforce.com");
+        assert_eq!(set.fields["team"].expose(), r#"{"id":"T1","name":"Acme"}"#);
+        assert_eq!(set.access_token.expose(), "a1");
+
+        let first = tokens_from(set, chrono::Utc::now(), None);
+        let refreshed = TokenSet {
+            access_token: Sensitive::new("a2"),
+            fields: BTreeMap::from([("team".to_string(), Sensitive::new("T2"))]),
+            ..Default::default()
+        };
+        let second = tokens_from(refreshed, chrono::Utc::now(), Some(&first));
+        assert_eq!(second.fields["instance_url"].expose(), "https://acme.my.salesforce.com", "kept when not sent again");
+        assert_eq!(second.fields["team"].expose(), "T2", "replaced when sent again");
     }
 
     #[test]

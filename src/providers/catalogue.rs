@@ -40,6 +40,8 @@ pub struct OAuth2 {
     pub pkce: bool,
     pub client_auth: ClientAuth,
     pub authorization_params: &'static [(&'static str, &'static str)],
+    /// Non-standard token-response fields worth keeping (a Connector's `tokenResponseFields`).
+    pub token_response_fields: &'static [&'static str],
 }
 
 /// Where an API key goes.
@@ -65,6 +67,7 @@ const OAUTH: OAuth2 = OAuth2 {
     pkce: true,
     client_auth: ClientAuth::Body,
     authorization_params: &[],
+    token_response_fields: &[],
 };
 const BEARER: ApiKey = ApiKey { location: ApiKeyLocation::Header, name: "Authorization", prefix: Some("Bearer ") };
 const fn header(name: &'static str) -> ApiKey {
@@ -613,6 +616,7 @@ pub static PROVIDERS: &[Provider] = &[
             token_url: "https://login.salesforce.com/services/oauth2/token",
             revocation_url: Some("https://login.salesforce.com/services/oauth2/revoke"),
             scopes: &["api", "refresh_token"],
+            token_response_fields: &["instance_url"],
             ..OAUTH
         }),
         verification: get("/limits"),

@@ -82,6 +82,9 @@ pub fn resolve(spec: &mut ConnectorSpec) {
             if o.client_auth == ClientAuth::Basic {
                 o.client_auth = f.client_auth;
             }
+            if o.token_response_fields.is_empty() {
+                o.token_response_fields = f.token_response_fields.iter().map(|s| s.to_string()).collect();
+            }
             for (k, v) in f.authorization_params {
                 o.authorization_params.entry(k.to_string()).or_insert_with(|| v.to_string());
             }

@@ -56,6 +56,9 @@ const config = {
   quirks: {
     omit_expires_in: flag('OAUTH_OMIT_EXPIRES_IN', false),
     refresh_omits_refresh_token: flag('OAUTH_REFRESH_OMITS_REFRESH_TOKEN', false),
+    // Non-standard fields added to every successful token response (Salesforce's instance_url, Slack's team);
+    // "{issuer}" in a string value becomes this server's issuer URL.
+    extra_token_fields: JSON.parse(env.OAUTH_EXTRA_TOKEN_FIELDS || '{}'),
   },
 };
 
@@ -274,6 +277,11 @@ function recordingMiddleware(routes) {
 
     if (route === 'token') {
       if (ok && config.quirks.omit_expires_in) delete body.expires_in;
+      if (ok) {
+        for (const [name, value] of Object.entries(config.quirks.extra_token_fields ?? {})) {
+          body[name] = typeof value === 'string' ? value.replaceAll('{issuer}', serverIssuer) : value;
+        }
+      }
       if (ok && params.grant_type === 'refresh_token' && config.quirks.refresh_omits_refresh_token) {
         delete body.refresh_token;
       }
@@ -469,6 +477,7 @@ function handler(provider) {
 }
 
 let handle = (_req, res) => json(res, 503, { error: 'starting' });
+let serverIssuer = '';
 const server = http.createServer((req, res) => {
   Promise.resolve(handle(req, res)).catch((err) => {
     process.stderr.write(`request failed: ${err.stack ?? err}\n`);
@@ -480,6 +489,7 @@ const server = http.createServer((req, res) => {
 server.listen(config.port, '127.0.0.1', () => {
   const { port } = server.address();
   const issuer = `http://127.0.0.1:${port}`;
+  serverIssuer = issuer;
   const provider = createProvider(issuer, loadClients());
   provider.use(recordingMiddleware({
     token: '/token', revocation: '/token/revocation', introspection: '/token/introspection',

@@ -235,6 +235,11 @@ impl OAuthServer {
         assert!(response.status().is_success(), "DELETE /_test/faults: {}", response.status());
     }
 
+    /// Replaces the non-standard fields added to successful token responses (`{issuer}` becomes the issuer URL).
+    pub async fn set_extra_token_fields(&self, fields: Value) {
+        self.post_json("/_test/quirks", &json!({ "extra_token_fields": fields })).await;
+    }
+
     /// Registers another client while the server runs (a new client_id only).
     pub async fn add_client(&self, client: &OAuthClient) {
         self.post_json("/_test/clients", &client.metadata()).await;

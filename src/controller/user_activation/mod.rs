@@ -700,6 +700,7 @@ fn extra_connections(
                 secret_name: o.status.as_ref()?.secret_name.clone()?,
                 kind: method.kind(),
                 base_url: connector.spec.base_url.clone(),
+                token_response_fields: method.oauth2.as_ref().map(|m| m.token_response_fields.clone()).unwrap_or_default(),
             })
         });
         match resolved {
@@ -750,8 +751,18 @@ async fn start_run(
     if !missing.is_empty() {
         return Ok(Err(format!("the job template names {} that do(es) not exist in namespace {ns}", missing.join(", "))));
     }
-    let input =
-        jobs::RunInput { ua, job: spec, kind, secret_name, run_key: &key, base_url: &adm.connector.spec.base_url, variables, extra };
+    let token_response_fields = adm.method.oauth2.as_ref().map(|m| m.token_response_fields.as_slice()).unwrap_or_default();
+    let input = jobs::RunInput {
+        ua,
+        job: spec,
+        kind,
+        secret_name,
+        run_key: &key,
+        base_url: &adm.connector.spec.base_url,
+        token_response_fields,
+        variables,
+        extra,
+    };
     let job = jobs::build(&input, template);
     let name = job.name_any();
     match Api::<Job>::namespaced(ctx.client.clone(), &ns)

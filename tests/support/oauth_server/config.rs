@@ -97,6 +97,9 @@ pub struct OAuthServerConfig {
     pub omit_expires_in: bool,
     /// Refresh responses without `refresh_token` (pair with `rotate_refresh_tokens: false`).
     pub refresh_omits_refresh_token: bool,
+    /// Non-standard fields added to every successful token response; `{issuer}` in a string becomes the
+    /// server's issuer URL.
+    pub extra_token_fields: Option<Value>,
     /// Further environment for the node process.
     pub env: Vec<(String, String)>,
 }
@@ -116,6 +119,7 @@ impl Default for OAuthServerConfig {
             scopes: None,
             omit_expires_in: false,
             refresh_omits_refresh_token: false,
+            extra_token_fields: None,
             env: Vec::new(),
         }
     }
@@ -134,6 +138,12 @@ impl OAuthServerConfig {
 
     pub fn refresh_ttl(mut self, seconds: u64) -> Self {
         self.refresh_ttl = Some(seconds);
+        self
+    }
+
+    /// Adds these non-standard fields to every successful token response.
+    pub fn extra_token_fields(mut self, fields: Value) -> Self {
+        self.extra_token_fields = Some(fields);
         self
     }
 
@@ -172,6 +182,7 @@ impl OAuthServerConfig {
         set("OAUTH_CLIENT_CREDENTIALS_TTL", self.client_credentials_ttl.map(|s| s.to_string()));
         set("OAUTH_PASSWORD", self.password.clone());
         set("OAUTH_SCOPES", self.scopes.as_ref().map(|s| s.join(" ")));
+        set("OAUTH_EXTRA_TOKEN_FIELDS", self.extra_token_fields.as_ref().map(|v| v.to_string()));
         env.extend(self.env.iter().cloned());
         env
     }
