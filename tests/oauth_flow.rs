@@ -10,7 +10,9 @@ use kube::api::{DeleteParams, PostParams};
 use kube::{Api, ResourceExt};
 use latchkey::api::{Connector, EmbeddedConnection, UserActivation};
 use serde_json::json;
-use support::oauth_server::{Fault, Login, OAuthClient, OAuthServer, OAuthServerConfig, authorize_without_browser, fingerprint};
+use support::oauth_server::{
+    Consent, ConsentError, Fault, Login, OAuthClient, OAuthServer, OAuthServerConfig, authorize_without_browser, fingerprint,
+};
 use support::operator::Operator;
 use support::{TestNamespace, wait_for_value};
 
@@ -54,6 +56,12 @@ async fn setup(name: &str, config: impl FnOnce(OAuthServerConfig) -> OAuthServer
 }
 
 async fn create_connection(s: &Setup, flow: &str, extra: serde_json::Value) {
+    create_connection_with(s, flow, extra, json!({})).await
+}
+
+/// The connector `idp` and the connection `sync`, with `extra` merged into the OAuth2 method and `ec_extra` into
+/// the EmbeddedConnection's spec.
+async fn create_connection_with(s: &Setup, flow: &str, extra: serde_json::Value, ec_extra: serde_json::Value) {
     let mut oauth2 = json!({
         "flow": flow,
         "authorizationUrl": s.server.authorize_url(),
@@ -71,9 +79,12 @@ async fn create_connection(s: &Setup, flow: &str, extra: serde_json::Value) {
     }))
     .unwrap();
     s.ns.api::<Connector>().create(&PostParams::default(), &connector).await.unwrap();
+    let mut ec_spec = json!({"connectorRef": {"name": "idp"}, "authMethod": "oauth", "allowedReturnUrls": ["https://app.example.com/"]});
+    for (k, v) in ec_extra.as_object().unwrap() {
+        ec_spec[k] = v.clone();
+    }
     let ec: EmbeddedConnection = serde_json::from_value(json!({
-        "apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection", "metadata": {"name": "sync"},
-        "spec": {"connectorRef": {"name": "idp"}, "authMethod": "oauth", "allowedReturnUrls": ["https://app.example.com/"]}
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection", "metadata": {"name": "sync"}, "spec": ec_spec
     }))
     .unwrap();
     s.ns.api::<EmbeddedConnection>().create(&PostParams::default(), &ec).await.unwrap();
@@ -368,4 +379,128 @@ async fn the_refresh_now_annotation_refreshes_once() {
     assert!(metrics.lines().any(|l| l.starts_with("latchkey_connect_requests_total{route=\"connect_page\"")), "{metrics}");
     assert!(metrics.lines().any(|l| l.starts_with("latchkey_connect_requests_total{route=\"oauth_callback\"")), "{metrics}");
     assert!(metrics.contains("latchkey_activations{phase=\"Active\"} 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn the_token_response_fields_a_connector_asks_for_are_kept_across_refreshes() {
+    let s = setup("oauth-fields", |c| {
+        c.access_ttl(3).extra_token_fields(json!({"instance_url": "{issuer}", "team": {"id": "T1", "name": "Acme"}, "other": "x"}))
+    })
+    .await;
+    create_connection(&s, "AuthorizationCode", json!({"tokenResponseFields": ["instance_url", "team"]})).await;
+    create_activation(&s, "acme", None).await;
+    connect(&s, "acme").await;
+    phase(&s, "acme", "Active", Duration::from_secs(30)).await;
+    let secret = s.secrets().get("acme-sync-credentials").await.unwrap();
+    assert_eq!(text(&secret, "token_response.instance_url").as_deref(), Some(s.server.issuer()));
+    assert_eq!(text(&secret, "token_response.team").as_deref(), Some(r#"{"id":"T1","name":"Acme"}"#));
+    assert!(text(&secret, "token_response.other").is_none(), "only the fields asked for are kept");
+
+    // Refreshes that no longer carry instance_url keep it; a new team value replaces the old one.
+    s.server.set_extra_token_fields(json!({"team": "T2"})).await;
+    let after = wait_for_value("a refresh that brought team T2", Duration::from_secs(20), || async {
+        let sec = s.secrets().get("acme-sync-credentials").await.map_err(|e| e.to_string())?;
+        if text(&sec, "token_response.team").as_deref() == Some("T2") {
+            Ok(sec)
+        } else {
+            Err(format!("{:?}", text(&sec, "token_response.team")))
+        }
+    })
+    .await;
+    assert_eq!(text(&after, "token_response.instance_url").as_deref(), Some(s.server.issuer()), "kept when a refresh omits it");
+    assert!(s.server.refresh_events().await.iter().any(|e| e.outcome == "ok"));
+    let ua = s.activations().get("acme").await.unwrap();
+    assert!(!serde_json::to_string(&ua.status).unwrap().contains("T2"), "token-response values stay out of status");
+}
+
+#[tokio::test]
+async fn a_user_who_declines_consent_sees_a_clear_page_and_the_activation_says_so() {
+    let s = setup("oauth-deny", |c| c.consent(Consent::AutoDeny)).await;
+    create_connection(&s, "AuthorizationCode", json!({})).await;
+    create_activation(&s, "acme", None).await;
+    let url = connect_url(&s, "acme", None).await;
+    let denied = authorize_without_browser(&url, &s.callback(), &Login::default()).await;
+    let Err(ConsentError::Denied { error, url: callback, .. }) = denied else { panic!("expected a denial, got {denied:?}") };
+    assert_eq!(error, "access_denied");
+
+    let page = http().get(&callback).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let body = page.text().await.unwrap();
+    assert!(body.contains("You did not allow access") && body.contains("Test Provider"), "{body}");
+    assert!(body.contains("https://app.example.com/integrations/done?status=error"), "a way back to the application: {body}");
+
+    // The activation says why, with a fresh link; nothing else was written and no code was exchanged.
+    let ua = wait_for_value("Ready=False ConsentDeclined", Duration::from_secs(20), || async {
+        let ua = s.activations().get("acme").await.map_err(|e| e.to_string())?;
+        let st = ua.status.clone().unwrap_or_default();
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready").map(|c| (c.status.clone(), c.reason.clone()));
+        match (ready, &st.connect_url) {
+            (Some((status, reason)), Some(u)) if status == "False" && reason == "ConsentDeclined" && *u != url => Ok(ua),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let st = ua.status.unwrap();
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.message.contains("declined"), "{}", ready.message);
+    assert_eq!(st.phase.map(|p| format!("{p:?}")).as_deref(), Some("AwaitingUser"));
+    assert!(s.secrets().get_opt("acme-sync-credentials").await.unwrap().is_none(), "no Secret");
+    assert!(s.server.token_events().await.is_empty(), "no token request");
+
+    // The denied state is spent: replaying it is refused.
+    let replay = http().get(&callback).send().await.unwrap();
+    assert_eq!(replay.status(), 410);
+}
+
+#[tokio::test]
+async fn an_expired_connect_link_is_replaced_by_a_new_one_and_the_old_one_is_refused() {
+    let s = setup("oauth-renew", |c| c).await;
+    // Links are renewed 30 s before they expire: a 40 s lifetime renews every ~10 s.
+    create_connection_with(&s, "AuthorizationCode", json!({}), json!({"connectUrlTtl": "40s"})).await;
+    create_activation(&s, "acme", None).await;
+    let first = connect_url(&s, "acme", None).await;
+    let first_expiry = s.activations().get("acme").await.unwrap().status.unwrap().connect_url_expires_at.unwrap();
+    assert!(first_expiry <= chrono::Utc::now() + chrono::Duration::seconds(41), "the connection's lifetime applies: {first_expiry}");
+    let second = connect_url(&s, "acme", Some(&first)).await;
+    let second_expiry = s.activations().get("acme").await.unwrap().status.unwrap().connect_url_expires_at.unwrap();
+    assert!(second_expiry > first_expiry, "{second_expiry} after {first_expiry}");
+
+    let old = http().get(&first).send().await.unwrap();
+    assert_eq!(old.status(), 410, "the replaced link is refused");
+    let new = http().get(&second).send().await.unwrap();
+    assert_eq!(new.status(), 302, "the new link leads to the provider");
+    assert!(new.headers()["location"].to_str().unwrap().starts_with(s.server.authorize_url()));
+    assert!(s.secrets().get_opt("acme-sync-credentials").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_callback_for_an_activation_deleted_since_is_refused_and_writes_nothing() {
+    let s = setup("oauth-gone", |c| c).await;
+    create_connection(&s, "AuthorizationCode", json!({})).await;
+    create_activation(&s, "acme", None).await;
+    let url = connect_url(&s, "acme", None).await;
+    let redirect = authorize_without_browser(&url, &s.callback(), &Login::default()).await.expect("consent");
+
+    // The application deletes the activation while the user is at the provider, then creates one of the same name.
+    s.activations().delete("acme", &DeleteParams::default()).await.unwrap();
+    wait_for_value("the activation to be gone", Duration::from_secs(20), || async {
+        match s.activations().get_opt("acme").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|o| o.map(|u| u.finalizers().to_vec())))),
+        }
+    })
+    .await;
+    let gone = http().get(redirect.url.as_str()).send().await.unwrap();
+    assert_eq!(gone.status(), 404);
+    assert!(gone.text().await.unwrap().contains("no longer exists"));
+
+    create_activation(&s, "acme", None).await;
+    connect_url(&s, "acme", None).await;
+    let other = http().get(redirect.url.as_str()).send().await.unwrap();
+    assert_eq!(other.status(), 404, "a state for the old activation does not serve its successor");
+    assert!(s.secrets().get_opt("acme-sync-credentials").await.unwrap().is_none(), "nothing written");
+    let exchanged = s.server.token_events().await.into_iter().filter(|e| e.grant_type.as_deref() == Some("authorization_code")).count();
+    assert_eq!(exchanged, 0, "the code was never exchanged");
+    let ua = s.activations().get("acme").await.unwrap();
+    assert_eq!(ua.status.unwrap().phase.map(|p| format!("{p:?}")).as_deref(), Some("AwaitingUser"));
 }
