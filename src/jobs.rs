@@ -172,8 +172,12 @@ pub fn build(input: &RunInput<'_>, mut template: PodTemplateSpec) -> Job {
     if pod.automount_service_account_token.is_none() {
         pod.automount_service_account_token = Some(false);
     }
+    // A method without credentials has no Secret: no credentials volume, directory or env.
+    let has_credentials = input.kind != AuthKind::None;
     let mut volumes = pod.volumes.take().unwrap_or_default();
-    volumes.push(credential_volume(CREDENTIALS_VOLUME, input.secret_name, &usable));
+    if has_credentials {
+        volumes.push(credential_volume(CREDENTIALS_VOLUME, input.secret_name, &usable));
+    }
     volumes.push(Volume {
         name: VARIABLES_VOLUME.into(),
         downward_api: Some(DownwardAPIVolumeSource {
@@ -193,16 +197,27 @@ pub fn build(input: &RunInput<'_>, mut template: PodTemplateSpec) -> Job {
         EnvVar { name: "LATCHKEY_BASE_URL".into(), value: Some(input.base_url.into()), value_from: None },
         EnvVar { name: "LATCHKEY_USER_ID".into(), value: Some(ua.spec.user.id.clone()), value_from: None },
         EnvVar { name: "LATCHKEY_ACTIVATION".into(), value: Some(ua.name_any()), value_from: None },
-        EnvVar { name: "LATCHKEY_CREDENTIALS_DIR".into(), value: Some(CREDENTIALS_DIR.into()), value_from: None },
         EnvVar { name: "LATCHKEY_VARIABLES_FILE".into(), value: Some(format!("{VARIABLES_DIR}/variables.json")), value_from: None },
     ];
+    if has_credentials {
+        env.push(EnvVar { name: "LATCHKEY_CREDENTIALS_DIR".into(), value: Some(CREDENTIALS_DIR.into()), value_from: None });
+    }
     env.extend(credential_env(input.secret_name, &usable, None));
     env.extend(token_response_env(input.secret_name, input.token_response_fields, None));
     env.extend(variable_env(input.variables));
-    let mut mounts = vec![
-        VolumeMount { name: CREDENTIALS_VOLUME.into(), mount_path: CREDENTIALS_DIR.into(), read_only: Some(true), ..Default::default() },
-        VolumeMount { name: VARIABLES_VOLUME.into(), mount_path: VARIABLES_DIR.into(), read_only: Some(true), ..Default::default() },
-    ];
+    let mut mounts =
+        vec![VolumeMount { name: VARIABLES_VOLUME.into(), mount_path: VARIABLES_DIR.into(), read_only: Some(true), ..Default::default() }];
+    if has_credentials {
+        mounts.insert(
+            0,
+            VolumeMount {
+                name: CREDENTIALS_VOLUME.into(),
+                mount_path: CREDENTIALS_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        );
+    }
     if !input.token_response_fields.is_empty() {
         // Optional: a provider may leave a field out of a response, and a missing key must not stop the pod.
         volumes.push(Volume {
@@ -232,13 +247,15 @@ pub fn build(input: &RunInput<'_>, mut template: PodTemplateSpec) -> Job {
         let lower = x.as_.to_ascii_lowercase().replace('_', "-");
         let volume = format!("latchkey-{lower}");
         let keys = credentials::job_keys(x.kind);
-        volumes.push(credential_volume(&volume, &x.secret_name, &keys));
-        mounts.push(VolumeMount {
-            name: volume,
-            mount_path: format!("/var/run/latchkey/{lower}"),
-            read_only: Some(true),
-            ..Default::default()
-        });
+        if x.kind != AuthKind::None {
+            volumes.push(credential_volume(&volume, &x.secret_name, &keys));
+            mounts.push(VolumeMount {
+                name: volume,
+                mount_path: format!("/var/run/latchkey/{lower}"),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
         env.push(EnvVar { name: format!("LATCHKEY_{}_BASE_URL", x.as_), value: Some(x.base_url.clone()), value_from: None });
         env.extend(credential_env(&x.secret_name, &keys, Some(&x.as_)));
         env.extend(token_response_env(&x.secret_name, &x.token_response_fields, Some(&x.as_)));
@@ -466,6 +483,33 @@ mod tests {
         assert_eq!(vol.optional, Some(true));
         assert_eq!(vol.items.as_ref().unwrap()[0].path, "instance_url");
         assert!(pod.containers[0].volume_mounts.as_ref().unwrap().iter().any(|m| m.mount_path == TOKEN_RESPONSE_DIR));
+    }
+
+    #[test]
+    fn a_method_without_credentials_gets_no_secret_in_its_job() {
+        let ua = ua();
+        let js = spec(basic_template());
+        let input = RunInput {
+            ua: &ua,
+            job: &js,
+            kind: AuthKind::None,
+            secret_name: "",
+            run_key: "cred-1",
+            base_url: "https://api.example.com",
+            token_response_fields: &[],
+            variables: &ua.spec.variables,
+            extra: &[],
+        };
+        let job = build(&input, template(&js).unwrap());
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert!(pod.volumes.iter().flatten().all(|v| v.secret.is_none()), "no Secret volume: {:?}", pod.volumes);
+        let env = pod.containers[0].env.as_ref().unwrap();
+        assert!(env.iter().all(|e| e.value_from.is_none()), "no env from a Secret: {env:?}");
+        let names: Vec<_> = env.iter().map(|e| e.name.as_str()).collect();
+        assert!(names.contains(&"LATCHKEY_BASE_URL") && names.contains(&"LATCHKEY_USER_ID") && names.contains(&"LATCHKEY_VAR_ORG"));
+        assert!(!names.contains(&"LATCHKEY_CREDENTIALS_DIR"), "{names:?}");
+        let mounts = pod.containers[0].volume_mounts.as_ref().unwrap();
+        assert!(mounts.iter().all(|m| m.mount_path != CREDENTIALS_DIR), "{mounts:?}");
     }
 
     #[test]

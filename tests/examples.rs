@@ -78,6 +78,8 @@ async fn the_examples_apply_and_the_oauth_activation_waits_for_its_user() {
     for obj in [
         "connector.latchkey.dev/acme-api",
         "connector.latchkey.dev/github",
+        "connector.latchkey.dev/legacy-crm",
+        "connector.latchkey.dev/open-data",
         "embeddedconnection.latchkey.dev/acme-sync",
         "embeddedconnection.latchkey.dev/github-sync",
         "useractivation.latchkey.dev/acme",
@@ -101,4 +103,14 @@ async fn the_examples_apply_and_the_oauth_activation_waits_for_its_user() {
     })
     .await;
     assert!(url.starts_with(&op.connect_base_url), "{url}");
+    // Acme's open-data activation (auth method `none`) is Active at once, without credentials.
+    let acme: kube::Api<UserActivation> = kube::Api::namespaced(bed.client(), &renamed("tenant-acme"));
+    wait_for_value("the open-data activation Active", Duration::from_secs(30), || async {
+        let st = acme.get("open-data").await.map_err(|e| e.to_string())?.status.unwrap_or_default();
+        match st.phase {
+            Some(latchkey::api::user_activation::Phase::Active) if st.secret_name.is_none() => Ok(()),
+            phase => Err(format!("phase {phase:?}, conditions {:?}", st.conditions)),
+        }
+    })
+    .await;
 }

@@ -55,6 +55,7 @@ pub mod reasons {
     pub const SECRET_CONFLICT: &str = "SecretConflict";
     pub const VERIFIED: &str = "Verified";
     pub const NOT_VERIFIED: &str = "NoVerificationDeclared";
+    pub const NO_CREDENTIALS_NEEDED: &str = "NoCredentialsNeeded";
     pub const CREDENTIALS_REJECTED: &str = "CredentialsRejected";
     pub const VERIFICATION_UNAVAILABLE: &str = "VerificationUnavailable";
     pub const SUSPENDED: &str = "Suspended";

@@ -60,9 +60,9 @@ pub struct ConnectorSpec {
     pub verification: Option<Verification>,
 }
 
-/// One way to authenticate. Exactly one of `oauth2`, `apiKey` or `basic` is set.
+/// One way to authenticate. Exactly one of `oauth2`, `apiKey`, `basic` or `none` is set.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("[has(self.oauth2), has(self.apiKey), has(self.basic)].filter(x, x).size() == 1").message("set exactly one of oauth2, apiKey or basic"))]
+#[x_kube(validation = Rule::new("[has(self.oauth2), has(self.apiKey), has(self.basic), has(self.none)].filter(x, x).size() == 1").message("set exactly one of oauth2, apiKey, basic or none"))]
 #[serde(rename_all = "camelCase")]
 pub struct AuthMethod {
     /// Name of the method, chosen by EmbeddedConnections' `authMethod`.
@@ -77,6 +77,10 @@ pub struct AuthMethod {
     /// HTTP basic authentication with each user's username and password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic: Option<BasicMethod>,
+    /// No credentials: the API needs none. An activation is Active at once, holds no Secret, and its Jobs get
+    /// the non-secret `LATCHKEY_*` environment only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub none: Option<NoneMethod>,
 }
 
 /// Without a Connector `provider`, `flow`, `tokenUrl` and (for AuthorizationCode) `authorizationUrl` are
@@ -166,11 +170,11 @@ pub enum ClientAuth {
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeyMethod {
-    /// Where the key goes: `Header` or `Query`. With `provider` and no `name`, from the catalogue.
+    /// Where the key goes: `Header`, `Query` or `Cookie` (sent as `Cookie: <name>=<prefix><key>`). With `provider` and no `name`, from the catalogue.
     #[serde(rename = "in", default)]
     #[schemars(transform = no_default)]
     pub in_: ApiKeyLocation,
-    /// Header or query parameter name, e.g. `Authorization` or `api_key`. Left out with `provider`, the
+    /// Header, query parameter or cookie name, e.g. `Authorization`, `api_key` or `session`. Left out with `provider`, the
     /// catalogue's name, placement and prefix apply.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(min = 1, max = 256), transform = no_default)]
@@ -185,11 +189,16 @@ pub enum ApiKeyLocation {
     #[default]
     Header,
     Query,
+    Cookie,
 }
 
 /// HTTP basic authentication; no settings.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct BasicMethod {}
+
+/// An API that needs no credentials; no settings.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct NoneMethod {}
 
 /// A request that succeeds only with a working credential.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -240,11 +249,12 @@ impl Connector {
 
 impl AuthMethod {
     pub fn kind(&self) -> AuthKind {
-        match (&self.oauth2, &self.api_key) {
-            (Some(o), _) if o.flow == OAuth2Flow::AuthorizationCode => AuthKind::OAuth2AuthorizationCode,
-            (Some(_), _) => AuthKind::OAuth2ClientCredentials,
-            (None, Some(_)) => AuthKind::ApiKey,
-            (None, None) => AuthKind::Basic,
+        match (&self.oauth2, &self.api_key, &self.none) {
+            (Some(o), _, _) if o.flow == OAuth2Flow::AuthorizationCode => AuthKind::OAuth2AuthorizationCode,
+            (Some(_), _, _) => AuthKind::OAuth2ClientCredentials,
+            (None, Some(_), _) => AuthKind::ApiKey,
+            (None, None, Some(_)) => AuthKind::None,
+            (None, None, None) => AuthKind::Basic,
         }
     }
 }
@@ -256,4 +266,6 @@ pub enum AuthKind {
     Basic,
     OAuth2AuthorizationCode,
     OAuth2ClientCredentials,
+    /// No credentials at all.
+    None,
 }

@@ -262,7 +262,7 @@ fn fields(kind: AuthKind) -> &'static [Field] {
         AuthKind::ApiKey => API_KEY,
         AuthKind::Basic => BASIC,
         AuthKind::OAuth2ClientCredentials => CLIENT,
-        AuthKind::OAuth2AuthorizationCode => &[],
+        AuthKind::OAuth2AuthorizationCode | AuthKind::None => &[],
     }
 }
 

@@ -86,6 +86,8 @@ pub enum ParseError {
     NotUtf8(&'static str),
     #[error("key expires_at is not an RFC 3339 time")]
     BadExpiry,
+    #[error("the auth method takes no credentials")]
+    NoCredentials,
 }
 
 fn text(data: &BTreeMap<String, ByteString>, key: &'static str) -> Result<Option<String>, ParseError> {
@@ -103,6 +105,7 @@ impl Credential {
     pub fn from_secret_data(kind: AuthKind, data: &BTreeMap<String, ByteString>) -> Result<Self, ParseError> {
         use keys::*;
         match kind {
+            AuthKind::None => Err(ParseError::NoCredentials),
             AuthKind::ApiKey => {
                 let key = text(data, API_KEY)?.ok_or(ParseError::Missing(API_KEY.into(), "an API-key method needs api_key"))?;
                 Ok(Credential::ApiKey { key: Sensitive(key) })
@@ -244,6 +247,7 @@ pub const JOB_KEYS: &[(&str, &str)] = &[
 /// The keys of `kind`'s credential that a Job gets.
 pub fn job_keys(kind: AuthKind) -> Vec<(&'static str, &'static str)> {
     let wanted: &[&str] = match kind {
+        AuthKind::None => &[],
         AuthKind::ApiKey => &[keys::API_KEY],
         AuthKind::Basic => &[keys::USERNAME, keys::PASSWORD],
         AuthKind::OAuth2AuthorizationCode | AuthKind::OAuth2ClientCredentials => &[keys::ACCESS_TOKEN, keys::TOKEN_TYPE, keys::EXPIRES_AT],

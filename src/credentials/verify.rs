@@ -24,6 +24,11 @@ pub enum VerifyError {
     BadUrl(String),
 }
 
+/// RFC 6265 `cookie-octet`: what a cookie value may hold unquoted.
+fn is_cookie_octet(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
+}
+
 /// Sends the connector's verification request with the credential applied. `Ok(None)` when none is declared.
 pub async fn verify(
     http: &reqwest::Client,
@@ -56,6 +61,19 @@ pub async fn verify(
                 }
                 ApiKeyLocation::Query => {
                     url.query_pairs_mut().append_pair(name, &value);
+                }
+                ApiKeyLocation::Cookie => {
+                    // A value with `;`, `,`, quotes, spaces or control characters would end the cookie or add
+                    // another: refuse it rather than send something else than the key.
+                    if !value.bytes().all(is_cookie_octet) {
+                        return Err(VerifyError::BadUrl(
+                            "the API key cannot be sent in a cookie (it holds characters a cookie value cannot)".into(),
+                        ));
+                    }
+                    let mut hv = reqwest::header::HeaderValue::from_str(&format!("{name}={value}"))
+                        .map_err(|_| VerifyError::BadUrl(format!("invalid cookie name {name}")))?;
+                    hv.set_sensitive(true);
+                    headers.insert(reqwest::header::COOKIE, hv);
                 }
             }
         }

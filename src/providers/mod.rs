@@ -55,10 +55,17 @@ pub fn resolve(spec: &mut ConnectorSpec) {
                 oauth2: None,
                 api_key: Some(ApiKeyMethod { in_: k.location, name: k.name.into(), prefix: k.prefix.map(String::from) }),
                 basic: None,
+                none: None,
             });
         }
         if p.basic {
-            spec.auth_methods.push(AuthMethod { name: BASIC_METHOD.into(), oauth2: None, api_key: None, basic: Some(BasicMethod {}) });
+            spec.auth_methods.push(AuthMethod {
+                name: BASIC_METHOD.into(),
+                oauth2: None,
+                api_key: None,
+                basic: Some(BasicMethod {}),
+                none: None,
+            });
         }
     }
     for m in &mut spec.auth_methods {

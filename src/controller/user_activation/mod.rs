@@ -32,6 +32,10 @@ use crate::jobs;
 use crate::naming::{self, DATA_HASH_ANNOTATION, GENERATION_ANNOTATION, SOURCE_VERSION_ANNOTATION};
 use decide::{Admitted, Gate, Run};
 
+/// The credential generation of an activation whose auth method takes no credentials: constant, so its first
+/// run happens once and nothing later counts as a credential change.
+const NO_CREDENTIALS_GENERATION: u32 = 1;
+
 /// Where the credentials stand after the credentials step.
 enum Creds {
     /// In the owned Secret, at this generation.
@@ -89,12 +93,37 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
         add_finalizer(&ctx, &ua).await?;
     }
 
-    // Credentials into the owned Secret.
-    let creds = sync_credentials(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref().map(|o| &o.metadata), &mut status).await?;
+    // Credentials into the owned Secret (a method that takes none has no Secret: it is ready as it is).
+    let creds = if kind == AuthKind::None {
+        status.secret_name = None;
+        Creds::Stored { generation: NO_CREDENTIALS_GENERATION, verified: None }
+    } else {
+        sync_credentials(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref().map(|o| &o.metadata), &mut status).await?
+    };
     let creds =
         oauth::lifecycle(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref().map(|o| &o.metadata), creds, &mut status, &mut requeue, now)
             .await?;
     let (ready, awaiting) = match &creds {
+        Creds::Stored { generation: g, .. } if kind == AuthKind::None => {
+            status.credential_generation = *g;
+            desired.push(Condition::new(
+                types::CREDENTIALS_VALID,
+                TRUE,
+                reasons::NO_CREDENTIALS_NEEDED,
+                "the connector's auth method takes no credentials",
+                generation,
+                now,
+            ));
+            desired.push(Condition::new(
+                types::READY,
+                TRUE,
+                reasons::ACTIVE,
+                "the auth method takes no credentials; nothing to store",
+                generation,
+                now,
+            ));
+            (true, false)
+        }
         Creds::Stored { generation: g, verified } => {
             status.secret_name = Some(secret_name.clone());
             status.credential_generation = *g;
@@ -689,7 +718,7 @@ fn extra_connections(
         let found = mine.iter().filter_map(|r| ctx.stores.activations.get(r)).find(|o| {
             o.spec.connection_ref.name == need.connection_ref.name
                 && o.connection_namespace().as_deref() == Some(need_ns.as_str())
-                && o.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, types::READY) && s.secret_name.is_some())
+                && o.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, types::READY))
         });
         let resolved = found.and_then(|o| {
             let ec = ctx.stores.connections.get(&ObjectRef::new(&need.connection_ref.name).within(&need_ns))?;
@@ -697,7 +726,11 @@ fn extra_connections(
             let method = connector.auth_method(&ec.spec.auth_method)?;
             Some(jobs::ExtraConnection {
                 as_: need.as_.clone(),
-                secret_name: o.status.as_ref()?.secret_name.clone()?,
+                // A method without credentials has no Secret.
+                secret_name: match method.kind() {
+                    AuthKind::None => String::new(),
+                    _ => o.status.as_ref()?.secret_name.clone()?,
+                },
                 kind: method.kind(),
                 base_url: connector.spec.base_url.clone(),
                 token_response_fields: method.oauth2.as_ref().map(|m| m.token_response_fields.clone()).unwrap_or_default(),
