@@ -201,6 +201,7 @@ pub static PROVIDERS: &[Provider] = &[
     // Checked 2026-11-26: developer.calendly.com/how-to-access-calendly-data-on-behalf-of-authenticated-users (authorize URL, two-hour
     // access tokens, refresh tokens valid until used) and developer.calendly.com/authentication (OAuth 2.1 or personal access tokens);
     // the token request's form body with code_verifier from Calendly's API reference preview. Not confirmed: the revoke URL's form.
+    // owner and organization: fields of the token response in Calendly's API reference preview (calendly-preview.mintlify.app).
     Provider {
         id: "calendly",
         name: "Calendly",
@@ -210,11 +211,12 @@ pub static PROVIDERS: &[Provider] = &[
             authorization_url: "https://auth.calendly.com/oauth/authorize",
             token_url: "https://auth.calendly.com/oauth/token",
             revocation_url: Some("https://auth.calendly.com/oauth/revoke"),
+            token_response_fields: &["owner", "organization"],
             ..OAUTH
         }),
         api_key: Some(BEARER),
         verification: get("/users/me"),
-        notes: "Access tokens last two hours; each refresh token lasts until it is used once. API key: a personal access token.",
+        notes: "The token response names the user and organization URIs (owner, organization) that most API calls take; they are kept for Jobs. Access tokens last two hours; each refresh token lasts until it is used once. API key: a personal access token.",
         ..P
     },
     // Checked 2026-11-26: developer.clickup.com/docs/authentication (personal tokens pk_... sent as `Authorization: <token>`, never
@@ -287,6 +289,7 @@ pub static PROVIDERS: &[Provider] = &[
     },
     // Checked 2026-11-26: dropbox.tech/developers/using-oauth-2-0-with-offline-access (short-lived tokens, token_access_type=offline
     // for a refresh token); the SDKs implement PKCE. The four-hour lifetime is from Dropbox's migration post.
+    // account_id in the token response: from the react-native-app-auth Dropbox example (tokenAdditionalParameters.account_id).
     Provider {
         id: "dropbox",
         name: "Dropbox",
@@ -297,6 +300,7 @@ pub static PROVIDERS: &[Provider] = &[
             token_url: "https://api.dropboxapi.com/oauth2/token",
             scopes: &["account_info.read", "files.metadata.read"],
             authorization_params: &[("token_access_type", "offline")],
+            token_response_fields: &["account_id"],
             ..OAUTH
         }),
         verification: Some(Verify { method: HttpMethod::POST, path: "/users/get_current_account" }),
@@ -364,6 +368,8 @@ pub static PROVIDERS: &[Provider] = &[
     // https://api.hubapi.com/oauth/2026-03/token, form body with client_id/client_secret, code_verifier accepted), .../manage-oauth-tokens
     // (30-minute access tokens), .../legacy/.../oauth-tokens/v1/migration-guide (v1 sunset 2027-02-16), auth-oauth-v3/guide
     // (authorize URL). Not confirmed: that the authorize URL takes code_challenge, so PKCE stays off; the 2026-03 revoke path.
+    // The reference renders token responses in camelCase even for v1 (whose real answer is snake_case), so it says nothing sure
+    // about 2026-03's field names; the migration guide says the OAuth 2.0 behaviour is unchanged.
     Provider {
         id: "hubspot",
         name: "HubSpot",
@@ -509,6 +515,7 @@ pub static PROVIDERS: &[Provider] = &[
     // Checked 2026-11-26: developers.notion.com/reference/create-a-token and /reference/refresh-a-token (POST /v1/oauth/token, basic
     // authentication, refresh_token in the answer). Not confirmed: that the token endpoint takes a form body (Notion documents JSON),
     // and whether /v1/oauth/revoke follows RFC 7009, so no revocationUrl.
+    // Token-response fields bot_id, workspace_id, workspace_name as listed in the create-a-token response.
     Provider {
         id: "notion",
         name: "Notion",
@@ -520,6 +527,7 @@ pub static PROVIDERS: &[Provider] = &[
             pkce: false,
             client_auth: ClientAuth::Basic,
             authorization_params: &[("owner", "user")],
+            token_response_fields: &["workspace_id", "workspace_name", "bot_id"],
             ..OAUTH
         }),
         api_key: Some(BEARER),
@@ -550,8 +558,9 @@ pub static PROVIDERS: &[Provider] = &[
         ..P
     },
     // Checked 2026-11-26: pipedrive.readme.io/docs/marketplace-oauth-authorization and developers.pipedrive.com/docs/api/v1/Oauth
-    // (authorize URL; /oauth/token with basic client authentication; expiring access tokens with refresh tokens). Not confirmed in
-    // this pass: the revoke URL and api_domain (from earlier reading).
+    // (authorize URL; /oauth/token with basic client authentication; expiring access tokens with refresh tokens) and
+    // developers.pipedrive.com/changelog/post/new-parameter-in-oauth-oauthtoken-responses (api_domain in every /oauth/token
+    // response, refreshes included). Not confirmed in this pass: the revoke URL (from earlier reading).
     Provider {
         id: "pipedrive",
         name: "Pipedrive",
@@ -563,11 +572,12 @@ pub static PROVIDERS: &[Provider] = &[
             revocation_url: Some("https://oauth.pipedrive.com/oauth/revoke"),
             pkce: false,
             client_auth: ClientAuth::Basic,
+            token_response_fields: &["api_domain"],
             ..OAUTH
         }),
         api_key: Some(ApiKey { location: ApiKeyLocation::Query, name: "api_token", prefix: None }),
         verification: get("/users/me"),
-        notes: "The token response carries api_domain (the company's own host, e.g. https://acme.pipedrive.com) for OAuth calls. Scopes are set on the app.",
+        notes: "Every token response (refreshes too) carries api_domain, the company's own host (e.g. https://acme.pipedrive.com) that OAuth calls should use; it is kept for Jobs as token_response.api_domain. Access tokens last about an hour. Scopes are set on the app.",
         ..P
     },
     // Checked 2026-11-26: postmarkapp.com/developer/user-guide/managing-your-account (X-Postmark-Server-Token for server endpoints,
@@ -661,6 +671,8 @@ pub static PROVIDERS: &[Provider] = &[
     // Checked 2026-11-26: docs.slack.dev/reference/methods/oauth.v2.access (basic auth preferred over body parameters; code_verifier
     // accepted), docs.slack.dev/authentication/using-token-rotation (12-hour tokens), docs.slack.dev/authentication/using-pkce and
     // docs.slack.dev/changelog/2026/03/30/pkce (PKCE is for public clients). The 200-with-ok:false behaviour is from earlier reading.
+    // Token-response fields team and authed_user (the installing user, and the user token when user scopes were asked): from Slack's
+    // oauth.v2.access response as read before; the response body was not in this pass's excerpt.
     Provider {
         id: "slack",
         name: "Slack",
@@ -673,6 +685,7 @@ pub static PROVIDERS: &[Provider] = &[
             scope_separator: ",",
             pkce: false,
             client_auth: ClientAuth::Basic,
+            token_response_fields: &["team", "authed_user"],
             ..OAUTH
         }),
         api_key: Some(BEARER),

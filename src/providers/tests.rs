@@ -95,6 +95,20 @@ fn every_entry_is_well_formed() {
                     "{id}: {k} is set by the operator"
                 );
             }
+            // The Connector schema's rules for tokenResponseFields: at most 16, [A-Za-z0-9_.-]{1,63}, no standard field.
+            let mut fields = HashSet::new();
+            assert!(o.token_response_fields.len() <= 16, "{id}: too many token-response fields");
+            for f in o.token_response_fields {
+                assert!(fields.insert(f), "{id}: token-response field {f} twice");
+                assert!(
+                    (1..=63).contains(&f.len()) && f.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)),
+                    "{id}: token-response field {f:?}"
+                );
+                assert!(
+                    !["access_token", "refresh_token", "expires_in", "token_type", "scope"].contains(f),
+                    "{id}: {f} is a standard token-response field, always kept"
+                );
+            }
         }
         if let Some(k) = &p.api_key {
             assert!(!k.name.is_empty() && !k.name.contains(' '), "{id}: API key name");
@@ -220,6 +234,26 @@ fn a_connector_without_provider_is_left_alone() {
     // and serializes as before: no empty fields appear.
     let out = serde_json::to_value(&s).unwrap();
     assert!(out.get("provider").is_none() && out["baseUrl"] == "https://x.example");
+}
+
+#[test]
+fn token_response_fields_come_from_the_catalogue_unless_listed() {
+    // Pipedrive answers every token request with the company's own API host, which its OAuth calls must use.
+    let mut s = spec(json!({"provider": "pipedrive", "authMethods": [{"name": "o", "oauth2": {"clientSecretRef": {"name": "s"}}}]}));
+    resolve(&mut s);
+    assert_eq!(s.auth_methods[0].oauth2.as_ref().unwrap().token_response_fields, vec!["api_domain"]);
+    let mut s = spec(json!({"provider": "salesforce", "authMethods": [{"name": "o", "oauth2": {"clientSecretRef": {"name": "s"}}}]}));
+    resolve(&mut s);
+    assert_eq!(s.auth_methods[0].oauth2.as_ref().unwrap().token_response_fields, vec!["instance_url"]);
+    // A list on the Connector replaces the catalogue's.
+    let mut s = spec(json!({"provider": "slack", "authMethods": [{"name": "o", "oauth2": {
+        "tokenResponseFields": ["bot_user_id"], "clientSecretRef": {"name": "s"}}}]}));
+    resolve(&mut s);
+    assert_eq!(s.auth_methods[0].oauth2.as_ref().unwrap().token_response_fields, vec!["bot_user_id"]);
+    // A provider without such fields adds none.
+    let mut s = spec(json!({"provider": "github", "authMethods": [{"name": "o", "oauth2": {"clientSecretRef": {"name": "s"}}}]}));
+    resolve(&mut s);
+    assert!(s.auth_methods[0].oauth2.as_ref().unwrap().token_response_fields.is_empty());
 }
 
 #[test]
