@@ -46,6 +46,32 @@ pub struct RunConfig {
     /// (`<base>/oauth/callback`) are built from it.
     #[arg(long, env = "LATCHKEY_CONNECT_BASE_URL", default_value = "http://127.0.0.1:8080")]
     pub connect_base_url: String,
+    /// The path the connect server serves under (`<prefix>/connect/...`, `<prefix>/oauth/callback`). Default: the
+    /// path of `--connect-base-url`, so an Ingress that forwards `/latchkey/...` unchanged needs nothing more; set
+    /// `/` when a proxy strips the prefix before it reaches the operator.
+    #[arg(long, env = "LATCHKEY_CONNECT_PATH_PREFIX")]
+    pub connect_path_prefix: Option<String>,
+    /// Requests per minute one activation's link may take (after its signature verified); 0 turns the limit off.
+    #[arg(long, env = "LATCHKEY_CONNECT_RATE_LIMIT", default_value_t = 60)]
+    pub connect_rate_limit: u32,
+    /// Requests one activation's link may take at once before the per-minute rate applies.
+    #[arg(long, env = "LATCHKEY_CONNECT_RATE_BURST", default_value_t = 20)]
+    pub connect_rate_burst: u32,
+    /// The organisation's name on the connect page (an EmbeddedConnection's `spec.branding` wins).
+    #[arg(long, env = "LATCHKEY_BRAND_NAME")]
+    pub brand_name: Option<String>,
+    /// URL of the organisation's logo on the connect page.
+    #[arg(long, env = "LATCHKEY_BRAND_LOGO_URL")]
+    pub brand_logo_url: Option<String>,
+    /// The connect page's primary colour (buttons, links), `#rrggbb`.
+    #[arg(long, env = "LATCHKEY_BRAND_PRIMARY_COLOR")]
+    pub brand_primary_color: Option<String>,
+    /// The connect page's background colour, `#rrggbb`.
+    #[arg(long, env = "LATCHKEY_BRAND_BACKGROUND_COLOR")]
+    pub brand_background_color: Option<String>,
+    /// Where users get help: an http(s) or mailto: URL, linked from every connect page.
+    #[arg(long, env = "LATCHKEY_BRAND_SUPPORT_URL")]
+    pub brand_support_url: Option<String>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     #[arg(long, env = "LATCHKEY_METRICS_BIND", default_value = "0.0.0.0:9090")]
     pub metrics_bind: SocketAddr,
@@ -89,6 +115,28 @@ impl RunConfig {
             .unwrap_or_else(|| "latchkey-system".into())
     }
 
+    /// The connect server's path prefix: `--connect-path-prefix`, else the base URL's path; `""` for none, else
+    /// `/segment[/segment...]` without a trailing slash.
+    pub fn connect_path_prefix(&self) -> String {
+        let raw = match &self.connect_path_prefix {
+            Some(p) => p.clone(),
+            None => url::Url::parse(&self.connect_base_url).map(|u| u.path().to_string()).unwrap_or_default(),
+        };
+        let segments: Vec<&str> = raw.split('/').filter(|s| !s.is_empty()).collect();
+        if segments.is_empty() { String::new() } else { format!("/{}", segments.join("/")) }
+    }
+
+    /// The operator-wide brand of the connect page.
+    pub fn brand(&self) -> crate::api::embedded_connection::Branding {
+        crate::api::embedded_connection::Branding {
+            name: self.brand_name.clone(),
+            logo_url: self.brand_logo_url.clone(),
+            primary_color: self.brand_primary_color.clone(),
+            background_color: self.brand_background_color.clone(),
+            support_url: self.brand_support_url.clone(),
+        }
+    }
+
     /// The namespaces to watch: `None` for the whole cluster.
     pub fn watched_namespaces(&self) -> Vec<Option<String>> {
         let ns: Vec<_> = self.namespaces.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(String::from).collect();
@@ -108,6 +156,18 @@ mod tests {
         assert_eq!(c.connect_bind.port(), 8080);
         assert!(!c.leader_election);
         assert_eq!(c.watched_namespaces(), vec![None]);
+    }
+
+    #[test]
+    fn the_path_prefix_follows_the_base_url_unless_set() {
+        let parse = |args: &[&str]| {
+            let Command::Run(c) = Cli::try_parse_from([&["latchkey", "run"], args].concat()).unwrap().command else { panic!() };
+            c.connect_path_prefix()
+        };
+        assert_eq!(parse(&[]), "");
+        assert_eq!(parse(&["--connect-base-url", "https://app.example.com/latchkey/"]), "/latchkey");
+        assert_eq!(parse(&["--connect-base-url", "https://app.example.com/a/b", "--connect-path-prefix", "/"]), "");
+        assert_eq!(parse(&["--connect-path-prefix", "x//y/"]), "/x/y");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum RunError {
     LeadershipLost,
     #[error("{0}")]
     SigningKey(#[from] crate::connect::KeyError),
+    #[error("the connect page's brand is invalid: {0}")]
+    Brand(String),
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -68,9 +70,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         .timeout(Duration::from_secs(15))
         .build()
         .map_err(|e| RunError::Http(e.to_string()))?;
-    let connect = start_connect_server(&cfg, &client, &http, metrics.clone(), stop_rx.clone()).await?;
     let namespaces = cfg.watched_namespaces();
     let (stores, receivers) = controller::start_watches(&client, &namespaces);
+    let lookup = crate::connect::lookup::Lookup::new(client.clone(), stores.clone(), ready.clone());
+    let connect = start_connect_server(&cfg, &client, lookup, &http, metrics.clone(), stop_rx.clone()).await?;
     let ctx = Arc::new(Context {
         client: client.clone(),
         stores: stores.clone(),
@@ -88,7 +91,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         _ = shutdown_signal() => { let _ = stop_tx.send(true); return Ok(()); }
     }
     info!(elapsed_ms = started.elapsed().as_millis() as u64, "caches synced");
-    ready.store(true, Ordering::Relaxed);
+    ready.store(true, Ordering::Release);
 
     // Leader election: every replica stays ready (caches warm, connect page served); only the holder reconciles.
     let (receivers, leadership) = if cfg.leader_election {
@@ -128,9 +131,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
 }
 
 /// Loads (or creates) the signing keys and serves the connect server on every replica.
+/// Until the stores have listed, links get 503 (the connect page is served from them).
 async fn start_connect_server(
     cfg: &RunConfig,
     client: &kube::Client,
+    lookup: crate::connect::lookup::Lookup,
     http: &reqwest::Client,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
@@ -142,7 +147,18 @@ async fn start_connect_server(
     let connect = Arc::new(crate::connect::ConnectConfig::new(&cfg.connect_base_url, keyring));
     let listener =
         tokio::net::TcpListener::bind(cfg.connect_bind).await.map_err(|source| RunError::Bind { addr: cfg.connect_bind, source })?;
-    let state = crate::connect::routes::ConnectState::new(client.clone(), http.clone(), connect.clone()).with_metrics(metrics);
+    let brand = cfg.brand();
+    let problems = crate::connect::pages::problems(&brand);
+    if !problems.is_empty() {
+        return Err(RunError::Brand(problems.join("; ")));
+    }
+    let limit = crate::connect::limit::RateLimit { per_minute: cfg.connect_rate_limit, burst: cfg.connect_rate_burst };
+    let prefix = cfg.connect_path_prefix();
+    let state = crate::connect::routes::ConnectState::new(lookup, http.clone(), connect.clone())
+        .with_metrics(metrics)
+        .with_rate_limit(limit)
+        .with_brand(brand)
+        .with_prefix(&prefix);
     tokio::spawn(async move {
         if let Err(e) = crate::connect::routes::serve(listener, state, async move {
             let _ = stop.changed().await;
@@ -152,7 +168,7 @@ async fn start_connect_server(
             error!(error = %e, "the connect server stopped");
         }
     });
-    info!(connect = %cfg.connect_bind, base_url = %connect.base_url, "connect server listening");
+    info!(connect = %cfg.connect_bind, base_url = %connect.base_url, path_prefix = %prefix, "connect server listening");
     Ok(connect)
 }
 

@@ -40,6 +40,17 @@ async fn application() -> (String, Arc<Mutex<Vec<String>>>) {
     (url, seen)
 }
 
+/// The organisation's logo, served from its own origin (the page's CSP must allow exactly that origin).
+async fn logo_server() -> String {
+    const SVG: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" width="168" height="40" viewBox="0 0 168 40"><rect x="0" y="4" width="32" height="32" rx="8" fill="#0f766e"/><path d="M9 20h14M16 13v14" stroke="#fff" stroke-width="4" stroke-linecap="round"/><text x="42" y="27" font-family="Helvetica,Arial,sans-serif" font-size="19" font-weight="700" fill="#134e4a">Globex Cloud</text></svg>"##;
+    let app = axum::Router::new()
+        .route("/logo.svg", axum::routing::get(|| async { ([(axum::http::header::CONTENT_TYPE, "image/svg+xml")], SVG) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/logo.svg", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -184,6 +195,57 @@ async fn a_user_pastes_an_api_key_in_a_real_browser() {
     active(&uas, "initech").await;
     assert_eq!(decoded(&secrets.get("initech-acme-sync-credentials").await.unwrap(), "api_key").as_deref(), Some(key2));
     op.assert_no_leaks("globex", &[key, key2]);
+}
+
+#[tokio::test]
+async fn a_branded_connect_page_behind_a_path_prefix_in_a_real_browser() {
+    require_browser();
+    let p = provider().await; // accepts `Bearer good-*`
+    let (app, app_seen) = application().await;
+    let logo = logo_server().await;
+    // The operator's brand from its flags (the chart's values); the connection overrides the primary colour.
+    let f = fixture_with(
+        "browser-brand",
+        &p.url,
+        Value::Null,
+        json!({"allowedReturnUrls": [app.as_str()], "branding": {"primaryColor": "#7c3aed"}}),
+    )
+    .await;
+    let tenant = f.tenant("browser-brand-tenant", true).await;
+    let brand = [
+        "--brand-name=Globex Cloud".to_string(),
+        format!("--brand-logo-url={logo}"),
+        "--brand-primary-color=#0f766e".into(),
+        "--brand-background-color=#eef4f3".into(),
+        "--brand-support-url=mailto:integrations@globex.example".into(),
+    ];
+    let brand: Vec<&str> = brand.iter().map(String::as_str).collect();
+    let op =
+        Operator::start_behind_path(&bed().await, "connect-browser-brand", &[f.ns(), tenant.name()], "/integrations/connect", &brand).await;
+    let uas = tenant.api::<UserActivation>();
+
+    activation(&tenant, "hooli", ("acme-sync", f.ns()), "Hooli", Some(&format!("{app}done"))).await;
+    let link = connect_url(&uas, "hooli").await;
+    assert!(link.starts_with(&format!("{}/connect/", op.connect_base_url)), "the link carries the prefix: {link}");
+    assert!(op.connect_base_url.ends_with("/integrations/connect"));
+    let key = "good-branded-key-5e21";
+    let report = browse("api-key", &link, &screenshots("branded"), &["--key", key, "--wrong-key", "wrong-key-456"]).await;
+    let form = page(&report, "form");
+    assert_eq!(form["title"], "Connect Acme API · Globex Cloud", "{form}");
+    assert_eq!(form["images"], json!([{"src": logo, "alt": "Globex Cloud", "loaded": true}]), "the logo loaded under the page's CSP");
+    assert_eq!(form["buttonColor"], "rgb(124, 58, 237)", "the connection's colour wins over the operator's");
+    assert_eq!(form["help"], "mailto:integrations@globex.example");
+    assert_eq!(form["formAction"], link.as_str(), "the form posts back under the prefix");
+    let error = page(&report, "error");
+    assert_eq!(error["httpStatus"], 422, "the form's POST reached the handler under the prefix: {error}");
+    assert_eq!(error["buttonColor"], "rgb(124, 58, 237)");
+    assert_eq!(report["finalUrl"], format!("{app}done?status=success"), "{report}");
+    assert_eq!(*app_seen.lock().unwrap(), ["/done?status=success"]);
+    let reopened = page(&report, "reopened");
+    assert_eq!(reopened["httpStatus"], 410, "{reopened}");
+    assert_eq!(reopened["images"][0]["loaded"], true, "error pages carry the operator's brand: {reopened}");
+    active(&uas, "hooli").await;
+    op.assert_no_leaks("hooli", &[key]);
 }
 
 #[tokio::test]

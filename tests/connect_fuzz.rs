@@ -86,8 +86,9 @@ struct Server {
     http: reqwest::Client,
 }
 
-/// The connect router on a loopback port, with a kube client that points at a closed port: any request that got
-/// past the in-memory checks would fail with 503, which the properties below refuse.
+/// The connect router on a loopback port, with stores that never become ready and a kube client that points at a
+/// closed port: any request that got past the in-memory checks would fail with 503, which the properties below
+/// refuse.
 fn server() -> &'static Server {
     static S: OnceLock<Server> = OnceLock::new();
     S.get_or_init(|| {
@@ -96,7 +97,9 @@ fn server() -> &'static Server {
             let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
             let client = kube::Client::try_from(config).unwrap();
             let connect = Arc::new(ConnectConfig::new("http://127.0.0.1", keyring()));
-            let state = routes::ConnectState::new(client, reqwest::Client::new(), connect);
+            // Stores no watch feeds: never ready, so a link that passes its checks gets 503 (not ready).
+            let lookup = latchkey::connect::lookup::Lookup::new(client, latchkey::controller::Stores::unfed(), Default::default());
+            let state = routes::ConnectState::new(lookup, reqwest::Client::new(), connect);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
             tokio::spawn(routes::serve(listener, state, std::future::pending()));
@@ -146,7 +149,7 @@ proptest! {
 #[test]
 fn a_signed_link_reaches_storage_only_after_its_checks() {
     // Control for the properties above: a validly signed, unexpired link does get past the in-memory checks (and
-    // then finds storage unreachable: 503), so a 4xx there really is the parser refusing.
+    // then finds the stores not ready: 503), so a 4xx there really is the parser refusing.
     let c = Claims { namespace: "ns".into(), name: "ua".into(), uid: "u".into(), nonce: "n".into(), exp: Utc::now().timestamp() + 600 };
     let t = keyring().sign(&c).unwrap();
     assert_eq!(status_of(|h, b| h.get(format!("{b}/connect/{t}"))), 503);

@@ -54,6 +54,49 @@ pub struct EmbeddedConnectionSpec {
     /// The per-tenant integration Job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobSpec>,
+    /// How the connect page looks to this connection's users. Each field set here wins over the operator-wide
+    /// brand (the chart's `connect.branding`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branding: Option<Branding>,
+}
+
+/// The organisation's brand on the connect page.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Branding {
+    /// The organisation's name: shown above the form, in the page title and in the help link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 100))]
+    pub name: Option<String>,
+    /// URL of the organisation's logo (an image shown 40 px high; https in production).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://\S+$"))]
+    pub logo_url: Option<String>,
+    /// Primary colour (buttons, links, focus rings), `#rrggbb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^#[0-9a-fA-F]{6}$"))]
+    pub primary_color: Option<String>,
+    /// Page background colour in light mode, `#rrggbb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^#[0-9a-fA-F]{6}$"))]
+    pub background_color: Option<String>,
+    /// Where users get help: an http(s) or mailto: URL, linked from every page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^(https?://|mailto:)\S+$"))]
+    pub support_url: Option<String>,
+}
+
+impl Branding {
+    /// This brand with `base`'s fields where this one has none.
+    pub fn over(&self, base: &Branding) -> Branding {
+        Branding {
+            name: self.name.clone().or_else(|| base.name.clone()),
+            logo_url: self.logo_url.clone().or_else(|| base.logo_url.clone()),
+            primary_color: self.primary_color.clone().or_else(|| base.primary_color.clone()),
+            background_color: self.background_color.clone().or_else(|| base.background_color.clone()),
+            support_url: self.support_url.clone().or_else(|| base.support_url.clone()),
+        }
+    }
 }
 
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

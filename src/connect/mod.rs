@@ -2,10 +2,14 @@
 //!
 //! - [`token`]: signed connect links and sealed OAuth `state` (verified in memory, before any I/O).
 //! - [`routes`]: `GET/POST /connect/{token}` and `GET /oauth/callback`, served on every replica.
+//! - [`limit`]: the per-activation rate limit.
+//! - [`lookup`]: what a verified link points at, from the operator's reflector stores.
 //! - [`pages`]: the HTML the user sees.
 //!
 //! The signing keys live in a Secret in the operator namespace (created with one random key when absent). Every
 //! data entry of that Secret is a key that verifies; the entry `signing-key` (else the first by name) signs.
+pub mod limit;
+pub mod lookup;
 pub mod pages;
 pub mod routes;
 pub mod token;

@@ -1,9 +1,12 @@
-//! The pages the connect server shows: a credential form and outcome pages. One stylesheet, inline and allowed by
-//! its hash in the Content-Security-Policy; no scripts; every value escaped.
+//! The pages the connect server shows: a credential form and outcome pages, in the organisation's brand. One
+//! stylesheet plus the brand's colours, inline and allowed by their hashes in the Content-Security-Policy; the
+//! logo from its own origin only; no scripts; every value escaped.
 use std::sync::LazyLock;
 
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
+
+use crate::api::embedded_connection::Branding;
 
 const STYLE: &str = r#"
 :root{color-scheme:light dark;--bg:#f4f5f7;--card:#fff;--fg:#1c2430;--muted:#5b6675;--line:#d9dde3;--accent:#3754db;--accent-fg:#fff;--err:#b42318;--err-bg:#fef3f2;--ok:#067647}
@@ -26,12 +29,19 @@ button:focus-visible,.button:focus-visible{outline:3px solid var(--fg);outline-o
 .ok{display:flex;align-items:center;gap:10px;color:var(--ok);font-weight:600;font-size:18px;margin-bottom:8px}
 .ok::before{content:"\2713";flex:none;display:flex;align-items:center;justify-content:center;width:30px;height:30px;border-radius:50%;background:color-mix(in srgb,var(--ok) 15%,transparent);font-size:16px}
 .fine{margin:24px 0 0;padding-top:16px;border-top:1px solid var(--line);font-size:13px;color:var(--muted);text-align:center}
-@media (max-width:480px){body{padding:12px;align-items:flex-start}main{padding:24px 20px}}
+.fine a{color:var(--accent);font-weight:600}
+.shell{width:100%;max-width:420px}
+.org{display:flex;align-items:center;justify-content:center;gap:10px;margin:0 0 18px;font-weight:650;font-size:17px;color:var(--fg)}
+.org img{height:40px;width:auto;max-width:200px;object-fit:contain}
+.org .mark{width:32px;height:32px;border-radius:8px;background:var(--fg);color:var(--bg);display:flex;align-items:center;justify-content:center;font-size:15px}
+.help{margin:14px 0 0;text-align:center;font-size:14px;color:var(--muted)}
+.help a{color:var(--accent);font-weight:600;text-decoration:none}
+.help a:hover{text-decoration:underline}
+@media (max-width:480px){body{padding:12px;align-items:flex-start}main{padding:24px 20px}.org{margin:8px 0 14px}}
 "#;
 
 /// `'sha256-...'` of the stylesheet, for the CSP.
-pub static STYLE_HASH: LazyLock<String> =
-    LazyLock::new(|| format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(Sha256::digest(STYLE.as_bytes()))));
+pub static STYLE_HASH: LazyLock<String> = LazyLock::new(|| hash(STYLE));
 
 /// HTML-escapes text for element content and attribute values.
 pub fn esc(s: &str) -> String {
@@ -53,13 +63,170 @@ fn initial(name: &str) -> String {
     name.chars().find(|c| c.is_alphanumeric()).map(|c| c.to_uppercase().to_string()).unwrap_or_else(|| "?".into())
 }
 
-fn layout(title: &str, connector: &str, body: &str) -> String {
-    format!(
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><meta name="referrer" content="no-referrer"><title>{title}</title><style>{STYLE}</style></head><body><main><div class="brand"><div class="logo" aria-hidden="true">{logo}</div><div><p class="kicker">Connect</p><h1>{heading}</h1></div></div>{body}<p class="fine">Secured by Latchkey. Your credentials are kept for this integration alone and are never shown on a page again.</p></main></body></html>"#,
-        title = esc(title),
-        logo = esc(&initial(connector)),
-        heading = esc(connector),
-    )
+/// `#rrggbb`, else nothing: a colour goes into CSS, so nothing else may pass.
+fn color(c: Option<&str>) -> Option<&str> {
+    c.filter(|c| c.len() == 7 && c.starts_with('#') && c[1..].bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// An http(s) URL (and, for a help link, mailto:), parsed, else nothing.
+fn link(u: Option<&str>, mailto: bool) -> Option<url::Url> {
+    let u = url::Url::parse(u?).ok()?;
+    match u.scheme() {
+        "http" | "https" if u.host().is_some() => Some(u),
+        "mailto" if mailto => Some(u),
+        _ => None,
+    }
+}
+
+/// Black or white text, whichever reads better on `hex` (relative luminance, WCAG).
+fn text_on(hex: &str) -> &'static str {
+    let ch = |i: usize| {
+        let v = f64::from(u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or(0)) / 255.0;
+        if v <= 0.03928 { v / 12.92 } else { ((v + 0.055) / 1.055).powf(2.4) }
+    };
+    let l = 0.2126 * ch(1) + 0.7152 * ch(3) + 0.0722 * ch(5);
+    if l > 0.4 { "#111418" } else { "#ffffff" }
+}
+
+/// What a brand's fields say, each checked; what is not valid is left out (the CRD schema and the operator's
+/// start-up checks refuse it before it gets here).
+pub struct Look {
+    name: Option<String>,
+    logo: Option<url::Url>,
+    support: Option<url::Url>,
+    /// The brand's colours as CSS, when it has any.
+    css: Option<String>,
+}
+
+impl Look {
+    pub fn new(b: &Branding) -> Self {
+        let mut css = String::new();
+        if let Some(p) = color(b.primary_color.as_deref()) {
+            css.push_str(&format!(":root{{--accent:{p};--accent-fg:{}}}", text_on(p)));
+        }
+        if let Some(bg) = color(b.background_color.as_deref()) {
+            css.push_str(&format!("@media (prefers-color-scheme:light){{:root{{--bg:{bg}}}}}"));
+        }
+        Look {
+            name: b.name.as_deref().map(str::trim).filter(|n| !n.is_empty()).map(String::from),
+            logo: link(b.logo_url.as_deref(), false),
+            support: link(b.support_url.as_deref(), true),
+            css: (!css.is_empty()).then_some(css),
+        }
+    }
+
+    /// The Content-Security-Policy for a page in this look: its stylesheets by hash, the logo's origin for
+    /// images, forms to this server (and on to `form_target`'s origin, the application's return URL).
+    pub fn csp(&self, form_target: Option<&str>) -> String {
+        let target =
+            form_target.and_then(|u| url::Url::parse(u).ok()).map(|u| format!(" {}", u.origin().ascii_serialization())).unwrap_or_default();
+        let brand_style = self.css.as_deref().map(|c| format!(" {}", hash(c))).unwrap_or_default();
+        let img = self.logo.as_ref().map(|u| format!("; img-src {}", u.origin().ascii_serialization())).unwrap_or_default();
+        format!(
+            "default-src 'none'; style-src {}{brand_style}{img}; form-action 'self'{target}; frame-ancestors 'none'; base-uri 'none'",
+            *STYLE_HASH
+        )
+    }
+
+    fn layout(&self, title: &str, connector: &str, body: &str) -> String {
+        let brand_style = self.css.as_deref().map(|c| format!("<style>{c}</style>")).unwrap_or_default();
+        let title = match &self.name {
+            Some(n) => format!("{} · {}", esc(title), esc(n)),
+            None => esc(title),
+        };
+        let org = match (&self.logo, &self.name) {
+            // A logo usually carries the name; a screen reader reads it from the alt text.
+            (Some(logo), name) => {
+                format!(r#"<header class="org"><img src="{}" alt="{}"></header>"#, esc(logo.as_str()), esc(name.as_deref().unwrap_or("")))
+            }
+            (None, Some(name)) => {
+                format!(
+                    r#"<header class="org"><span class="mark" aria-hidden="true">{}</span><span>{}</span></header>"#,
+                    esc(&initial(name)),
+                    esc(name)
+                )
+            }
+            (None, None) => String::new(),
+        };
+        let help = match &self.support {
+            Some(u) => {
+                let who = self.name.as_deref().map(|n| format!("{} support", esc(n))).unwrap_or_else(|| "support".into());
+                format!(r#"<p class="help">Need help? <a href="{}" rel="noopener noreferrer">Contact {who}</a></p>"#, esc(u.as_str()))
+            }
+            None => String::new(),
+        };
+        let keeper = match &self.name {
+            Some(n) => format!("{} keeps your credentials for this integration alone", esc(n)),
+            None => "Your credentials are kept for this integration alone".into(),
+        };
+        format!(
+            r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><meta name="referrer" content="no-referrer"><title>{title}</title><style>{STYLE}</style>{brand_style}</head><body><div class="shell">{org}<main><div class="brand"><div class="logo" aria-hidden="true">{logo}</div><div><p class="kicker">Connect</p><h1>{heading}</h1></div></div>{body}<p class="fine">{keeper} and never shown on a page again. Secured by Latchkey.</p></main>{help}</div></body></html>"#,
+            logo = esc(&initial(connector)),
+            heading = esc(connector),
+        )
+    }
+
+    /// The credential form: the connector's name, who connects, the fields, and an error after a rejection. It
+    /// posts back to the address it was served at, so it works behind any path prefix.
+    pub fn form(&self, connector: &str, user: &str, fields: &[Field], values: &[(&str, String)], error: Option<&str>) -> String {
+        let mut body = String::new();
+        body.push_str(&format!("<p>Connect your {} account for <strong>{}</strong>.</p>", esc(connector), esc(user)));
+        if let Some(e) = error {
+            body.push_str(&format!(r#"<div class="error" role="alert" id="form-error">{}</div>"#, esc(e)));
+        }
+        body.push_str(r#"<form method="post" autocomplete="off">"#);
+        for (i, f) in fields.iter().enumerate() {
+            let value =
+                if f.secret { String::new() } else { values.iter().find(|(k, _)| *k == f.name).map(|(_, v)| esc(v)).unwrap_or_default() };
+            let described = if error.is_some() { r#" aria-describedby="form-error" aria-invalid="true""# } else { "" };
+            body.push_str(&format!(
+                r#"<label for="{n}">{l}</label><input id="{n}" name="{n}" type="{t}" required spellcheck="false" autocomplete="{a}" value="{value}"{described}{focus}>"#,
+                n = f.name,
+                l = esc(f.label),
+                t = if f.secret { "password" } else { "text" },
+                a = f.autocomplete,
+                focus = if i == 0 { " autofocus" } else { "" },
+            ));
+        }
+        body.push_str(&format!(r#"<button type="submit">Connect {}</button></form>"#, esc(connector)));
+        self.layout(&format!("Connect {connector}"), connector, &body)
+    }
+
+    /// An outcome page: a heading line, an explanation, and an optional link back to the application.
+    pub fn message(&self, connector: &str, title: &str, text: &str, back: Option<&str>, ok: bool) -> String {
+        let mut body = format!(r#"<p class="{}" role="status">{}</p><p>{}</p>"#, if ok { "ok" } else { "error" }, esc(title), esc(text));
+        if let Some(url) = back {
+            body.push_str(&format!(r#"<a class="button" href="{}">Return to the application</a>"#, esc(url)));
+        }
+        self.layout(title, connector, &body)
+    }
+}
+
+/// What is wrong with a brand's fields, one line each (for the operator's start-up check).
+pub fn problems(b: &Branding) -> Vec<String> {
+    let mut out = Vec::new();
+    for (flag, v) in [("primary colour", &b.primary_color), ("background colour", &b.background_color)] {
+        if let Some(v) = v {
+            if color(Some(v)).is_none() {
+                out.push(format!("the brand's {flag} {v:?} is not #rrggbb"));
+            }
+        }
+    }
+    if let Some(v) = &b.logo_url {
+        if link(Some(v), false).is_none() {
+            out.push(format!("the brand's logo URL {v:?} is not an http(s) URL"));
+        }
+    }
+    if let Some(v) = &b.support_url {
+        if link(Some(v), true).is_none() {
+            out.push(format!("the brand's support URL {v:?} is not an http(s) or mailto: URL"));
+        }
+    }
+    out
+}
+
+fn hash(css: &str) -> String {
+    format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(Sha256::digest(css.as_bytes())))
 }
 
 /// A form field.
@@ -70,57 +237,56 @@ pub struct Field {
     pub autocomplete: &'static str,
 }
 
-/// The credential form: the connector's name, who connects, the fields, and an error after a rejection.
-pub fn form(connector: &str, user: &str, action: &str, fields: &[Field], values: &[(&str, String)], error: Option<&str>) -> String {
-    let mut body = String::new();
-    body.push_str(&format!("<p>Connect your {} account for <strong>{}</strong>.</p>", esc(connector), esc(user)));
-    if let Some(e) = error {
-        body.push_str(&format!(r#"<div class="error" role="alert" id="form-error">{}</div>"#, esc(e)));
-    }
-    body.push_str(&format!(r#"<form method="post" action="{}" autocomplete="off">"#, esc(action)));
-    for (i, f) in fields.iter().enumerate() {
-        let value =
-            if f.secret { String::new() } else { values.iter().find(|(k, _)| *k == f.name).map(|(_, v)| esc(v)).unwrap_or_default() };
-        let described = if error.is_some() { r#" aria-describedby="form-error" aria-invalid="true""# } else { "" };
-        body.push_str(&format!(
-            r#"<label for="{n}">{l}</label><input id="{n}" name="{n}" type="{t}" required spellcheck="false" autocomplete="{a}" value="{value}"{described}{focus}>"#,
-            n = f.name,
-            l = esc(f.label),
-            t = if f.secret { "password" } else { "text" },
-            a = f.autocomplete,
-            focus = if i == 0 { " autofocus" } else { "" },
-        ));
-    }
-    body.push_str(&format!(r#"<button type="submit">Connect {}</button></form>"#, esc(connector)));
-    layout(&format!("Connect {connector}"), connector, &body)
-}
-
-/// An outcome page: a heading line, an explanation, and an optional link back to the application.
-pub fn message(connector: &str, title: &str, text: &str, back: Option<&str>, ok: bool) -> String {
-    let mut body = format!(r#"<p class="{}" role="status">{}</p><p>{}</p>"#, if ok { "ok" } else { "error" }, esc(title), esc(text));
-    if let Some(url) = back {
-        body.push_str(&format!(r#"<a class="button" href="{}">Return to the application</a>"#, esc(url)));
-    }
-    layout(title, connector, &body)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn field() -> [Field; 1] {
+        [Field { name: "api_key", label: "API key", secret: true, autocomplete: "off" }]
+    }
+
     #[test]
     fn values_are_escaped() {
-        let f = form(
-            "<Git>",
-            "a\"b",
-            "/connect/x",
-            &[Field { name: "api_key", label: "API key", secret: true, autocomplete: "off" }],
-            &[("api_key", "<s>".into())],
-            Some("<bad>"),
-        );
+        let f = Look::new(&Branding::default()).form("<Git>", "a\"b", &field(), &[("api_key", "<s>".into())], Some("<bad>"));
         assert!(!f.contains("<Git>") && f.contains("&lt;Git&gt;"));
         assert!(!f.contains("<s>"), "secret values are never echoed");
         assert!(f.contains("&lt;bad&gt;"));
         assert!(STYLE_HASH.starts_with("'sha256-"));
+    }
+
+    #[test]
+    fn the_brand_shows_and_its_colours_are_allowed_by_hash() {
+        let b = Branding {
+            name: Some("Acme <Corp>".into()),
+            logo_url: Some("https://cdn.acme.example/logo.svg".into()),
+            primary_color: Some("#ffcc00".into()),
+            background_color: Some("#0a0b0c".into()),
+            support_url: Some("mailto:help@acme.example".into()),
+        };
+        let look = Look::new(&b);
+        let page = look.form("GitHub", "u", &field(), &[], None);
+        assert!(page.contains("Acme &lt;Corp&gt;") && page.contains(r#"src="https://cdn.acme.example/logo.svg""#));
+        assert!(page.contains(r#"href="mailto:help@acme.example""#) && page.contains("Contact Acme &lt;Corp&gt; support"));
+        let css = ":root{--accent:#ffcc00;--accent-fg:#111418}@media (prefers-color-scheme:light){:root{--bg:#0a0b0c}}";
+        assert!(page.contains(&format!("<style>{css}</style>")), "light text would not read on yellow: {page}");
+        let csp = look.csp(None);
+        assert!(csp.contains(&hash(css)) && csp.contains(&*STYLE_HASH) && csp.contains("img-src https://cdn.acme.example;"), "{csp}");
+    }
+
+    #[test]
+    fn a_hostile_brand_cannot_inject_css_or_links() {
+        let b = Branding {
+            name: None,
+            logo_url: Some("javascript:alert(1)".into()),
+            primary_color: Some("red;}body{display:none".into()),
+            background_color: Some("#12345".into()),
+            support_url: Some("data:text/html,x".into()),
+        };
+        let look = Look::new(&b);
+        let page = look.message("X", "t", "x", None, true);
+        assert!(!page.contains("display:none") && !page.contains("javascript:") && !page.contains("data:text"));
+        assert_eq!(look.csp(None).matches("sha256-").count(), 1, "no brand stylesheet, no img-src");
+        assert_eq!(problems(&b).len(), 4);
+        assert!(problems(&Branding { primary_color: Some("#A0b1C2".into()), ..Default::default() }).is_empty());
     }
 }

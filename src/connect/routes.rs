@@ -16,16 +16,19 @@ use axum::routing::get;
 use chrono::Utc;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use super::ConnectConfig;
-use super::pages::{self, Field};
+use super::limit::{Limiter, RateLimit};
+use super::lookup::{Lookup, Refusal, Resolved, unavailable, used};
+use super::pages::{Field, Look};
 use super::token::{self, Claims, TokenError};
-use crate::api::connector::{AuthKind, AuthMethod, OAuth2Method};
-use crate::api::{Connector, EmbeddedConnection, UserActivation};
+use crate::api::UserActivation;
+use crate::api::connector::{AuthKind, OAuth2Method};
+use crate::api::embedded_connection::Branding;
 use crate::credentials::oauth::{self, OAuthError};
 use crate::credentials::verify::{self, Verdict};
 use crate::credentials::{self, Credential, OAuth2Tokens, Sensitive, keys};
@@ -40,17 +43,58 @@ const STATE_TTL: chrono::Duration = chrono::Duration::minutes(15);
 
 #[derive(Clone)]
 pub struct ConnectState {
-    pub client: Client,
+    /// The activations, connections, connectors and OAuth apps links point at.
+    pub lookup: Lookup,
     pub http: reqwest::Client,
     pub config: Arc<ConnectConfig>,
     pub provider_calls: Arc<Semaphore>,
+    /// Requests per activation (after its link verified).
+    pub limiter: Arc<Limiter>,
+    /// The operator-wide brand; a connection's `spec.branding` wins field by field.
+    pub brand: Arc<Branding>,
+    /// The path the routes are served under: `""` or `/a[/b...]`.
+    pub prefix: Arc<str>,
     /// Counts requests by route and status (never by token or activation).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl ConnectState {
-    pub fn new(client: Client, http: reqwest::Client, config: Arc<ConnectConfig>) -> Self {
-        Self { client, http, config, provider_calls: Arc::new(Semaphore::new(PROVIDER_CALLS)), metrics: None }
+    pub fn new(lookup: Lookup, http: reqwest::Client, config: Arc<ConnectConfig>) -> Self {
+        Self {
+            lookup,
+            http,
+            config,
+            provider_calls: Arc::new(Semaphore::new(PROVIDER_CALLS)),
+            limiter: Arc::new(Limiter::new(RateLimit::default())),
+            brand: Arc::new(Branding::default()),
+            prefix: Arc::from(""),
+            metrics: None,
+        }
+    }
+
+    /// Pages in this brand (see [`ConnectState::with_brand`]).
+    pub fn with_brand(mut self, brand: Branding) -> Self {
+        self.brand = Arc::new(brand);
+        self
+    }
+
+    /// Serves the routes under `prefix` (`""` or `/a[/b...]`) and nothing outside it.
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = Arc::from(prefix.trim_end_matches('/'));
+        self
+    }
+
+    /// The look of a page: the connection's brand over the operator's.
+    fn look(&self, r: Option<&Resolved>) -> Look {
+        match r.and_then(|r| r.connection.spec.branding.as_ref()) {
+            Some(b) => Look::new(&b.over(&self.brand)),
+            None => Look::new(&self.brand),
+        }
+    }
+
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.limiter = Arc::new(Limiter::new(limit));
+        self
     }
 
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
@@ -61,7 +105,8 @@ impl ConnectState {
 
 /// `latchkey_connect_requests_total{route, status}`.
 async fn count(State(state): State<ConnectState>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let route = match (req.method().as_str(), req.uri().path()) {
+    let path = req.uri().path();
+    let route = match (req.method().as_str(), path.strip_prefix(&*state.prefix).unwrap_or(path)) {
         ("GET", p) if p.starts_with("/connect/") => "connect_page",
         ("POST", p) if p.starts_with("/connect/") => "connect_submit",
         (_, "/oauth/callback") => "oauth_callback",
@@ -77,13 +122,11 @@ async fn count(State(state): State<ConnectState>, req: axum::extract::Request, n
 }
 
 pub fn router(state: ConnectState) -> Router {
-    Router::new()
-        .route("/connect/{token}", get(show).post(submit))
-        .route("/oauth/callback", get(callback))
-        .fallback(|| async {
-            html(StatusCode::NOT_FOUND, pages::message("Latchkey", "Not found", "There is nothing here.", None, false), None)
-        })
+    let routes = Router::new().route("/connect/{token}", get(show).post(submit)).route("/oauth/callback", get(callback));
+    let app = if state.prefix.is_empty() { routes } else { Router::new().nest(&state.prefix, routes) };
+    app.fallback(|| async { Refusal(StatusCode::NOT_FOUND, "Not found", "There is nothing here.".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response_with_state(state.clone(), render_refusal))
         .layer(axum::middleware::map_response(security_headers))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
@@ -105,15 +148,10 @@ async fn security_headers(mut res: Response) -> Response {
     res
 }
 
-/// An HTML answer with its CSP: the page's stylesheet by hash; forms post to this server only, and may be
-/// redirected on to `form_target` (the application's return URL).
-fn html(status: StatusCode, body: String, form_target: Option<&str>) -> Response {
-    let target =
-        form_target.and_then(|u| url::Url::parse(u).ok()).map(|u| format!(" {}", u.origin().ascii_serialization())).unwrap_or_default();
-    let csp = format!(
-        "default-src 'none'; style-src {}; form-action 'self'{target}; frame-ancestors 'none'; base-uri 'none'",
-        *pages::STYLE_HASH
-    );
+/// An HTML answer with its CSP: the page's stylesheets by hash, its logo's origin; forms post to this server only,
+/// and may be redirected on to `form_target` (the application's return URL).
+fn html(status: StatusCode, look: &Look, body: String, form_target: Option<&str>) -> Response {
+    let csp = look.csp(form_target);
     let mut res = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
     if let Ok(v) = HeaderValue::from_str(&csp) {
         res.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
@@ -129,13 +167,25 @@ fn redirect(status: StatusCode, to: &str) -> Response {
     (status, h).into_response()
 }
 
-/// A refusal: the status and a page saying what happened and what to do.
-struct Refusal(StatusCode, &'static str, String);
-
+/// A refusal is rendered by [`render_refusal`], which knows the brand: here it only carries itself along.
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        html(self.0, pages::message("Latchkey", self.1, &self.2, None, false), None)
+        let mut res = self.0.into_response();
+        res.extensions_mut().insert(self);
+        res
     }
+}
+
+/// Renders a refusal as a page in the operator's brand, keeping the headers it carries (`Retry-After`).
+async fn render_refusal(State(st): State<ConnectState>, mut res: Response) -> Response {
+    let Some(Refusal(status, title, text)) = res.extensions_mut().remove::<Refusal>() else { return res };
+    let look = st.look(None);
+    let heading = st.brand.name.as_deref().unwrap_or("Latchkey");
+    let mut page = html(status, &look, look.message(heading, title, &text, None, false), None);
+    for (k, v) in res.headers() {
+        page.headers_mut().insert(k.clone(), v.clone());
+    }
+    page
 }
 
 fn token_refusal(e: TokenError) -> Refusal {
@@ -152,100 +202,26 @@ fn token_refusal(e: TokenError) -> Refusal {
     }
 }
 
-fn used() -> Refusal {
-    Refusal(
-        StatusCode::GONE,
-        "This link was already used",
-        "Each connect link works once. Ask the application for a new one if you still need to connect.".into(),
+/// 429 with `Retry-After` when the activation a verified link names has used its share of requests.
+fn limited(st: &ConnectState, claims: &Claims) -> Result<(), Response> {
+    let Err(wait) = st.limiter.check(&claims.uid, std::time::Instant::now()) else { return Ok(()) };
+    let secs = (wait.as_secs_f64().ceil() as u64).max(1);
+    let mut res = Refusal(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many attempts",
+        format!("This link was opened too often in a short time. Wait {secs} seconds and try again."),
     )
+    .into_response();
+    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    Err(res)
 }
 
-fn unavailable(what: &str) -> Refusal {
-    Refusal(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", format!("{what} Nothing was saved; please try again in a moment."))
-}
-
-/// An activation with what it uses, read from the apiserver (any replica; no cache needed).
-struct Resolved {
-    ua: UserActivation,
-    connector: Connector,
-    connection: EmbeddedConnection,
-    method: AuthMethod,
-}
-
-impl Resolved {
-    fn display_name(&self) -> String {
-        self.connector.spec.display_name.clone().unwrap_or_else(|| self.connector.name_any())
-    }
-    fn user(&self) -> String {
-        self.ua.spec.user.display_name.clone().unwrap_or_else(|| self.ua.spec.user.id.clone())
-    }
-    /// The return URL, only when the connection allows it (no open redirect), with `status` added.
-    fn return_url(&self, status: &str) -> Option<String> {
-        let url = self.ua.spec.return_url.as_ref()?;
-        if !self.connection.spec.allowed_return_urls.iter().any(|p| url.starts_with(p.as_str())) {
-            return None;
-        }
-        let mut u = url::Url::parse(url).ok()?;
-        u.query_pairs_mut().append_pair("status", status);
-        Some(u.to_string())
-    }
-    fn oauth2(&self) -> Option<&OAuth2Method> {
-        self.method.oauth2.as_ref()
-    }
-}
-
-/// Reads the activation a verified token names and checks that the link is still the current one.
 /// Verifies a connect token (before any I/O) and resolves what it points at; the answer to send when either fails.
 async fn verify_and_resolve(st: &ConnectState, tok: &str) -> Result<(Claims, Resolved), Response> {
     let claims = st.config.keys.verify(tok, Utc::now()).map_err(|e| token_refusal(e).into_response())?;
-    let r = resolve(st, &claims).await.map_err(IntoResponse::into_response)?;
+    limited(st, &claims)?;
+    let r = st.lookup.resolve(&claims).await.map_err(IntoResponse::into_response)?;
     Ok((claims, r))
-}
-
-async fn resolve(st: &ConnectState, claims: &Claims) -> Result<Resolved, Refusal> {
-    let api: Api<UserActivation> = Api::namespaced(st.client.clone(), &claims.namespace);
-    let ua = api.get_opt(&claims.name).await.map_err(|e| {
-        warn!(error = %e, "reading an activation for a connect link failed");
-        unavailable("The connect service could not reach its storage.")
-    })?;
-    let Some(ua) = ua.filter(|u| u.uid().as_deref() == Some(claims.uid.as_str()) && u.metadata.deletion_timestamp.is_none()) else {
-        return Err(Refusal(
-            StatusCode::NOT_FOUND,
-            "This connection no longer exists",
-            "The application removed it. Ask it for a new connect link.".into(),
-        ));
-    };
-    let current = ua.status.as_ref().and_then(|s| s.connect_nonce.as_deref()).unwrap_or("");
-    if !token::ct_eq(current, &claims.nonce) {
-        return Err(used());
-    }
-    let conn_ns = ua.connection_namespace().unwrap_or_default();
-    let fail = |what: &str| {
-        Refusal(
-            StatusCode::NOT_FOUND,
-            "This connection is not available",
-            format!("{what}. Ask the application to check its configuration."),
-        )
-    };
-    let connection = Api::<EmbeddedConnection>::namespaced(st.client.clone(), &conn_ns)
-        .get_opt(&ua.spec.connection_ref.name)
-        .await
-        .map_err(|_| unavailable("The connect service could not reach its storage."))?
-        .ok_or_else(|| fail("The connection was removed"))?;
-    let connector = Api::<Connector>::namespaced(st.client.clone(), &conn_ns)
-        .get_opt(&connection.spec.connector_ref.name)
-        .await
-        .map_err(|_| unavailable("The connect service could not reach its storage."))?
-        .ok_or_else(|| fail("The connector was removed"))
-        .map(|mut c| {
-            crate::providers::resolve(&mut c.spec);
-            c
-        })?;
-    let method = connector
-        .auth_method(&connection.spec.auth_method)
-        .cloned()
-        .ok_or_else(|| fail("The connection's sign-in method does not exist"))?;
-    Ok(Resolved { ua, connector, connection, method })
 }
 
 fn fields(kind: AuthKind) -> &'static [Field] {
@@ -274,22 +250,18 @@ async fn show(State(st): State<ConnectState>, Path(tok): Path<String>) -> Respon
     };
     let kind = r.method.kind();
     if kind != AuthKind::OAuth2AuthorizationCode {
-        let action = format!("/connect/{tok}");
-        return html(
-            StatusCode::OK,
-            pages::form(&r.display_name(), &r.user(), &action, fields(kind), &[], None),
-            r.ua.spec.return_url.as_deref(),
-        );
+        let look = st.look(Some(&r));
+        let page = look.form(&r.display_name(), &r.user(), fields(kind), &[], None);
+        return html(StatusCode::OK, &look, page, r.ua.spec.return_url.as_deref());
     }
     let Some(m) = r.oauth2() else { return unavailable("The connector is misconfigured.").into_response() };
-    let app =
-        match oauth::organisation_app(&st.client, &r.connector.namespace().unwrap_or_default(), m, Some(st.config.redirect_uri())).await {
-            Ok(a) => a,
-            Err(e) => {
-                warn!(error = %e, connector = %r.connector.name_any(), "cannot start an authorization");
-                return unavailable("The connector's OAuth app is not configured.").into_response();
-            }
-        };
+    let app = match st.lookup.organisation_app(&r.connector, m, st.config.redirect_uri()).await {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, connector = %r.connector.name_any(), "cannot start an authorization");
+            return unavailable("The connector's OAuth app is not configured.").into_response();
+        }
+    };
     let state_claims = Claims { exp: claims.exp.min((Utc::now() + STATE_TTL).timestamp()), ..claims };
     let keys = st.config.keys.clone();
     let mut sealed = Err(TokenError::NoKey);
@@ -326,11 +298,9 @@ async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(fo
     let again = |error: &str, status: StatusCode| {
         let kept: Vec<(&str, String)> =
             fields(kind).iter().filter(|f| !f.secret).filter_map(|f| value(f.name).map(|v| (f.name, v))).collect();
-        html(
-            status,
-            pages::form(&r.display_name(), &r.user(), &format!("/connect/{tok}"), fields(kind), &kept, Some(error)),
-            r.ua.spec.return_url.as_deref(),
-        )
+        let look = st.look(Some(&r));
+        let page = look.form(&r.display_name(), &r.user(), fields(kind), &kept, Some(error));
+        html(status, &look, page, r.ua.spec.return_url.as_deref())
     };
     let missing: Vec<&str> = fields(kind).iter().filter(|f| value(f.name).is_none()).map(|f| f.label).collect();
     if !missing.is_empty() {
@@ -413,7 +383,10 @@ async fn callback(State(st): State<ConnectState>, Query(q): Query<CallbackQuery>
         }
         Err(e) => return token_refusal(e).into_response(),
     };
-    let r = match resolve(&st, &opened.claims).await {
+    if let Err(res) = limited(&st, &opened.claims) {
+        return res;
+    }
+    let r = match st.lookup.resolve(&opened.claims).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -441,7 +414,8 @@ async fn callback(State(st): State<ConnectState>, Query(q): Query<CallbackQuery>
             Err(e) => return e.into_response(),
         }
         let back = r.return_url("error");
-        return html(StatusCode::OK, pages::message(&name, title, &text, back.as_deref(), false), None);
+        let look = st.look(Some(&r));
+        return html(StatusCode::OK, &look, look.message(&name, title, &text, back.as_deref(), false), None);
     }
     let Some(code) = q.code.as_deref().filter(|c| !c.is_empty() && c.len() <= 2048) else {
         return Refusal(
@@ -452,14 +426,13 @@ async fn callback(State(st): State<ConnectState>, Query(q): Query<CallbackQuery>
         .into_response();
     };
     let Some(m) = r.oauth2() else { return unavailable("The connector is misconfigured.").into_response() };
-    let app =
-        match oauth::organisation_app(&st.client, &r.connector.namespace().unwrap_or_default(), m, Some(st.config.redirect_uri())).await {
-            Ok(a) => a,
-            Err(e) => {
-                warn!(error = %e, "cannot exchange an authorization code");
-                return unavailable("The connector's OAuth app is not configured.").into_response();
-            }
-        };
+    let app = match st.lookup.organisation_app(&r.connector, m, st.config.redirect_uri()).await {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "cannot exchange an authorization code");
+            return unavailable("The connector's OAuth app is not configured.").into_response();
+        }
+    };
     let _permit = st.provider_calls.acquire().await;
     let now = Utc::now();
     let set = match app.exchange_code(&st.http, code, opened.pkce_verifier.as_ref()).await {
@@ -506,46 +479,55 @@ async fn complete(
     info!(activation = %r.ua.name_any(), namespace = %r.ua.namespace().unwrap_or_default(), generation, "credentials stored from the connect flow");
     match r.return_url("success") {
         Some(url) => redirect(redirect_status, &url),
-        None => html(
-            StatusCode::OK,
-            pages::message(
-                &r.display_name(),
-                "Connected",
-                &format!("Your {} account is connected. You can close this page.", r.display_name()),
-                None,
-                true,
-            ),
-            None,
-        ),
+        None => {
+            let look = st.look(Some(r));
+            let text = format!("Your {} account is connected. You can close this page.", r.display_name());
+            html(StatusCode::OK, &look, look.message(&r.display_name(), "Connected", &text, None, true), None)
+        }
     }
 }
 
-/// Rotates the activation's connect nonce if it is still the one read (resourceVersion precondition), dropping
-/// the spent link. `Ok(false)`: another request completed the link first.
+/// Rotates the activation's connect nonce if it is still the one the link carries, dropping the spent link: a
+/// merge patch with the read resourceVersion as precondition. The copy read may come from a store that lags; when
+/// the precondition fails the activation is read again and, if the nonce still matches, the swap is retried on
+/// the fresh version. `Ok(false)`: another request completed the link first.
 async fn claim_link(st: &ConnectState, ua: &UserActivation, connect_error: Option<&str>) -> Result<bool, Refusal> {
-    let api: Api<UserActivation> = Api::namespaced(st.client.clone(), &ua.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "metadata": { "resourceVersion": ua.resource_version() },
-        "status": { "connectNonce": token::new_nonce(), "connectUrl": null, "connectUrlExpiresAt": null, "connectError": connect_error },
-    });
-    match api
-        .patch_status(
-            &ua.name_any(),
-            &PatchParams { field_manager: Some(naming::CONNECT_FIELD_MANAGER.into()), ..Default::default() },
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-        Err(kube::Error::Api(e)) if e.code == 404 => {
-            Err(Refusal(StatusCode::NOT_FOUND, "This connection no longer exists", "The application removed it.".into()))
+    let api: Api<UserActivation> = Api::namespaced(st.lookup.client().clone(), &ua.namespace().unwrap_or_default());
+    let nonce = ua.status.as_ref().and_then(|s| s.connect_nonce.clone()).unwrap_or_default();
+    let mut rv = ua.resource_version();
+    for _ in 0..3 {
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": rv },
+            "status": { "connectNonce": token::new_nonce(), "connectUrl": null, "connectUrlExpiresAt": null, "connectError": connect_error },
+        });
+        let pp = PatchParams { field_manager: Some(naming::CONNECT_FIELD_MANAGER.into()), ..Default::default() };
+        match api.patch_status(&ua.name_any(), &pp, &Patch::Merge(&patch)).await {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                return Err(Refusal(StatusCode::NOT_FOUND, "This connection no longer exists", "The application removed it.".into()));
+            }
+            Err(e) => {
+                warn!(error = %e, "claiming a connect link failed");
+                return Err(unavailable("The connect service could not reach its storage."));
+            }
         }
-        Err(e) => {
-            warn!(error = %e, "claiming a connect link failed");
-            Err(unavailable("The connect service could not reach its storage."))
+        let fresh = api.get_opt(&ua.name_any()).await.map_err(|e| {
+            warn!(error = %e, "re-reading an activation to claim its link failed");
+            unavailable("The connect service could not reach its storage.")
+        })?;
+        match fresh {
+            Some(f)
+                if f.metadata.uid == ua.metadata.uid
+                    && f.metadata.deletion_timestamp.is_none()
+                    && token::ct_eq(f.status.as_ref().and_then(|s| s.connect_nonce.as_deref()).unwrap_or(""), &nonce) =>
+            {
+                rv = f.resource_version();
+            }
+            _ => return Ok(false),
         }
     }
+    Ok(false)
 }
 
 /// Writes the credential into the activation's owned Secret (server-side apply, `latchkey-connect`) as the next
@@ -558,7 +540,7 @@ async fn store(
 ) -> Result<u32, Refusal> {
     let ns = ua.namespace().unwrap_or_default();
     let name = naming::credentials_secret_name(ua);
-    let api: Api<Secret> = Api::namespaced(st.client.clone(), &ns);
+    let api: Api<Secret> = Api::namespaced(st.lookup.client().clone(), &ns);
     let existing = api.get_metadata_opt(&name).await.map_err(|_| unavailable("The connect service could not reach its storage."))?;
     let uid = ua.uid().unwrap_or_default();
     if let Some(m) = &existing {

@@ -307,6 +307,27 @@ pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores,
 }
 
 impl Stores {
+    /// Stores that no watch feeds: they stay empty and never become ready (for tests of code that only reads them).
+    pub fn unfed() -> Self {
+        fn empty<K>() -> Store<K>
+        where
+            K: kube::Resource + Clone + 'static,
+            K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        {
+            kube::runtime::reflector::store::<K>().0
+        }
+        Stores {
+            connectors: empty(),
+            connections: empty(),
+            activations: empty(),
+            namespaces: empty(),
+            owned_secrets: empty(),
+            source_secrets: empty(),
+            jobs: empty(),
+            relations: Default::default(),
+        }
+    }
+
     pub async fn wait_until_ready(&self) {
         let _ = tokio::join!(
             self.connectors.wait_until_ready(),

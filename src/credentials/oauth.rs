@@ -430,11 +430,18 @@ pub async fn organisation_app(
         .await
         .map_err(|source| AppClientError::Kube { name: format!("{namespace}/{name}"), source })?
         .ok_or_else(|| AppClientError::NotFound(format!("{namespace}/{name}")))?;
-    let data = secret.data.unwrap_or_default();
-    let text =
-        |k: &str| data.get(k).and_then(|b| String::from_utf8(b.0.clone()).ok()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
-    let client_id = text(super::keys::CLIENT_ID).ok_or_else(|| AppClientError::NoClientId(format!("{namespace}/{name}")))?;
-    Ok(OAuthClient::for_method(m, client_id, text(super::keys::CLIENT_SECRET).map(Sensitive::new), redirect_url))
+    let (client_id, client_secret) = app_credentials(&secret)?;
+    Ok(OAuthClient::for_method(m, client_id, client_secret, redirect_url))
+}
+
+/// `client_id` and `client_secret` of the organisation's OAuth app, from its Secret.
+pub fn app_credentials(secret: &k8s_openapi::api::core::v1::Secret) -> Result<(String, Option<Sensitive>), AppClientError> {
+    let empty = Default::default();
+    let data = secret.data.as_ref().unwrap_or(&empty);
+    let text = |k: &str| data.get(k).and_then(|b| std::str::from_utf8(&b.0).ok()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let name = || format!("{}/{}", secret.metadata.namespace.as_deref().unwrap_or(""), secret.metadata.name.as_deref().unwrap_or(""));
+    let client_id = text(super::keys::CLIENT_ID).ok_or_else(|| AppClientError::NoClientId(name()))?;
+    Ok((client_id, text(super::keys::CLIENT_SECRET).map(Sensitive::new)))
 }
 
 /// The tenant's own client of a client-credentials method.

@@ -63,6 +63,13 @@ async function snapshot(page, step, response) {
     status: document.querySelector('[role=status]')?.textContent?.trim() ?? null,
     invalid: [...document.querySelectorAll('[aria-invalid=true]')].map((e) => e.getAttribute('name')),
     focused: document.activeElement?.getAttribute('name') ?? null,
+    images: [...document.images].map((i) => ({ src: i.src, alt: i.alt, loaded: i.complete && i.naturalWidth > 0 })),
+    buttonColor: (() => {
+      const b = document.querySelector('button, .button');
+      return b ? getComputedStyle(b).backgroundColor : null;
+    })(),
+    help: document.querySelector('.help a')?.getAttribute('href') ?? null,
+    formAction: document.querySelector('form')?.action ?? null,
   }));
   const entry = { step, url: page.url(), httpStatus: response?.status() ?? null, ...seen, screenshot: file };
   report.pages.push(entry);

@@ -30,10 +30,20 @@ impl Operator {
     }
 
     pub async fn start_as(bed: &Bed, kubeconfig: &std::path::Path, name: &str, namespaces: &[&str], extra: &[&str]) -> Operator {
+        Self::start_inner(bed, kubeconfig, name, namespaces, "", extra).await
+    }
+
+    /// [`Operator::start`] with the connect server's public URL ending in `path` (`/prefix`): its links, forms
+    /// and OAuth callback live under it.
+    pub async fn start_behind_path(bed: &Bed, name: &str, namespaces: &[&str], path: &str, extra: &[&str]) -> Operator {
+        Self::start_inner(bed, &bed.operator_kubeconfig(), name, namespaces, path, extra).await
+    }
+
+    async fn start_inner(bed: &Bed, kubeconfig: &std::path::Path, name: &str, namespaces: &[&str], path: &str, extra: &[&str]) -> Operator {
         let _ = bed;
         let connect_port = free_port();
         let metrics_port = free_port();
-        let connect_base_url = format!("http://127.0.0.1:{connect_port}");
+        let connect_base_url = format!("http://127.0.0.1:{connect_port}{path}");
         let mut args: Vec<String> = vec![
             "run".into(),
             "--log-format=json".into(),

@@ -48,7 +48,7 @@ app.kubernetes.io/part-of: latchkey
 {{- if .Values.connect.baseUrl }}
 {{- .Values.connect.baseUrl | trimSuffix "/" }}
 {{- else if .Values.ingress.enabled }}
-{{- printf "%s://%s" (ternary "https" "http" (gt (len .Values.ingress.tls) 0)) .Values.ingress.host }}
+{{- printf "%s://%s%s" (ternary "https" "http" (gt (len .Values.ingress.tls) 0)) .Values.ingress.host (trimSuffix "/" (.Values.ingress.path | default "/")) }}
 {{- else }}
 {{- printf "http://%s-connect.%s.svc" (include "latchkey.fullname" .) .Release.Namespace }}
 {{- end }}
