@@ -648,11 +648,13 @@ pub static PROVIDERS: &[Provider] = &[
     // Checked 2026-11-26: shopify.dev/docs/apps/build/authentication-authorization/authenticate-standalone-apps (authorization code
     // grant), shopify.dev/changelog/offline-access-tokens-now-support-expiry-and-refresh and .../use-expiring-offline-access-tokens
     // (60-minute offline tokens with rotating refresh tokens; required for public apps from 2027-01-01). The expiring=1 token
-    // parameter is from Shopify's own PHP library (Shopify/shopify-app-php issue 12), not a documentation page.
+    // parameter is from Shopify's own PHP library (Shopify/shopify-app-php issue 12), not a documentation page. API version
+    // 2026-07: the latest stable one in shopify.dev/changelog/release-notes (2026-10 was the release candidate); versions are
+    // supported for at least 12 months and an unsupported one falls forward to the oldest supported. OAuth endpoints are unversioned.
     Provider {
         id: "shopify",
         name: "Shopify",
-        base_url: "https://{shop}.myshopify.com/admin/api/2025-01",
+        base_url: "https://{shop}.myshopify.com/admin/api/2026-07",
         docs: "https://shopify.dev/docs/apps/build/authentication-authorization/authenticate-standalone-apps",
         tenant: Some("shop: the store's myshopify.com subdomain, asked of the user; authorization and token URLs are per shop too"),
         oauth2: Some(OAuth2 {

@@ -269,7 +269,7 @@ fn per_tenant_addresses_are_never_filled_with_a_template() {
     assert!(msg.contains("baseUrl") && msg.contains("shop"), "{msg}");
     // One shop: the Connector sets the addresses, the rest still comes from the catalogue.
     let mut s = spec(
-        json!({"provider": "shopify", "baseUrl": "https://acme.myshopify.com/admin/api/2025-01", "authMethods": [{"name": "o", "oauth2": {
+        json!({"provider": "shopify", "baseUrl": "https://acme.myshopify.com/admin/api/2026-07", "authMethods": [{"name": "o", "oauth2": {
         "authorizationUrl": "https://acme.myshopify.com/admin/oauth/authorize", "tokenUrl": "https://acme.myshopify.com/admin/oauth/access_token", "clientSecretRef": {"name": "s"}}}]}),
     );
     resolve(&mut s);
