@@ -158,3 +158,201 @@ async fn none_method_is_active_without_credentials_and_runs_the_tenants_job() {
     assert_eq!(jobs_of(&ns, "acme").await.len(), 1, "one run per activation; log:\n{}", op.log());
     let _ = Api::<Secret>::namespaced(bed.client(), ns.name());
 }
+
+// ---- OAuth2: a refresh URL of its own, extra token parameters, scope growth, suspend ----------------------------
+
+mod oauth_setup {
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, PostParams};
+    use latchkey::api::{Connector, EmbeddedConnection, UserActivation};
+    use serde_json::json;
+
+    use super::support::oauth_server::{Login, OAuthClient, OAuthServer, OAuthServerConfig, authorize_without_browser};
+    use super::support::operator::Operator;
+    use super::support::{TestNamespace, wait_for_value};
+
+    pub const RETURN_URL: &str = "https://app.example.com/integrations/done";
+
+    pub struct Setup {
+        pub ns: TestNamespace,
+        pub op: Operator,
+        pub server: OAuthServer,
+    }
+
+    /// An operator, the real OAuth server with the organisation's app ("app", redirecting to the operator's
+    /// callback), and the app's Secret.
+    pub async fn setup(name: &str, config: impl FnOnce(OAuthServerConfig) -> OAuthServerConfig) -> Setup {
+        let bed = super::support::bed().await;
+        let ns = super::support::namespace(&bed, name).await;
+        let op = Operator::start(&bed, name, &[ns.name()], &[]).await;
+        let client = OAuthClient::confidential("app", "app-secret").redirect_uri(&format!("{}/oauth/callback", op.connect_base_url));
+        let server = OAuthServer::start(config(OAuthServerConfig::default().client(client)));
+        let app: Secret = serde_json::from_value(
+            json!({"metadata": {"name": "oauth-app"}, "stringData": {"client_id": "app", "client_secret": "app-secret"}}),
+        )
+        .unwrap();
+        ns.api::<Secret>().create(&PostParams::default(), &app).await.unwrap();
+        Setup { ns, op, server }
+    }
+
+    impl Setup {
+        pub fn activations(&self) -> Api<UserActivation> {
+            self.ns.api()
+        }
+
+        /// Connector `idp` (method `oauth`, fields of `extra` merged into its oauth2) and EmbeddedConnection
+        /// `sync`, with `connection` merged into its spec.
+        pub async fn connection(&self, flow: &str, extra: serde_json::Value, connection: serde_json::Value) {
+            let mut oauth2 = json!({
+                "flow": flow,
+                "authorizationUrl": self.server.authorize_url(),
+                "tokenUrl": self.server.token_url(),
+                "scopes": ["read"],
+                "clientSecretRef": {"name": "oauth-app"},
+            });
+            for (k, v) in extra.as_object().unwrap() {
+                oauth2[k] = v.clone();
+            }
+            let connector: Connector = serde_json::from_value(json!({
+                "apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector", "metadata": {"name": "idp"},
+                "spec": {"displayName": "Test Provider", "baseUrl": self.server.issuer(), "authMethods": [{"name": "oauth", "oauth2": oauth2}]}
+            }))
+            .unwrap();
+            self.ns.api::<Connector>().create(&PostParams::default(), &connector).await.unwrap();
+            let mut spec =
+                json!({"connectorRef": {"name": "idp"}, "authMethod": "oauth", "allowedReturnUrls": ["https://app.example.com/"]});
+            for (k, v) in connection.as_object().unwrap() {
+                spec[k] = v.clone();
+            }
+            let ec: EmbeddedConnection = serde_json::from_value(
+                json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection", "metadata": {"name": "sync"}, "spec": spec}),
+            )
+            .unwrap();
+            self.ns.api::<EmbeddedConnection>().create(&PostParams::default(), &ec).await.unwrap();
+        }
+
+        pub async fn activation(&self, name: &str, source: Option<&str>) {
+            let mut spec = json!({"connectionRef": {"name": "sync"}, "user": {"id": name}, "returnUrl": RETURN_URL});
+            if let Some(s) = source {
+                spec["credentialsSecretRef"] = json!({"name": s});
+            }
+            let ua: UserActivation = serde_json::from_value(
+                json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": name}, "spec": spec}),
+            )
+            .unwrap();
+            self.activations().create(&PostParams::default(), &ua).await.unwrap();
+        }
+
+        /// Waits for a connect link other than `not`.
+        pub async fn connect_url(&self, name: &str, not: Option<&str>) -> String {
+            let api = self.activations();
+            wait_for_value("status.connectUrl", Duration::from_secs(30), || async {
+                let st = api.get(name).await.map_err(|e| e.to_string())?.status.unwrap_or_default();
+                match st.connect_url {
+                    Some(u) if Some(u.as_str()) != not => Ok(u),
+                    _ => Err(format!("phase {:?}, conditions {:?}", st.phase, st.conditions)),
+                }
+            })
+            .await
+        }
+
+        /// The user opens the link, consents at the provider, and the operator's callback stores the tokens.
+        pub async fn connect(&self, name: &str, not: Option<&str>) {
+            let url = self.connect_url(name, not).await;
+            let callback = format!("{}/oauth/callback", self.op.connect_base_url);
+            let redirect = authorize_without_browser(&url, &callback, &Login::default()).await.expect("consent");
+            let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+            let res = http.get(redirect.url.to_string()).send().await.unwrap();
+            assert_eq!(res.status(), 302, "callback: {}", res.text().await.unwrap_or_default());
+        }
+
+        pub async fn phase(&self, name: &str, want: &str) -> UserActivation {
+            let api = self.activations();
+            wait_for_value(&format!("phase {want}"), Duration::from_secs(30), || async {
+                let ua = api.get(name).await.map_err(|e| e.to_string())?;
+                let p = ua.status.as_ref().and_then(|s| s.phase).map(|p| format!("{p:?}")).unwrap_or_default();
+                if p == want { Ok(ua) } else { Err(format!("phase {p}, status {:?}", ua.status)) }
+            })
+            .await
+        }
+    }
+}
+
+use oauth_setup::setup;
+use support::oauth_server::OAuthClient;
+
+#[tokio::test]
+async fn refresh_goes_to_the_refresh_url_and_every_token_request_carries_the_extra_parameters() {
+    let s = setup("refresh-url", |c| {
+        let mut c = c.access_ttl(3);
+        c.clients.push(OAuthClient::confidential("tenant-client", "tenant-secret").grant_types(&["client_credentials"]));
+        c
+    })
+    .await;
+    let refresh_url = format!("{}/refresh", s.server.issuer());
+    s.connection(
+        "AuthorizationCode",
+        json!({"refreshUrl": refresh_url, "tokenParams": {"audience": "https://api.example.com"}}),
+        json!({}),
+    )
+    .await;
+    s.activation("acme", None).await;
+    s.connect("acme", None).await;
+    s.phase("acme", "Active").await;
+
+    // The code exchange at the token URL, then refreshes (3-second tokens) at the refresh URL only.
+    let events = wait_for_value("two refreshes", std::time::Duration::from_secs(30), || async {
+        let ev = s.server.token_events().await;
+        let refreshes = ev.iter().filter(|e| e.is_refresh() && e.outcome == "ok").count();
+        if refreshes >= 2 { Ok(ev) } else { Err(format!("{refreshes} refreshes")) }
+    })
+    .await;
+    let audience = |e: &support::oauth_server::Event| e.extra_params.as_ref().and_then(|p| p.get("audience")).cloned();
+    let code: Vec<_> = events.iter().filter(|e| e.grant_type.as_deref() == Some("authorization_code")).collect();
+    assert_eq!(code.len(), 1);
+    assert_eq!(code[0].path.as_deref(), Some("/token"));
+    assert_eq!(audience(code[0]).as_deref(), Some("https://api.example.com"), "the code exchange carries tokenParams");
+    for r in events.iter().filter(|e| e.is_refresh()) {
+        assert_eq!(r.path.as_deref(), Some("/refresh"), "refreshes go to refreshUrl: {r:?}");
+        assert_eq!(audience(r).as_deref(), Some("https://api.example.com"), "each refresh carries tokenParams");
+        assert_eq!(r.outcome, "ok");
+    }
+
+    // Client credentials (the tenant's own client) carry them too.
+    let cc = latchkey::api::Connector {
+        metadata: kube::api::ObjectMeta { name: Some("idp-cc".into()), ..Default::default() },
+        spec: serde_json::from_value(json!({
+            "baseUrl": s.server.issuer(),
+            "authMethods": [{"name": "client", "oauth2": {"flow": "ClientCredentials", "tokenUrl": s.server.token_url(),
+                "scopes": ["read"], "tokenParams": {"audience": "https://api.example.com"}}}]
+        }))
+        .unwrap(),
+        status: None,
+    };
+    s.ns.api::<Connector>().create(&PostParams::default(), &cc).await.unwrap();
+    let ec: EmbeddedConnection = serde_json::from_value(json!({
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection", "metadata": {"name": "sync-cc"},
+        "spec": {"connectorRef": {"name": "idp-cc"}, "authMethod": "client"}
+    }))
+    .unwrap();
+    s.ns.api::<EmbeddedConnection>().create(&PostParams::default(), &ec).await.unwrap();
+    let src: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "tenant-client", "labels": {"latchkey.dev/source": "true"}},
+        "stringData": {"client_id": "tenant-client", "client_secret": "tenant-secret"}
+    }))
+    .unwrap();
+    s.ns.api::<Secret>().create(&PostParams::default(), &src).await.unwrap();
+    let ua: UserActivation = serde_json::from_value(json!({
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": "machine"},
+        "spec": {"connectionRef": {"name": "sync-cc"}, "user": {"id": "machine"}, "credentialsSecretRef": {"name": "tenant-client"}}
+    }))
+    .unwrap();
+    s.activations().create(&PostParams::default(), &ua).await.unwrap();
+    s.phase("machine", "Active").await;
+    let cc_events: Vec<_> =
+        s.server.token_events().await.into_iter().filter(|e| e.grant_type.as_deref() == Some("client_credentials")).collect();
+    assert!(!cc_events.is_empty());
+    assert!(cc_events.iter().all(|e| audience(e).as_deref() == Some("https://api.example.com")), "{cc_events:?}");
+}

@@ -103,6 +103,17 @@ pub struct OAuth2Method {
     #[schemars(transform = no_default)]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("tokenUrl must be an http(s) URL"))]
     pub token_url: String,
+    /// Where refresh-token requests go, when the provider takes them elsewhere than `tokenUrl`. Default `tokenUrl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("refreshUrl must be an http(s) URL"))]
+    pub refresh_url: Option<String>,
+    /// Extra form parameters sent with every token request (code exchange, refresh, client credentials), e.g.
+    /// `audience: api.example.com`. Not secret: do not put credentials here. Names the request sets itself
+    /// (`grant_type`, `code`, `redirect_uri`, `code_verifier`, `refresh_token`, `client_id`, `client_secret`,
+    /// `scope`) are ignored.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub token_params: BTreeMap<String, String>,
     /// The provider's revocation endpoint (RFC 7009); called best-effort when an activation is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation_url: Option<String>,

@@ -40,6 +40,10 @@ pub struct OAuthClient {
     pub scope_separator: String,
     /// Non-standard fields of the token response to keep (the connector's `tokenResponseFields`).
     pub token_response_fields: Vec<String>,
+    /// Where refresh requests go (the connector's `refreshUrl`); `token_url` when unset.
+    pub refresh_url: Option<String>,
+    /// Extra form parameters of every token request (the connector's `tokenParams`).
+    pub token_params: std::collections::BTreeMap<String, String>,
 }
 
 /// What a token endpoint answered.
@@ -228,6 +232,20 @@ pub struct AuthorizationRequest {
 const RESERVED_PARAMS: &[&str] =
     &["response_type", "client_id", "redirect_uri", "state", "scope", "code_challenge", "code_challenge_method"];
 
+/// Names a token request sets itself; `tokenParams` cannot override them.
+const RESERVED_TOKEN_PARAMS: &[&str] = &[
+    "grant_type",
+    "code",
+    "redirect_uri",
+    "code_verifier",
+    "refresh_token",
+    "client_id",
+    "client_secret",
+    "scope",
+    "client_assertion",
+    "client_assertion_type",
+];
+
 impl OAuthClient {
     /// The organisation's app of an authorization-code method.
     pub fn for_method(m: &OAuth2Method, client_id: String, client_secret: Option<Sensitive>, redirect_url: Option<String>) -> Self {
@@ -242,10 +260,21 @@ impl OAuthClient {
             scopes: m.scopes.clone(),
             scope_separator: m.scope_separator.clone().unwrap_or_else(|| " ".into()),
             token_response_fields: m.token_response_fields.clone(),
+            refresh_url: m.refresh_url.clone(),
+            token_params: m.token_params.clone(),
         }
     }
 
+    /// The connector's `tokenParams` without the names a token request sets itself.
+    fn extra_token_params(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.token_params.iter().filter(|(k, _)| !RESERVED_TOKEN_PARAMS.contains(&k.as_str()))
+    }
+
     fn base(&self) -> Result<ProviderClient, OAuthError> {
+        self.base_at(&self.token_url, "tokenUrl")
+    }
+
+    fn base_at(&self, token_url: &str, what: &str) -> Result<ProviderClient, OAuthError> {
         let mut c = oauth2::Client::<
             BasicErrorResponse,
             RawTokenResponse,
@@ -253,7 +282,7 @@ impl OAuthClient {
             StandardRevocableToken,
             BasicRevocationErrorResponse,
         >::new(ClientId::new(self.client_id.clone()))
-        .set_token_uri(cfg(TokenUrl::new(self.token_url.clone()), "tokenUrl")?)
+        .set_token_uri(cfg(TokenUrl::new(token_url.to_string()), what)?)
         .set_auth_type(match self.auth {
             ClientAuth::Basic => AuthType::BasicAuth,
             ClientAuth::Body => AuthType::RequestBody,
@@ -317,6 +346,9 @@ impl OAuthClient {
         if let Some(v) = pkce_verifier {
             req = req.set_pkce_verifier(PkceCodeVerifier::new(v.expose().to_string()));
         }
+        for (k, v) in self.extra_token_params() {
+            req = req.add_extra_param(k.clone(), v.clone());
+        }
         let call = Http(http, TOKEN_TIMEOUT);
         bounded(req.request_async(&call))
             .await?
@@ -326,9 +358,15 @@ impl OAuthClient {
 
     /// Uses a refresh token.
     pub async fn refresh(&self, http: &reqwest::Client, refresh_token: &Sensitive) -> Result<TokenSet, OAuthError> {
-        let client = self.base()?;
+        let client = match &self.refresh_url {
+            Some(url) => self.base_at(url, "refreshUrl")?,
+            None => self.base()?,
+        };
         let rt = RefreshToken::new(refresh_token.expose().to_string());
-        let req = client.exchange_refresh_token(&rt);
+        let mut req = client.exchange_refresh_token(&rt);
+        for (k, v) in self.extra_token_params() {
+            req = req.add_extra_param(k.clone(), v.clone());
+        }
         let call = Http(http, TOKEN_TIMEOUT);
         bounded(req.request_async(&call))
             .await?
@@ -342,6 +380,9 @@ impl OAuthClient {
         let mut req = client.exchange_client_credentials();
         if let Some(s) = self.scope() {
             req = req.add_scope(s);
+        }
+        for (k, v) in self.extra_token_params() {
+            req = req.add_extra_param(k.clone(), v.clone());
         }
         let call = Http(http, TOKEN_TIMEOUT);
         bounded(req.request_async(&call))
@@ -547,6 +588,8 @@ mod tests {
             scopes: vec!["repo".into(), "read:user".into()],
             scope_separator: ",".into(),
             token_response_fields: vec![],
+            refresh_url: None,
+            token_params: Default::default(),
         }
     }
 

@@ -205,6 +205,16 @@ function clientAuthMismatch(ctx, params) {
 
 const ENDPOINTS = { token: 'token', revocation: 'revocation', introspection: 'introspection' };
 
+// Form parameters of a token request beyond the standard (and secret) ones, as sent: what a client's
+// connector-specific `tokenParams` (e.g. `audience`) look like on the wire.
+const STANDARD_TOKEN_PARAMS = new Set(['grant_type', 'code', 'redirect_uri', 'code_verifier', 'refresh_token', 'client_id',
+  'client_secret', 'scope', 'client_assertion', 'client_assertion_type']);
+
+function extraParams(params) {
+  const out = Object.fromEntries(Object.entries(params).filter(([key]) => !STANDARD_TOKEN_PARAMS.has(key)));
+  return Object.keys(out).length ? out : undefined;
+}
+
 function redirectSummary(location) {
   if (!location) return undefined;
   try {
@@ -233,6 +243,7 @@ function recordingMiddleware(routes) {
       const raw = await readRaw(ctx.req);
       ctx.req.body = raw;
       const params = querystring.parse(raw);
+      ctx.state.extraParams = extraParams(params);
       const refused = takeFault(endpoint, params) ?? clientAuthMismatch(ctx, params);
       if (refused) {
         if (refused.delay_ms) await new Promise((resolve) => { setTimeout(resolve, refused.delay_ms); });
@@ -296,6 +307,8 @@ function recordingMiddleware(routes) {
       } : undefined;
       records.event({
         endpoint: 'token',
+        path: ctx.req.aliasPath ?? ctx.path,
+        extra_params: ctx.state.extraParams,
         grant_type: params.grant_type,
         client_id: clientId,
         client_auth: clientAuthUsed(ctx.headers, params),
@@ -472,6 +485,12 @@ function handler(provider) {
     if (url.pathname.startsWith('/_test/')) return testApi(provider, req, res, url);
     if (url.pathname.startsWith('/interaction/')) return interaction(req, res);
     if (url.pathname === '/api/me') return resource(provider, req, res);
+    // A second address of the token endpoint, for clients whose refresh URL differs from their token URL; its
+    // requests are recorded with `path: '/refresh'`.
+    if (url.pathname === '/refresh') {
+      req.aliasPath = '/refresh';
+      req.url = `/token${url.search}`;
+    }
     return providerCallback(req, res);
   };
 }

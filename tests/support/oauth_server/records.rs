@@ -12,6 +12,10 @@ pub struct Event {
     pub started_ms: Option<u64>,
     /// `token`, `revocation`, `introspection`, `authorization`, `authorization_resume` or `resource`.
     pub endpoint: String,
+    /// Token endpoint: the address the request was sent to (`/token`, or `/refresh` for the alias).
+    pub path: Option<String>,
+    /// Token endpoint: form parameters beyond the standard ones (e.g. `audience`), as sent.
+    pub extra_params: Option<std::collections::BTreeMap<String, String>>,
     pub grant_type: Option<String>,
     pub client_id: Option<String>,
     /// The method the request used: `client_secret_basic`, `client_secret_post` or `none`.
