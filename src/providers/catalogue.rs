@@ -40,6 +40,8 @@ pub struct OAuth2 {
     pub pkce: bool,
     pub client_auth: ClientAuth,
     pub authorization_params: &'static [(&'static str, &'static str)],
+    /// Extra form parameters of every token request (a Connector's `tokenParams`), e.g. Shopify's `expiring=1`.
+    pub token_params: &'static [(&'static str, &'static str)],
     /// Non-standard token-response fields worth keeping (a Connector's `tokenResponseFields`).
     pub token_response_fields: &'static [&'static str],
 }
@@ -67,6 +69,7 @@ const OAUTH: OAuth2 = OAuth2 {
     pkce: true,
     client_auth: ClientAuth::Body,
     authorization_params: &[],
+    token_params: &[],
     token_response_fields: &[],
 };
 const BEARER: ApiKey = ApiKey { location: ApiKeyLocation::Header, name: "Authorization", prefix: Some("Bearer ") };
@@ -663,11 +666,12 @@ pub static PROVIDERS: &[Provider] = &[
             scopes: &["read_products", "read_orders"],
             scope_separator: ",",
             pkce: false,
+            token_params: &[("expiring", "1")],
             ..OAUTH
         }),
         api_key: Some(header("X-Shopify-Access-Token")),
         verification: get("/shop.json"),
-        notes: "Scopes are comma-separated. Offline tokens expire after one hour, with a refresh token that is replaced on every use, when the token request carries expiring=1; public apps must use expiring tokens (non-expiring ones are refused from 2027-01-01), custom apps may still get non-expiring ones. API key: a custom app's Admin API access token. Until tenant addresses land, a Connector sets baseUrl and the OAuth URLs (one shop).",
+        notes: "Scopes are comma-separated. Offline tokens expire after one hour, with a refresh token that is replaced on every use, because the token requests carry expiring=1 (tokenParams); public apps must use expiring tokens (non-expiring ones are refused from 2027-01-01); a custom app that wants a non-expiring token sets tokenParams expiring: \"0\". API key: a custom app's Admin API access token. Until tenant addresses land, a Connector sets baseUrl and the OAuth URLs (one shop).",
         ..P
     },
     // Checked 2026-11-26: docs.slack.dev/reference/methods/oauth.v2.access (basic auth preferred over body parameters; code_verifier

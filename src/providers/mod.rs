@@ -1,6 +1,7 @@
 //! The provider catalogue: `spec.provider: github` on a Connector fills the fields the Connector leaves out
-//! (base URL, display name, OAuth2 endpoints, scopes, PKCE, client authentication, authorization parameters,
-//! API-key placement, verification request) from facts compiled into the binary. Fields set on the Connector win.
+//! (base URL, display name, OAuth2 endpoints, scopes, PKCE, client authentication, authorization and token-request
+//! parameters, token-response fields, API-key placement, verification request) from facts compiled into the binary.
+//! Fields set on the Connector win (parameter maps merge key by key).
 //!
 //! Resolution runs where Connectors enter the operator (the reflector's prune step, and the connect server's
 //! read), so every consumer sees the resolved spec. Two defaults cannot be told apart from an explicit value
@@ -94,6 +95,9 @@ pub fn resolve(spec: &mut ConnectorSpec) {
             }
             for (k, v) in f.authorization_params {
                 o.authorization_params.entry(k.to_string()).or_insert_with(|| v.to_string());
+            }
+            for (k, v) in f.token_params {
+                o.token_params.entry(k.to_string()).or_insert_with(|| v.to_string());
             }
         }
         if let (Some(a), Some(f)) = (m.api_key.as_mut(), p.api_key.as_ref()) {

@@ -95,6 +95,15 @@ fn every_entry_is_well_formed() {
                     "{id}: {k} is set by the operator"
                 );
             }
+            let mut keys = HashSet::new();
+            for (k, v) in o.token_params {
+                assert!(keys.insert(k) && !k.is_empty() && !v.is_empty(), "{id}: token param {k}");
+                assert!(
+                    !["grant_type", "code", "redirect_uri", "code_verifier", "refresh_token", "client_id", "client_secret", "scope"]
+                        .contains(k),
+                    "{id}: {k} is set by the token request itself"
+                );
+            }
             // The Connector schema's rules for tokenResponseFields: at most 16, [A-Za-z0-9_.-]{1,63}, no standard field.
             let mut fields = HashSet::new();
             assert!(o.token_response_fields.len() <= 16, "{id}: too many token-response fields");
@@ -254,6 +263,25 @@ fn token_response_fields_come_from_the_catalogue_unless_listed() {
     let mut s = spec(json!({"provider": "github", "authMethods": [{"name": "o", "oauth2": {"clientSecretRef": {"name": "s"}}}]}));
     resolve(&mut s);
     assert!(s.auth_methods[0].oauth2.as_ref().unwrap().token_response_fields.is_empty());
+}
+
+#[test]
+fn token_params_come_from_the_catalogue_and_the_connector_overrides_them_by_name() {
+    // Shopify gives expiring offline tokens (with a refresh token) only when the token request asks for them.
+    let mut s = spec(json!({"provider": "shopify", "authMethods": [{"name": "o", "oauth2": {"clientSecretRef": {"name": "s"}}}]}));
+    resolve(&mut s);
+    let o = s.auth_methods[0].oauth2.as_ref().unwrap();
+    assert_eq!(o.token_params.get("expiring").map(String::as_str), Some("1"));
+    // A custom app that wants the old non-expiring token says so; its other parameters stay.
+    let mut s = spec(json!({"provider": "shopify", "authMethods": [{"name": "o", "oauth2": {
+        "tokenParams": {"expiring": "0", "x": "y"}, "clientSecretRef": {"name": "s"}}}]}));
+    resolve(&mut s);
+    let o = s.auth_methods[0].oauth2.as_ref().unwrap();
+    assert_eq!(o.token_params.get("expiring").map(String::as_str), Some("0"));
+    assert_eq!(o.token_params.get("x").map(String::as_str), Some("y"));
+    let mut s = spec(json!({"provider": "github", "authMethods": [{"name": "o", "oauth2": {"clientSecretRef": {"name": "s"}}}]}));
+    resolve(&mut s);
+    assert!(s.auth_methods[0].oauth2.as_ref().unwrap().token_params.is_empty());
 }
 
 #[test]
