@@ -356,3 +356,49 @@ async fn refresh_goes_to_the_refresh_url_and_every_token_request_carries_the_ext
     assert!(!cc_events.is_empty());
     assert!(cc_events.iter().all(|e| audience(e).as_deref() == Some("https://api.example.com")), "{cc_events:?}");
 }
+
+#[tokio::test]
+async fn grown_connector_scopes_need_the_users_consent_again_and_stop_jobs_until_then() {
+    let s = setup("scope-growth", |c| c).await;
+    s.connection("AuthorizationCode", json!({}), json!({"job": busybox_job()})).await;
+    s.activation("acme", None).await;
+    s.connect("acme", None).await;
+    s.phase("acme", "Active").await;
+    let secret = s.ns.api::<Secret>().get("acme-sync-credentials").await.unwrap();
+    assert_eq!(decoded(&secret, "scope").as_deref(), Some("read"), "the provider granted what was asked");
+    wait_for_value("the first run", T, || async {
+        let n = jobs_of(&s.ns, "acme").await.len();
+        if n == 1 { Ok(()) } else { Err(format!("{n} jobs")) }
+    })
+    .await;
+
+    // The organisation asks for more: the user's grant lacks `write`.
+    let patch = json!({"spec": {"authMethods": [{"name": "oauth", "oauth2": {
+        "flow": "AuthorizationCode", "authorizationUrl": s.server.authorize_url(), "tokenUrl": s.server.token_url(),
+        "scopes": ["read", "write"], "clientSecretRef": {"name": "oauth-app"}}}]}});
+    s.ns.api::<Connector>().patch("idp", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    let ua = s.phase("acme", "NeedsReauthorization").await;
+    let (status, reason, message) = condition(&ua, "Ready").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "ScopesAdded"));
+    assert!(message.contains("write") && !message.contains("read,"), "names the missing scope: {message}");
+    let link = ua.status.as_ref().and_then(|st| st.connect_url.clone()).expect("a fresh connect link");
+    let events = s.ns.api::<k8s_openapi::api::core::v1::Event>().list(&Default::default()).await.unwrap();
+    assert!(events.items.iter().any(|e| e.reason.as_deref() == Some("ScopesAdded")), "an event says so");
+    // No run with fewer scopes than asked.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(jobs_of(&s.ns, "acme").await.len(), 1, "no new Job while the grant lacks scopes");
+
+    // The user consents again through the new link: Active with both scopes, and one run for the new grant.
+    assert!(link.starts_with(&s.op.connect_base_url), "{link}");
+    s.connect("acme", None).await;
+    s.phase("acme", "Active").await;
+    let secret = s.ns.api::<Secret>().get("acme-sync-credentials").await.unwrap();
+    assert_eq!(decoded(&secret, "scope").as_deref(), Some("read write"));
+    wait_for_value("the run after re-consent", T, || async {
+        let n = jobs_of(&s.ns, "acme").await.len();
+        if n == 2 { Ok(()) } else { Err(format!("{n} jobs")) }
+    })
+    .await;
+    let auth: Vec<_> = s.server.events().await.into_iter().filter(|e| e.endpoint == "authorization").collect();
+    assert_eq!(auth.last().and_then(|e| e.scope.clone()).as_deref(), Some("read write"), "the new consent asked for both");
+}

@@ -64,6 +64,8 @@ pub mod reasons {
     pub const JOB_FAILED: &str = "JobFailed";
     pub const JOB_RUNNING: &str = "JobRunning";
     pub const INVALID_GRANT: &str = "InvalidGrant";
+    /// The connector asks for scopes the user's grant lacks: the user consents again.
+    pub const SCOPES_ADDED: &str = "ScopesAdded";
     pub const TOKEN_EXPIRED: &str = "TokenExpired";
     pub const PROVIDER_UNAVAILABLE: &str = "ProviderUnavailable";
     pub const INVALID_VARIABLES: &str = "InvalidVariables";

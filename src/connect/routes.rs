@@ -585,6 +585,9 @@ pub fn owned_secret(
     if let (Credential::OAuth2(OAuth2Tokens { expires_at: Some(e), .. }), Some((m, lifetime))) = (credential, timing) {
         annotations.extend(oauth::timing_annotations(m, *e, lifetime, generation));
     }
+    if let (Credential::OAuth2(t), Some((m, _))) = (credential, timing) {
+        annotations.insert(oauth::GRANTED_SCOPE_ANNOTATION.to_string(), oauth::granted_scope(m, t.scope.as_deref()));
+    }
     crate::controller::user_activation::owned_secret_object(ua, name, data, annotations)
 }
 

@@ -525,6 +525,27 @@ pub fn tokens_from(
     }
 }
 
+/// Annotation on the owned Secret: the scopes the stored grant holds (the token response's `scope`, or the scopes
+/// requested when the provider did not say), so that a reconcile sees from the metadata store when the connector
+/// asks for more.
+pub const GRANTED_SCOPE_ANNOTATION: &str = "latchkey.dev/granted-scope";
+
+/// The scopes a grant holds: the token response's `scope` when the provider sent one, else those requested.
+pub fn granted_scope(m: &OAuth2Method, response_scope: Option<&str>) -> String {
+    match response_scope {
+        Some(s) => s.to_string(),
+        None => m.scopes.join(" "),
+    }
+}
+
+/// The connector's scopes that `granted` lacks (scopes split on spaces, commas and the connector's separator).
+pub fn missing_scopes(m: &OAuth2Method, granted: &str) -> Vec<String> {
+    let sep = m.scope_separator.clone().unwrap_or_else(|| " ".into());
+    let have: std::collections::BTreeSet<&str> =
+        granted.split(|c: char| c.is_whitespace() || c == ',' || sep.contains(c)).filter(|s| !s.is_empty()).collect();
+    m.scopes.iter().filter(|s| !have.contains(s.as_str())).cloned().collect()
+}
+
 /// Annotation: when the reconcile refreshes (RFC 3339): `expiresAt − margin − jitter`, fixed when the tokens are
 /// written, so that every reconcile computes the same time and status never churns.
 pub const REFRESH_AT_ANNOTATION: &str = "latchkey.dev/refresh-at";
@@ -642,6 +663,17 @@ mod tests {
             let at = refresh_at(&m, exp, Duration::from_secs(3600), j);
             assert!(at <= base && at >= base - chrono::Duration::seconds(30), "{at} vs {base}");
         }
+    }
+
+    #[test]
+    fn scopes_the_grant_lacks_are_found_whatever_the_separator() {
+        let mut m = method(None);
+        m.scopes = vec!["read".into(), "write".into(), "admin:org".into()];
+        assert_eq!(missing_scopes(&m, "read write admin:org"), Vec::<String>::new());
+        assert_eq!(missing_scopes(&m, "read,admin:org"), vec!["write".to_string()]);
+        assert_eq!(missing_scopes(&m, "read"), vec!["write".to_string(), "admin:org".to_string()]);
+        assert_eq!(granted_scope(&m, None), "read write admin:org");
+        assert_eq!(granted_scope(&m, Some("read")), "read");
     }
 
     #[test]

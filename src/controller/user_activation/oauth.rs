@@ -52,7 +52,7 @@ fn is_oauth(kind: AuthKind) -> bool {
 
 /// Whether the credentials step ended in a dead grant (phase `NeedsReauthorization`).
 pub(super) fn needs_reauth(creds: &Creds) -> bool {
-    matches!(creds, Creds::Awaiting { reason, .. } if *reason == reasons::INVALID_GRANT)
+    matches!(creds, Creds::Awaiting { reason, .. } if *reason == reasons::INVALID_GRANT || *reason == reasons::SCOPES_ADDED)
 }
 
 /// The token lifecycle and the connect link, after the credentials step. Takes the step's outcome and returns it,
@@ -77,7 +77,9 @@ pub(super) async fn lifecycle(
         (c, _) => c,
     };
     match &creds {
-        Creds::Awaiting { reason, .. } if *reason == reasons::AWAITING_USER || *reason == reasons::INVALID_GRANT => {
+        Creds::Awaiting { reason, .. }
+            if *reason == reasons::AWAITING_USER || *reason == reasons::INVALID_GRANT || *reason == reasons::SCOPES_ADDED =>
+        {
             if let Some(at) = publish_link(ctx, ua, adm, status, now) {
                 *requeue = min(*requeue, until(at, now));
             }
@@ -173,8 +175,26 @@ async fn tokens(
     now: DateTime<Utc>,
 ) -> Result<Creds> {
     let stored = Creds::Stored { generation, verified };
+    // The connector asks for scopes this user's grant lacks: consent again; never run with less than asked.
+    if kind == AuthKind::OAuth2AuthorizationCode {
+        if let Some(granted) = annotation(owned, oauth::GRANTED_SCOPE_ANNOTATION) {
+            let missing = oauth::missing_scopes(m, granted);
+            if !missing.is_empty() {
+                status.next_refresh_time = None;
+                return Ok(Creds::Awaiting {
+                    reason: reasons::SCOPES_ADDED,
+                    message: format!(
+                        "the connector now asks for scope(s) {} that this user's grant lacks: the user has to connect again through status.connectUrl",
+                        missing.join(", ")
+                    ),
+                });
+            }
+        }
+    }
     // A grant already found dead stays dead until new credentials arrive (a new generation).
-    if status.phase == Some(Phase::NeedsReauthorization) && status.credential_generation == generation {
+    let dead = crate::api::conditions::find(&status.conditions, crate::api::conditions::types::READY)
+        .is_some_and(|c| c.reason == reasons::INVALID_GRANT);
+    if status.phase == Some(Phase::NeedsReauthorization) && status.credential_generation == generation && dead {
         return Ok(dead_grant(status));
     }
     // Backing off after a failed refresh: a watch event (our own status write among them) does not retry early.
@@ -373,6 +393,9 @@ async fn write_rotated(
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or(expires_at);
     annotations.extend(timing);
+    // The grant's scopes: what the provider answered, else what was recorded before, else what was asked.
+    let granted = tokens.scope.clone().or_else(|| annotations.get(oauth::GRANTED_SCOPE_ANNOTATION).cloned());
+    annotations.insert(oauth::GRANTED_SCOPE_ANNOTATION.into(), oauth::granted_scope(m, granted.as_deref()));
     if let Some(v) = forced {
         annotations.insert(naming::REFRESH_NOW_ANNOTATION.into(), v.into());
     }
