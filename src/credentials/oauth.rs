@@ -132,17 +132,27 @@ pub enum HttpError {
 async fn send(http: &reqwest::Client, req: oauth2::HttpRequest, timeout: Duration) -> Result<oauth2::HttpResponse, HttpError> {
     let mut request = reqwest::Request::try_from(req).map_err(|e| HttpError::Transport(e.without_url().to_string()))?;
     *request.timeout_mut() = Some(timeout);
-    let response = http.execute(request).await.map_err(|e| HttpError::Transport(e.without_url().to_string()))?;
+    let mut response = http.execute(request).await.map_err(|e| match e.is_timeout() {
+        true => HttpError::Transport(format!("the token endpoint did not answer within {} ms", timeout.as_millis())),
+        false => HttpError::Transport(e.without_url().to_string()),
+    })?;
     let status = response.status();
     if status.as_u16() == 429 || status.is_server_error() {
         return Err(HttpError::Status(status.as_u16()));
     }
     let headers = response.headers().clone();
-    let body = response.bytes().await.map_err(|e| HttpError::Transport(e.without_url().to_string()))?;
-    if body.len() > MAX_RESPONSE {
-        return Err(HttpError::Transport(format!("response of {} bytes is too large", body.len())));
+    // Read at most MAX_RESPONSE bytes: a huge answer is refused as it streams in, never held whole.
+    if response.content_length().is_some_and(|n| n > MAX_RESPONSE as u64) {
+        return Err(HttpError::Transport(format!("response larger than {MAX_RESPONSE} bytes")));
     }
-    let mut out = oauth2::HttpResponse::new(body.to_vec());
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| HttpError::Transport(e.without_url().to_string()))? {
+        if body.len() + chunk.len() > MAX_RESPONSE {
+            return Err(HttpError::Transport(format!("response larger than {MAX_RESPONSE} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let mut out = oauth2::HttpResponse::new(body);
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     Ok(out)
@@ -350,14 +360,16 @@ impl OAuthClient {
             req = req.add_extra_param(k.clone(), v.clone());
         }
         let call = Http(http, TOKEN_TIMEOUT);
-        bounded(req.request_async(&call))
+        bounded(TOKEN_TIMEOUT, req.request_async(&call))
             .await?
             .map(|r| into_token_set(r, &self.token_response_fields))
             .map_err(|e| classify(e, token_error_code))
     }
 
-    /// Uses a refresh token.
-    pub async fn refresh(&self, http: &reqwest::Client, refresh_token: &Sensitive) -> Result<TokenSet, OAuthError> {
+    /// Uses a refresh token (at `refreshUrl` when the method has one), within `budget` (at most
+    /// [`TOKEN_TIMEOUT`]): the refresher passes the stored access token's remaining life, so that a hung provider
+    /// cannot hold a reconcile past the token's expiry.
+    pub async fn refresh(&self, http: &reqwest::Client, refresh_token: &Sensitive, budget: Duration) -> Result<TokenSet, OAuthError> {
         let client = match &self.refresh_url {
             Some(url) => self.base_at(url, "refreshUrl")?,
             None => self.base()?,
@@ -367,15 +379,21 @@ impl OAuthClient {
         for (k, v) in self.extra_token_params() {
             req = req.add_extra_param(k.clone(), v.clone());
         }
-        let call = Http(http, TOKEN_TIMEOUT);
-        bounded(req.request_async(&call))
+        let budget = budget.min(TOKEN_TIMEOUT);
+        let call = Http(http, budget);
+        bounded(budget, req.request_async(&call))
             .await?
             .map(|r| into_token_set(r, &self.token_response_fields))
             .map_err(|e| classify(e, token_error_code))
     }
 
-    /// The client-credentials grant (the tenant's own client).
+    /// The client-credentials grant (the tenant's own client), bounded by [`TOKEN_TIMEOUT`].
     pub async fn client_credentials(&self, http: &reqwest::Client) -> Result<TokenSet, OAuthError> {
+        self.client_credentials_within(http, TOKEN_TIMEOUT).await
+    }
+
+    /// The client-credentials grant within `budget` (at most [`TOKEN_TIMEOUT`]).
+    pub async fn client_credentials_within(&self, http: &reqwest::Client, budget: Duration) -> Result<TokenSet, OAuthError> {
         let client = self.base()?;
         let mut req = client.exchange_client_credentials();
         if let Some(s) = self.scope() {
@@ -384,8 +402,9 @@ impl OAuthClient {
         for (k, v) in self.extra_token_params() {
             req = req.add_extra_param(k.clone(), v.clone());
         }
-        let call = Http(http, TOKEN_TIMEOUT);
-        bounded(req.request_async(&call))
+        let budget = budget.min(TOKEN_TIMEOUT);
+        let call = Http(http, budget);
+        bounded(budget, req.request_async(&call))
             .await?
             .map(|r| into_token_set(r, &self.token_response_fields))
             .map_err(|e| classify(e, token_error_code))
@@ -586,11 +605,12 @@ pub fn timing_annotations(
     ]
 }
 
-/// Bounds a token request by [`TOKEN_TIMEOUT`] (plus a little), whatever the HTTP client does.
-async fn bounded<T, E>(f: impl std::future::Future<Output = Result<T, E>>) -> Result<Result<T, E>, OAuthError> {
-    tokio::time::timeout(TOKEN_TIMEOUT + Duration::from_secs(1), f)
+/// Bounds a token request by `budget` (plus a little, so the HTTP client's own timeout, which says more, fires
+/// first), whatever the HTTP client does.
+async fn bounded<T, E>(budget: Duration, f: impl std::future::Future<Output = Result<T, E>>) -> Result<Result<T, E>, OAuthError> {
+    tokio::time::timeout(budget + Duration::from_millis(100), f)
         .await
-        .map_err(|_| OAuthError::Transient("the token request timed out".into()))
+        .map_err(|_| OAuthError::Transient(format!("the token endpoint did not answer within {} ms", budget.as_millis())))
 }
 
 #[cfg(test)]

@@ -202,7 +202,11 @@ async fn tokens(
         if let Some(next) = status.next_refresh_time.filter(|t| *t > now) {
             *requeue = min(*requeue, until(next, now));
             return Ok(match timing(owned, generation).map(|(e, _)| e).or(status.expires_at) {
-                Some(e) if e > now => stored,
+                // Look again when the token expires, so that Ready turns False then, not at the next retry.
+                Some(e) if e > now => {
+                    *requeue = min(*requeue, until(e, now));
+                    stored
+                }
                 // Never had a token: keep saying what the provider answered last time.
                 None => {
                     let last = crate::api::conditions::find(&status.conditions, crate::api::conditions::types::READY)
@@ -216,7 +220,7 @@ async fn tokens(
                 _ => Creds::Unusable {
                     reason: reasons::TOKEN_EXPIRED,
                     message: format!(
-                        "the access token expired; refreshing is retried with backoff ({} failures so far)",
+                        "the access token expired; refreshing is retried with backoff ({} failures so far): check that the connector's tokenUrl answers",
                         status.consecutive_failures
                     ),
                     rejected: false,
@@ -275,7 +279,10 @@ async fn tokens(
     };
     let client = match refresh_client(ctx, adm, m, kind, &current).await {
         Ok(c) => c,
-        Err(message) => return Ok(failure(ctx, ua, status, requeue, &current, now, reasons::CLIENT_SECRET_INVALID, message, stored)),
+        Err(message) => {
+            let expires_at = timing(Some(&secret.metadata), generation).map(|(e, _)| e).or(current.expires_at);
+            return Ok(failure(ctx, ua, status, requeue, &current, expires_at, now, reasons::CLIENT_SECRET_INVALID, message, stored));
+        }
     };
     let Some(client) = client else {
         // Nothing to refresh with: the access token serves until it expires, then consent is needed.
@@ -289,11 +296,16 @@ async fn tokens(
         };
     };
     let used = current.refresh_token.clone();
+    // The expiry the status reports (the Secret's annotation, to the millisecond; the data's copy has seconds).
+    let expires_at = timing(Some(&secret.metadata), generation).map(|(e, _)| e).or(current.expires_at);
+    let budget = refresh_budget(expires_at, status, Utc::now());
     let result = match (kind, &used) {
-        (AuthKind::OAuth2ClientCredentials, _) => client.client_credentials(&ctx.http).await,
-        (_, Some(rt)) => client.refresh(&ctx.http, rt).await,
+        (AuthKind::OAuth2ClientCredentials, _) => client.client_credentials_within(&ctx.http, budget).await,
+        (_, Some(rt)) => client.refresh(&ctx.http, rt, budget).await,
         (_, None) => unreachable_refresh(),
     };
+    // The request may have taken its whole budget: judge the stored token by the time now.
+    let now = Utc::now();
     match result {
         Ok(set) => {
             refreshed(ctx, "ok");
@@ -333,8 +345,23 @@ async fn tokens(
         }),
         Err(e) => {
             let reason = if e.is_transient() { reasons::PROVIDER_UNAVAILABLE } else { reasons::CLIENT_SECRET_INVALID };
-            Ok(failure(ctx, ua, status, requeue, &current, now, reason, format!("refreshing the tokens failed: {e}"), stored))
+            Ok(failure(ctx, ua, status, requeue, &current, expires_at, now, reason, format!("refreshing the tokens failed: {e}"), stored))
         }
+    }
+}
+
+/// A refresh after an access token has expired while status still says Ready gets this long: Ready must not stay
+/// True for a whole token timeout past the expiry. The next attempt, after Ready has turned False, gets the full one.
+const EXPIRED_BUDGET: Duration = Duration::from_secs(1);
+
+/// How long a refresh may take: the stored access token's remaining life, at most [`oauth::TOKEN_TIMEOUT`], so
+/// that a hung token endpoint cannot hold a reconcile (and a Ready=True status) past the token's expiry.
+fn refresh_budget(expires_at: Option<DateTime<Utc>>, status: &UserActivationStatus, now: DateTime<Utc>) -> Duration {
+    let ready = crate::api::conditions::find(&status.conditions, crate::api::conditions::types::READY).is_some_and(|c| c.status == "True");
+    match expires_at.map(|e| (e - now).to_std()) {
+        Some(Ok(left)) => left.min(oauth::TOKEN_TIMEOUT),
+        Some(Err(_)) if ready => EXPIRED_BUDGET,
+        _ => oauth::TOKEN_TIMEOUT,
     }
 }
 
@@ -416,18 +443,21 @@ fn report(status: &mut UserActivationStatus, expires_at: DateTime<Utc>, refresh_
     status.next_refresh_time = Some(refresh_at);
 }
 
-/// A failed refresh that may pass: exponential backoff by `consecutiveFailures`; Ready while the token is valid.
-#[allow(clippy::too_many_arguments)]
+/// Counts a refresh by its outcome.
 fn refreshed(ctx: &Context, outcome: &str) {
     ctx.metrics.refreshes.get_or_create(&crate::metrics::OutcomeLabel { outcome: outcome.into() }).inc();
 }
 
+/// A failed refresh that may pass: exponential backoff by `consecutiveFailures`; Ready while the token (expiring
+/// at `expires_at`) is valid, with a requeue at its expiry.
+#[allow(clippy::too_many_arguments)]
 fn failure(
     ctx: &Context,
     ua: &UserActivation,
     status: &mut UserActivationStatus,
     requeue: &mut Option<Duration>,
     t: &OAuth2Tokens,
+    expires_at: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
     reason: &'static str,
     message: String,
@@ -440,16 +470,21 @@ fn failure(
     warn!(activation = %ua.name_any(), namespace = %ua.namespace().unwrap_or_default(), failures = status.consecutive_failures, retry_in = ?delay, error = %message, "token refresh failed");
     *requeue = min(*requeue, delay);
     status.next_refresh_time = Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
-    match t.expires_at {
+    match expires_at {
         Some(e) if e > now => {
             status.expires_at = Some(e);
+            // Ready turns False when the token expires, if no retry has succeeded by then.
+            *requeue = min(*requeue, until(e, now));
             stored
         }
         // Never had a token (client credentials fetched for the first time): say what the provider answered.
         _ if t.access_token.is_empty() => Creds::Unusable { reason, message: format!("no access token yet: {message}"), rejected: false },
         _ => Creds::Unusable {
             reason: if reason == reasons::PROVIDER_UNAVAILABLE { reasons::TOKEN_EXPIRED } else { reason },
-            message: format!("the access token expired and {message}"),
+            message: format!(
+                "the access token expired and {message}; retried with backoff ({} failures so far): check that the connector's tokenUrl answers",
+                status.consecutive_failures
+            ),
             rejected: false,
         },
     }
