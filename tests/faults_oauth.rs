@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use fault_support::*;
 use k8s_openapi::api::core::v1::Secret;
-use kube::Client;
 use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
 use latchkey::api::{Connector, EmbeddedConnection, UserActivation};
 use rand::Rng;
 use serde_json::json;
@@ -154,11 +154,8 @@ async fn a_hung_provider_gets_bounded_retries_honest_conditions_and_recovery() {
     record("faults_oauth_outage", figures.clone());
     eprintln!("faults_oauth_outage: {figures}");
     assert!(during >= 1 && during <= bound, "{during} refresh requests in a {outage:?} outage, bound {bound}");
-    // Known operator bug (reported): a reconcile blocked in a hung refresh (15 s client timeout) cannot flip
-    // Ready when the access token expires meanwhile. Fatal only under make faults (LATCHKEY_FAULTS_STRICT=1).
-    if figure("LATCHKEY_FAULTS_STRICT", 0) == 1 {
-        assert!(dishonest.is_empty(), "{dishonest:?}");
-    }
+    // A refresh never waits past the access token's expiry: Ready is never True on an expired token.
+    assert!(dishonest.is_empty(), "{dishonest:?}");
     assert!(leaks.places.is_empty(), "{:?}", leaks.places);
     assert!(recovered == "Active" || recovered == "NeedsReauthorization");
 }
@@ -252,6 +249,7 @@ async fn killing_the_leader_again_and_again_never_refreshes_one_token_twice() {
     let leaks = leak_scan(&client, &[&n], &logs[..1], "latchkey starting", &["app-secret".to_string()]).await;
     let figures = json!({
         "kills": performed, "leader_kills_survived": survived, "activations": n_users, "refreshes": refreshes.len(),
+        "converged": phases.values().filter(|p| *p == "Active").count(), "expected_to_converge": n_users,
         "double_refreshes": double_refreshes, "overlapping_refreshes": overlapping, "lost_refresh_tokens": lost,
         "phases": phases, "secret_leaks": leaks.places.len(),
     });
@@ -263,4 +261,209 @@ async fn killing_the_leader_again_and_again_never_refreshes_one_token_twice() {
     assert_eq!(double_refreshes, 0, "a refresh token was used twice");
     assert_eq!(overlapping, 0, "two refreshes of one grant at once");
     assert_eq!(lost, 0, "{phases:?}");
+}
+
+/// Connector `idp-{case}` (token requests to `token_url`) and EmbeddedConnection `sync-{case}` with a Job, in `ns`
+/// (the organisation's app Secret `oauth-app` must exist).
+async fn oauth_case_connection(client: &Client, ns: &str, server: &OAuthServer, case: &str, token_url: &str) {
+    let connector: Connector = serde_json::from_value(json!({
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector", "metadata": {"name": format!("idp-{case}")},
+        "spec": {"baseUrl": server.issuer(), "authMethods": [{"name": "oauth", "oauth2": {
+            "flow": "AuthorizationCode", "authorizationUrl": server.authorize_url(), "tokenUrl": token_url,
+            "scopes": ["read"], "clientSecretRef": {"name": "oauth-app"}}}]}
+    }))
+    .unwrap();
+    Api::<Connector>::namespaced(client.clone(), ns).create(&PostParams::default(), &connector).await.unwrap();
+    let ec: EmbeddedConnection = serde_json::from_value(json!({
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection", "metadata": {"name": format!("sync-{case}")},
+        "spec": {"connectorRef": {"name": format!("idp-{case}")}, "authMethod": "oauth", "job": busybox_job()}
+    }))
+    .unwrap();
+    Api::<EmbeddedConnection>::namespaced(client.clone(), ns).create(&PostParams::default(), &ec).await.unwrap();
+}
+
+/// Creates activation `name` of `conn` and consents for its user through the operator's callback.
+async fn connect_to(client: &Client, ns: &str, name: &str, conn: &str) {
+    let api: Api<UserActivation> = Api::namespaced(client.clone(), ns);
+    let ua: UserActivation =
+        serde_json::from_value(json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": name},
+        "spec": {"connectionRef": {"name": conn}, "user": {"id": name}}}))
+        .unwrap();
+    api.create(&PostParams::default(), &ua).await.unwrap();
+    let url = wait_for_value("status.connectUrl", Duration::from_secs(40), || async {
+        api.get(name).await.map_err(|e| e.to_string())?.status.and_then(|s| s.connect_url).ok_or_else(|| "no link yet".to_string())
+    })
+    .await;
+    let callback = format!("{}/oauth/callback", &url[..url.find("/connect/").unwrap()]);
+    let redirect = authorize_without_browser(&url, &callback, &Login::default()).await.expect("consent");
+    let res = http().get(redirect.url.to_string()).send().await.unwrap();
+    assert!(res.status() == 302 || res.status() == 200, "callback for {name}: {}", res.status());
+}
+
+/// A token endpoint that hangs or answers garbage while the access token runs out: each refresh is bounded by the
+/// token's remaining life, Ready turns False with reason TokenExpired within a second of the expiry (never True on
+/// an expired token), no Job starts meanwhile (not even one asked for with run-now), no redirect is followed, and
+/// the activation recovers with its refresh token intact once the endpoint answers again.
+#[tokio::test]
+async fn a_token_endpoint_that_hangs_or_answers_garbage_never_leaves_an_expired_token_ready() {
+    let cases: [(&str, TokenMode); 7] = [
+        ("hang", TokenMode::Hang),
+        ("malformed", TokenMode::Malformed),
+        ("missing", TokenMode::Missing),
+        ("wrong-type", TokenMode::WrongType),
+        ("html", TokenMode::Html),
+        ("huge", TokenMode::Huge),
+        ("redirect", TokenMode::Redirect),
+    ];
+    let bed = bed().await;
+    let client = bed.client();
+    ensure_crds(&client).await;
+    let ns = namespace(&bed, "faults-expiry").await;
+    let n = ns.name().to_string();
+    let op = Operator::start(&bed, "faults_oauth_expiry", &[&n], &[]).await;
+    let callback = format!("{}/oauth/callback", op.connect_base_url);
+    // 12-second tokens: a refresh is due 6 s into each (margin = lifetime / 2), the token is dead 6 s later.
+    let server = OAuthServer::start(
+        OAuthServerConfig::default().client(OAuthClient::confidential("app", "app-secret").redirect_uri(&callback)).access_ttl(12),
+    );
+    let front = token_front(server.token_url()).await;
+    let app: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "oauth-app"}, "stringData": {"client_id": "app", "client_secret": "app-secret"}}),
+    )
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &n).create(&PostParams::default(), &app).await.unwrap();
+    for (case, _) in &cases {
+        oauth_case_connection(&client, &n, &server, case, &front.token_url(case)).await;
+        connect_to(&client, &n, case, &format!("sync-{case}")).await;
+    }
+    let api: Api<UserActivation> = ns.api();
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = ns.api();
+    let jobs_of = |name: &'static str| {
+        let jobs = jobs.clone();
+        async move {
+            jobs.list(&kube::api::ListParams::default()).await.unwrap().items.iter().filter(|j| j.name_any().starts_with(name)).count()
+        }
+    };
+    for (case, _) in &cases {
+        wait_for_value("Active with its first run", Duration::from_secs(40), || async {
+            let (p, _, _) = phase(&api, case).await;
+            let runs = jobs_of(case).await;
+            if p == "Active" && runs == 1 { Ok(()) } else { Err(format!("{case}: {p}, {runs} Jobs")) }
+        })
+        .await;
+    }
+
+    // The endpoint goes bad for every case at once.
+    let before: BTreeMap<&str, usize> = cases.iter().map(|(c, _)| (*c, front.requests(c))).collect();
+    for (case, mode) in &cases {
+        front.set(case, *mode);
+    }
+    let t0 = Instant::now();
+    let mut dishonest = Vec::new();
+    let mut went_false: BTreeMap<&str, (String, String, f64)> = BTreeMap::new();
+    let mut jobs_while_expired = Vec::new();
+    while went_false.len() < cases.len() && t0.elapsed() < Duration::from_secs(45) {
+        for (case, _) in &cases {
+            let (_, ready, ua) = phase(&api, case).await;
+            let expires_at = ua.status.as_ref().and_then(|s| s.expires_at);
+            let late = expires_at.map(|e| (chrono::Utc::now() - e).num_milliseconds()).unwrap_or(0);
+            match &ready {
+                Some((s, r, m)) if s == "True" && late > 1500 => {
+                    dishonest.push(format!("{case}: Ready=True {r} {late} ms after the token expired ({m})"))
+                }
+                // Once False for a dead token, it stays False until the endpoint answers again (no flapping).
+                Some((s, r, _)) if s == "True" && went_false.contains_key(case) => {
+                    dishonest.push(format!("{case}: Ready=True {r} again after it had turned False, {late} ms after the expiry"))
+                }
+                Some((s, r, m)) if s == "False" && !went_false.contains_key(case) => {
+                    went_false.insert(case, (r.clone(), m.clone(), late as f64 / 1000.0));
+                    // Ask for a run now: it must wait for a valid token.
+                    let patch = json!({"metadata": {"annotations": {"latchkey.dev/run-now": "while-expired"}}});
+                    api.patch(case, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A few seconds more of the outage: no Job appears for an activation whose token is dead.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (case, _) in &cases {
+        let runs = jobs_of(case).await;
+        if runs != 1 {
+            jobs_while_expired.push(format!("{case}: {runs} Jobs"));
+        }
+    }
+    let window = t0.elapsed();
+    let requests: BTreeMap<&str, usize> = cases.iter().map(|(c, _)| (*c, front.requests(c) - before[c])).collect();
+    // The first refresh is due within 6 s; each later one waits 1 s, 2 s, 4 s... (a hung one at most 10 s more).
+    let bound = backoff_bound(window, 2);
+
+    // Back to the real server: every case recovers with the refresh token it had, then runs the Job asked for.
+    for (case, _) in &cases {
+        front.set(case, TokenMode::Pass);
+    }
+    let mut recovered = BTreeMap::new();
+    for (case, _) in &cases {
+        let r = wait_for_value("recovery", Duration::from_secs(90), || async {
+            let (p, ready, ua) = phase(&api, case).await;
+            let failures = ua.status.as_ref().map(|s| s.consecutive_failures).unwrap_or(99);
+            let runs = jobs_of(case).await;
+            match ready {
+                Some((s, _, _)) if s == "True" && p == "Active" && failures == 0 && runs == 2 => Ok(p),
+                _ if p == "NeedsReauthorization" => Ok(p),
+                r => Err(format!("{case}: {p} {r:?}, {failures} failures, {runs} Jobs")),
+            }
+        })
+        .await;
+        recovered.insert(*case, r);
+    }
+    let hits = front.elsewhere_hits.load(std::sync::atomic::Ordering::SeqCst);
+    let mut secrets = vec!["app-secret".to_string()];
+    for (case, _) in &cases {
+        if let Ok(s) = Api::<Secret>::namespaced(client.clone(), &n).get(&format!("{case}-sync-{case}-credentials")).await {
+            for (k, v) in s.data.unwrap_or_default() {
+                if k == "access_token" || k == "refresh_token" {
+                    secrets.push(String::from_utf8_lossy(&v.0).to_string());
+                }
+            }
+        }
+    }
+    assert!(secrets.len() > cases.len(), "the credentials Secrets were read: {} values", secrets.len());
+    let leaks = leak_scan(&client, &[&n], &[op.log_path.as_path()], "malformed", &secrets).await;
+    register_secrets("faults_oauth_expiry", "malformed", &secrets);
+    let panics = op.log().lines().filter(|l| l.contains("panicked")).count();
+
+    let mut mishandled = Vec::new();
+    for (case, _) in &cases {
+        match went_false.get(case) {
+            Some((r, m, late)) if r == "TokenExpired" && m.contains("tokenUrl") && *late <= 1.5 => {}
+            other => mishandled.push(format!("{case}: Ready did not turn False with TokenExpired within 1.5 s of the expiry: {other:?}")),
+        }
+        if requests[case] < 1 || requests[case] > bound {
+            mishandled.push(format!("{case}: {} token requests in {window:?}, bound {bound}", requests[case]));
+        }
+        if recovered[case] != "Active" {
+            mishandled.push(format!("{case}: recovered as {}", recovered[case]));
+        }
+    }
+    mishandled.extend(dishonest.iter().cloned());
+    mishandled.extend(jobs_while_expired.iter().cloned());
+    if hits > 0 {
+        mishandled.push(format!("a redirect was followed to another host ({hits} requests)"));
+    }
+    if panics > 0 {
+        mishandled.push(format!("{panics} panic(s) in {}", op.log_path.display()));
+    }
+    let figures = json!({
+        "bad_inputs_tried": cases.len(), "bad_inputs_mishandled": mishandled.len(), "mishandled": mishandled,
+        "ready_false_after_expiry_s": went_false.iter().map(|(c, v)| (c.to_string(), v.2)).collect::<BTreeMap<_, _>>(),
+        "token_requests": requests, "token_request_bound": bound, "recovered_as": recovered,
+        "lost_refresh_tokens": recovered.values().filter(|p| *p == "NeedsReauthorization").count(),
+        "secret_leaks": leaks.places.len(),
+    });
+    record("faults_oauth_expiry", figures.clone());
+    eprintln!("faults_oauth_expiry: {figures}");
+    assert!(mishandled.is_empty(), "{mishandled:#?}");
+    assert!(leaks.places.is_empty(), "{:?}", leaks.places);
 }

@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
+use k8s_openapi::api::core::v1::{Event, Namespace};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use latchkey::api::{Connector, EmbeddedConnection, UserActivation};
@@ -40,75 +40,15 @@ pub fn register_secrets(test: &str, marker: &str, secrets: &[String]) {
     let _ = std::fs::write(dir.join(format!("{test}.json")), json!({"marker": marker, "secrets": secrets}).to_string());
 }
 
-/// A provider's API: `GET /me` answers 200 to `Authorization: Bearer good-*`, 401 otherwise, 503 while down.
-pub struct Provider {
-    pub url: String,
-    pub requests: Arc<AtomicUsize>,
-    pub down: Arc<AtomicBool>,
-}
+#[allow(unused_imports)]
+pub use crate::support::fixtures::{FakeProvider, TENANT_OF, busybox_job, condition, provider};
 
-pub async fn provider() -> Provider {
-    use axum::http::{HeaderMap, StatusCode};
-    let requests = Arc::new(AtomicUsize::new(0));
-    let down = Arc::new(AtomicBool::new(false));
-    let (r, d) = (requests.clone(), down.clone());
-    let app = axum::Router::new().route(
-        "/me",
-        axum::routing::get(move |h: HeaderMap| {
-            let (r, d) = (r.clone(), d.clone());
-            async move {
-                r.fetch_add(1, Ordering::SeqCst);
-                if d.load(Ordering::SeqCst) {
-                    return StatusCode::SERVICE_UNAVAILABLE;
-                }
-                let ok = h.get("authorization").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("Bearer good-"));
-                if ok { StatusCode::OK } else { StatusCode::UNAUTHORIZED }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Provider { url, requests, down }
-}
-
-/// The tenant label a connection made by [`api_key_connection`] admits: `latchkey.dev/tenant-of=<its namespace>`.
-pub const TENANT_OF: &str = "latchkey.dev/tenant-of";
-
-/// Connector `acme-api` (API key, verified at `provider_url/me`) and EmbeddedConnection `acme-sync` in `ns`,
-/// admitting namespaces labelled `latchkey.dev/tenant-of=<ns>`, with a busybox Job when `job`.
+/// Connector `acme-api` and EmbeddedConnection `acme-sync` in `ns` (see [`crate::support::fixtures::api_key_connection`]),
+/// with a busybox Job when `job`, and `https://app.example.com/` as allowed return URL.
 pub async fn api_key_connection(client: &Client, ns: &str, provider_url: &str, job: bool) {
-    let connector: Connector = serde_json::from_value(json!({
-        "apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector",
-        "metadata": {"name": "acme-api", "namespace": ns},
-        "spec": {
-            "displayName": "Acme API",
-            "baseUrl": provider_url,
-            "authMethods": [{"name": "token", "apiKey": {"in": "Header", "name": "Authorization", "prefix": "Bearer "}}],
-            "verification": {"path": "/me"}
-        }
-    }))
-    .unwrap();
-    Api::<Connector>::namespaced(client.clone(), ns).create(&PostParams::default(), &connector).await.unwrap();
-    let mut spec = json!({
-        "connectorRef": {"name": "acme-api"},
-        "authMethod": "token",
-        "allowedNamespaces": {"matchLabels": {TENANT_OF: ns}},
-        "allowedReturnUrls": ["https://app.example.com/"],
-    });
-    if job {
-        spec["job"] = busybox_job();
-    }
-    let ec: EmbeddedConnection = serde_json::from_value(json!({
-        "apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection",
-        "metadata": {"name": "acme-sync", "namespace": ns}, "spec": spec
-    }))
-    .unwrap();
-    Api::<EmbeddedConnection>::namespaced(client.clone(), ns).create(&PostParams::default(), &ec).await.unwrap();
-}
-
-pub fn busybox_job() -> Value {
-    json!({"template": {"spec": {"containers": [{"name": "sync", "image": "busybox", "command": ["sh", "-c", "echo sync"]}]}}})
+    let job = if job { busybox_job() } else { Value::Null };
+    crate::support::fixtures::api_key_connection(client, ns, provider_url, job, json!({"allowedReturnUrls": ["https://app.example.com/"]}))
+        .await;
 }
 
 /// Labels namespace `tenant` so that the connection in `integrations` admits it.
@@ -117,18 +57,9 @@ pub async fn admit(client: &Client, tenant: &str, integrations: &str) {
     Api::<Namespace>::all(client.clone()).patch(tenant, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
 }
 
-/// The application writes a tenant's API key into its own Secret.
+/// The application writes a tenant's API key into its own Secret (in any bed).
 pub async fn put_source(client: &Client, ns: &str, name: &str, key: &str) {
-    let s: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": name, "labels": {"latchkey.dev/source": "true"}},
-        "stringData": {"api_key": key}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .patch(name, &PatchParams::apply("the-application").force(), &Patch::Apply(&s))
-        .await
-        .unwrap();
+    crate::support::fixtures::write_source(&Api::namespaced(client.clone(), ns), name, key).await;
 }
 
 /// An activation of `conn_ns/acme-sync` for `user`, with the API key in Secret `<name>-key`.
@@ -145,11 +76,6 @@ pub async fn activate(client: &Client, ns: &str, name: &str, user: &str, conn_ns
     }))
     .unwrap();
     Api::<UserActivation>::namespaced(client.clone(), ns).create(&PostParams::default(), &ua).await.unwrap();
-}
-
-/// The activation's condition `type_`: (status, reason, message).
-pub fn condition(ua: &UserActivation, type_: &str) -> Option<(String, String, String)> {
-    ua.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 pub fn is_ready(ua: &UserActivation) -> bool {
@@ -341,4 +267,119 @@ pub async fn ensure_crds(client: &Client) {
     })
     .await;
     assert!(ok, "the Latchkey CRDs are not served");
+}
+
+/// How a [`TokenFront`] answers one case's token requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenMode {
+    /// Forwarded to the real OAuth server.
+    Pass,
+    /// Accepted and never answered.
+    Hang,
+    /// `200` with truncated JSON.
+    Malformed,
+    /// `200` JSON without `access_token`.
+    Missing,
+    /// `200` JSON whose `access_token` is a number.
+    WrongType,
+    /// `200` with an HTML maintenance page.
+    Html,
+    /// `200` JSON of 8 MiB.
+    Huge,
+    /// `307` to another host (127.0.0.2), which must never be asked.
+    Redirect,
+}
+
+/// A token endpoint of our own in front of the real OAuth server's, for the answers a real server does not give on
+/// demand: `POST {url}/{case}/token` is forwarded or misanswered by the case's [`TokenMode`] (default `Pass`).
+/// Counts the requests per case and what reached the other host.
+pub struct TokenFront {
+    pub url: String,
+    modes: Arc<std::sync::Mutex<BTreeMap<String, TokenMode>>>,
+    requests: Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+    pub elsewhere_hits: Arc<AtomicUsize>,
+}
+
+impl TokenFront {
+    pub fn token_url(&self, case: &str) -> String {
+        format!("{}/{case}/token", self.url)
+    }
+    pub fn set(&self, case: &str, mode: TokenMode) {
+        self.modes.lock().unwrap().insert(case.to_string(), mode);
+    }
+    pub fn requests(&self, case: &str) -> usize {
+        self.requests.lock().unwrap().get(case).copied().unwrap_or(0)
+    }
+}
+
+pub async fn token_front(upstream_token_url: &str) -> TokenFront {
+    use axum::body::Bytes;
+    use axum::extract::Path as UrlPath;
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+    let elsewhere_hits = Arc::new(AtomicUsize::new(0));
+    let hits = elsewhere_hits.clone();
+    let elsewhere = axum::Router::new().fallback(move || {
+        let hits = hits.clone();
+        async move {
+            hits.fetch_add(1, Ordering::SeqCst);
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"access_token":"stolen","token_type":"Bearer"}"#)
+        }
+    });
+    let l2 = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let other = format!("http://{}/token", l2.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l2, elsewhere).await });
+
+    let modes: Arc<std::sync::Mutex<BTreeMap<String, TokenMode>>> = Default::default();
+    let requests: Arc<std::sync::Mutex<BTreeMap<String, usize>>> = Default::default();
+    let (m, r, upstream) = (modes.clone(), requests.clone(), upstream_token_url.to_string());
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let json = |body: String| -> Response { (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response() };
+    let app = axum::Router::new().route(
+        "/{case}/token",
+        axum::routing::post(move |UrlPath(case): UrlPath<String>, headers: HeaderMap, body: Bytes| {
+            let (m, r, upstream, other, http) = (m.clone(), r.clone(), upstream.clone(), other.clone(), http.clone());
+            async move {
+                *r.lock().unwrap().entry(case.clone()).or_default() += 1;
+                let mode = m.lock().unwrap().get(&case).copied().unwrap_or(TokenMode::Pass);
+                match mode {
+                    TokenMode::Pass => {
+                        let mut req = http.post(&upstream).body(body);
+                        for h in [header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT] {
+                            if let Some(v) = headers.get(&h) {
+                                req = req.header(h, v);
+                            }
+                        }
+                        match req.send().await {
+                            Ok(res) => {
+                                let status = res.status();
+                                let ct = res.headers().get(header::CONTENT_TYPE).cloned();
+                                let body = res.bytes().await.unwrap_or_default();
+                                let mut out = (status, body).into_response();
+                                if let Some(ct) = ct {
+                                    out.headers_mut().insert(header::CONTENT_TYPE, ct);
+                                }
+                                out
+                            }
+                            Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+                        }
+                    }
+                    TokenMode::Hang => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        StatusCode::GATEWAY_TIMEOUT.into_response()
+                    }
+                    TokenMode::Malformed => json(r#"{"access_token": "abc", "#.into()),
+                    TokenMode::Missing => json(r#"{"token_type":"Bearer","expires_in":3600}"#.into()),
+                    TokenMode::WrongType => json(r#"{"access_token":12345,"token_type":"Bearer"}"#.into()),
+                    TokenMode::Html => (StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], "<html>maintenance</html>").into_response(),
+                    TokenMode::Huge => json(format!(r#"{{"access_token":"{}","token_type":"Bearer"}}"#, "h".repeat(8 << 20))),
+                    TokenMode::Redirect => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, other)]).into_response(),
+                }
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    TokenFront { url, modes, requests, elsewhere_hits }
 }
