@@ -67,6 +67,17 @@ pub async fn fixture_with(prefix: &str, provider_url: &str, job: serde_json::Val
     let client = bed.client();
     let integrations = namespace(&bed, prefix).await;
     let ns = integrations.name().to_string();
+    api_key_connection(&client, &ns, provider_url, job, extra_spec).await;
+    Fixture { client, integrations, tenant_label: (TENANT_OF.to_string(), ns) }
+}
+
+/// The label a connection made by [`api_key_connection`] admits: `latchkey.dev/tenant-of=<its namespace>`.
+pub const TENANT_OF: &str = "latchkey.dev/tenant-of";
+
+/// Connector `acme-api` (API key, verified at `provider_url/me`) and EmbeddedConnection `acme-sync` in `ns`
+/// (of any bed), admitting namespaces labelled [`TENANT_OF`]`=<ns>`, with `job` (unless null) and extra fields
+/// merged into the connection's spec.
+pub async fn api_key_connection(client: &Client, ns: &str, provider_url: &str, job: serde_json::Value, extra_spec: serde_json::Value) {
     let connector: Connector = serde_json::from_value(json!({
         "apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector",
         "metadata": {"name": "acme-api", "namespace": ns},
@@ -78,12 +89,11 @@ pub async fn fixture_with(prefix: &str, provider_url: &str, job: serde_json::Val
         }
     }))
     .unwrap();
-    integrations.api::<Connector>().create(&PostParams::default(), &connector).await.unwrap();
-    let tenant_label = ("latchkey.dev/tenant-of".to_string(), ns.clone());
+    Api::<Connector>::namespaced(client.clone(), ns).create(&PostParams::default(), &connector).await.unwrap();
     let mut spec = json!({
         "connectorRef": {"name": "acme-api"},
         "authMethod": "token",
-        "allowedNamespaces": {"matchLabels": {tenant_label.0.clone(): tenant_label.1.clone()}},
+        "allowedNamespaces": {"matchLabels": {TENANT_OF: ns}},
     });
     if !job.is_null() {
         spec["job"] = job;
@@ -96,8 +106,7 @@ pub async fn fixture_with(prefix: &str, provider_url: &str, job: serde_json::Val
         "metadata": {"name": "acme-sync", "namespace": ns}, "spec": spec
     }))
     .unwrap();
-    integrations.api::<EmbeddedConnection>().create(&PostParams::default(), &ec).await.unwrap();
-    Fixture { client, integrations, tenant_label }
+    Api::<EmbeddedConnection>::namespaced(client.clone(), ns).create(&PostParams::default(), &ec).await.unwrap();
 }
 
 pub fn busybox_job() -> serde_json::Value {
@@ -139,13 +148,18 @@ impl Fixture {
 }
 
 pub async fn put_source(tenant: &TestNamespace, name: &str, key: &str) {
+    write_source(&tenant.api::<Secret>(), name, key).await;
+}
+
+/// The application writes a tenant's API key into its own Secret `name` (labelled as a source), in any bed.
+pub async fn write_source(secrets: &Api<Secret>, name: &str, key: &str) {
     let s: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": name, "labels": {"latchkey.dev/source": "true"}},
         "stringData": {"api_key": key}
     }))
     .unwrap();
-    tenant.api::<Secret>().patch(name, &PatchParams::apply("the-application").force(), &Patch::Apply(&s)).await.unwrap();
+    secrets.patch(name, &PatchParams::apply("the-application").force(), &Patch::Apply(&s)).await.unwrap();
 }
 
 pub fn condition(ua: &UserActivation, type_: &str) -> Option<(String, String, String)> {
