@@ -5,35 +5,14 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const REQUIRED_KEYS: &[&str] = &[
-    "bound_b1_seconds_10k",
-    "bound_b2_seconds_10k",
-    "converge_seconds_10k",
-    "converge_ratio_10k",
-    "converge_ratio_live_10k",
-    "writes_per_activation_apikey",
-    "writes_per_activation_oauth",
-    "restart_writes",
-    "restart_secret_gets",
-    "steady_rss_mib_10k",
-    "peak_rss_mib_10k",
-    "rss_kib_per_activation",
-    "startup_seconds_1k",
-    "startup_seconds_10k",
-    "idle_cpu_percent_10k",
-    "expired_tokens_served",
-    "refresh_lag_p99_seconds",
-    "token_calls_per_refresh",
-    "callback_rps",
-    "callback_p99_ms",
-    "callback_e2e_rps",
-    "callback_e2e_p99_ms",
-    "eso_converge_seconds_10k",
-    "eso_peak_rss_mib_10k",
-    "eso_writes_per_secret",
-    "eso_cpu_seconds_10k",
-    "cpu_seconds_10k",
-];
+/// The keys every results file must hold, as the benchmark itself lists them (`latchkey-bench --keys`).
+fn required_keys() -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_latchkey-bench")).arg("--keys").output().expect("run latchkey-bench --keys");
+    assert!(out.status.success(), "latchkey-bench --keys failed");
+    let keys: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect();
+    assert!(keys.len() >= 20, "latchkey-bench --keys listed {} keys", keys.len());
+    keys
+}
 
 #[test]
 fn tiny_bench_writes_every_key() {
@@ -63,10 +42,11 @@ fn tiny_bench_writes_every_key() {
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).expect("results.json")).expect("results.json is JSON");
     assert_eq!(v["scale"], "tiny");
     let mut problems = Vec::new();
-    for k in REQUIRED_KEYS {
-        match v.get(*k) {
+    for k in &required_keys() {
+        let k = k.as_str();
+        match v.get(k) {
             Some(x) if x.is_number() => {}
-            Some(serde_json::Value::Null) if v["missing"][*k].is_string() => {}
+            Some(serde_json::Value::Null) if v["missing"][k].is_string() => {}
             Some(serde_json::Value::Null) if k.starts_with("eso_") && figures.find("eso").is_none() => {}
             other => problems.push(format!("{k}: {other:?}")),
         }

@@ -6,6 +6,7 @@
 //!   latchkey-bench [--figures bounds,converge,converge_nojob,startup,eso,connect,refresh] [--scale tiny|small|full] [--runs N]
 //!                  [--operator target/release/latchkey] [--eso DIR] [--out target/bench/results.json]
 //!   latchkey-bench --table                  prints the table of the results file
+//!   latchkey-bench --keys                   prints the keys every results file must hold, one a line
 mod bed;
 mod connect;
 mod eso;
@@ -64,6 +65,12 @@ async fn main() {
         let rate: f64 = args.get(i + 2).and_then(|x| x.parse().ok()).unwrap_or(1000.0);
         let secs: f64 = args.get(i + 3).and_then(|x| x.parse().ok()).unwrap_or(5.0);
         connect::load_main(&url, rate, secs).await;
+        return;
+    }
+    if args.iter().any(|a| a == "--keys") {
+        for k in results::REQUIRED_KEYS {
+            println!("{k}");
+        }
         return;
     }
     if args.iter().any(|a| a == "--table") {
