@@ -15,8 +15,8 @@ cd "$REPO"
 export PATH="${LATCHKEY_CACHE:-$HOME/.cache/latchkey}/bin:$HOME/.cargo/bin:$PATH"
 DIR=${LATCHKEY_TESTENV_DIR:-$REPO/.testenv}
 export LATCHKEY_TESTENV_DIR=$DIR
-export LATCHKEY_FAULTS_ACTIVATIONS=${LATCHKEY_FAULTS_ACTIVATIONS:-300}
-export LATCHKEY_FAULTS_OAUTH=${LATCHKEY_FAULTS_OAUTH:-10}
+export LATCHKEY_FAULTS_ACTIVATIONS=${LATCHKEY_FAULTS_ACTIVATIONS:-1000}
+export LATCHKEY_FAULTS_OAUTH=${LATCHKEY_FAULTS_OAUTH:-20}
 export LATCHKEY_FAULTS_KILLS=${LATCHKEY_FAULTS_KILLS:-15}
 export LATCHKEY_FAULTS_OUTAGE_S=${LATCHKEY_FAULTS_OUTAGE_S:-150}
 export LATCHKEY_FAULTS_LEADER_KILLS=${LATCHKEY_FAULTS_LEADER_KILLS:-6}
@@ -76,6 +76,7 @@ results = {
     "kills": total("kills") + total("control_plane_restarts"),
     "activations": total("activations"),
     "converged": total("converged"),
+    "expected_to_converge": total("expected_to_converge"),
     "duplicate_jobs": total("duplicate_jobs"),
     "lost_refresh_tokens": total("lost_refresh_tokens"),
     "orphaned_secrets": total("orphaned_secrets"),
@@ -95,7 +96,7 @@ with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
 print()
 print("make faults: figures (target/faults/results.json)")
-for k in ["kills", "activations", "converged", "duplicate_jobs", "lost_refresh_tokens", "orphaned_secrets",
+for k in ["kills", "activations", "converged", "expected_to_converge", "duplicate_jobs", "lost_refresh_tokens", "orphaned_secrets",
           "bad_inputs_tried", "bad_inputs_mishandled", "secret_leaks", "isolation_breaches", "tests_passed", "tests_failed"]:
     print(f"  {k:24} {results[k]}")
 bad = status != 0 or results["duplicate_jobs"] or results["orphaned_secrets"] or results["bad_inputs_mishandled"] \
