@@ -5,6 +5,7 @@ pub mod config;
 pub mod connect;
 pub mod controller;
 pub mod credentials;
+pub mod instance;
 pub mod jobs;
 pub mod leader;
 pub mod metrics;

@@ -28,6 +28,8 @@ use super::{Condition, DURATION_PATTERN, LocalObjectRef};
 #[x_kube(validation = Rule::new("has(self.provider) || !has(self.authMethods) || self.authMethods.all(m, !has(m.oauth2) || (has(m.oauth2.flow) && has(m.oauth2.tokenUrl)))").message("an oauth2 method needs flow and tokenUrl (or set provider)"))]
 #[x_kube(validation = Rule::new("has(self.provider) || !has(self.authMethods) || self.authMethods.all(m, !has(m.apiKey) || (has(m.apiKey.__in__) && has(m.apiKey.name)))").message("an apiKey method needs in and name (or set provider)"))]
 #[x_kube(validation = Rule::new("!has(self.authMethods) || self.authMethods.all(m, !has(m.oauth2) || (has(m.oauth2.flow) && m.oauth2.flow != 'AuthorizationCode') || ((has(self.provider) || has(m.oauth2.authorizationUrl)) && has(m.oauth2.clientSecretRef)))").message("the AuthorizationCode flow needs authorizationUrl and clientSecretRef (the organisation's OAuth app)"))]
+#[x_kube(validation = Rule::new("!has(self.baseUrl) || !self.baseUrl.contains('{') || (has(self.allowedHosts) && size(self.allowedHosts) > 0)").message("a baseUrl with {parameters} needs allowedHosts (the hosts a tenant's address may point at)").field_path(".allowedHosts"))]
+#[x_kube(validation = Rule::new("!has(self.authMethods) || self.authMethods.all(m, !has(m.oauth2) || ((!has(m.oauth2.tokenUrl) || !m.oauth2.tokenUrl.contains('{')) && (!has(m.oauth2.authorizationUrl) || !m.oauth2.authorizationUrl.contains('{')))) || (has(self.allowedHosts) && size(self.allowedHosts) > 0)").message("OAuth2 URLs with {parameters} need allowedHosts").field_path(".allowedHosts"))]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectorSpec {
     /// A provider from the catalogue compiled into the operator (`latchkey providers` lists them), e.g. `github`.
@@ -44,11 +46,24 @@ pub struct ConnectorSpec {
     pub display_name: Option<String>,
     /// Base URL of the API, e.g. `https://api.github.com`. Jobs receive it as `LATCHKEY_BASE_URL`; the
     /// verification request is sent relative to it.
-    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("baseUrl must be an http:// or https:// URL"))]
+    /// May be a template with `{name}` parameters for per-tenant addresses (`https://{shop}.myshopify.com/admin/api`,
+    /// `{instance_url}/services/data/v62.0`), each declared in `instanceParameters`; then `allowedHosts` is required.
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://') || self.startsWith('{')").message("baseUrl must be an http:// or https:// URL (or start with a {parameter} that gives one)"))]
     /// Filled from `provider` when left out.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(min = 8, max = 2048), transform = no_default)]
     pub base_url: String,
+    /// Where each `{parameter}` of `baseUrl`, `authorizationUrl` and `tokenUrl` comes from (tenant-specific instances).
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.name == p.name))").message("instanceParameters names must be unique"))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub instance_parameters: Vec<InstanceParameter>,
+    /// Hosts a URL with parameters may resolve to: `api.example.com`, or `*.myshopify.com` (one or more labels in
+    /// front of the domain). Without a scheme only https is allowed; `http://host` allows plain http to that host.
+    /// Required when a URL has parameters: a tenant must never point requests at a host of its choosing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253), regex(pattern = r"^(https?://)?(\*\.)?[A-Za-z0-9.-]+$")))]
+    pub allowed_hosts: Vec<String>,
     /// The ways to authenticate, each with a unique name that an EmbeddedConnection chooses by.
     #[x_kube(validation = Rule::new("self.all(m, self.exists_one(n, n.name == m.name))").message("authMethods names must be unique"))]
     /// At least one unless `provider` is set.
@@ -58,6 +73,45 @@ pub struct ConnectorSpec {
     /// How to check that a credential works: a request to `baseUrl` + `path` with the credential applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+}
+
+/// One `{parameter}` of the connector's URLs and where its value comes from.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceParameter {
+    /// The name in braces, e.g. `shop` for `{shop}`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    pub name: String,
+    /// `Spec`: the activation's `spec.instance.<name>`; `TokenResponse`: a field of the OAuth2 token response
+    /// (`field`, default the name); `ConnectPage`: the connect page asks the user (before the OAuth2 redirect).
+    pub from: ParameterSource,
+    /// `TokenResponse`: the response field, when it differs from `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub field: Option<String>,
+    /// How the value goes into the URL: `Value` (default; letters, digits, `-`, `.`, `_`), `Url` (the value is an
+    /// http(s) URL, used whole, e.g. Salesforce's `instance_url`), `Host` (the host of a URL or host value).
+    #[serde(default)]
+    pub part: ParameterPart,
+    /// `ConnectPage`: the field's label, e.g. `Shop name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub label: Option<String>,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParameterSource {
+    Spec,
+    TokenResponse,
+    ConnectPage,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ParameterPart {
+    #[default]
+    Value,
+    Url,
+    Host,
 }
 
 /// One way to authenticate. Exactly one of `oauth2`, `apiKey`, `basic` or `none` is set.
@@ -96,11 +150,12 @@ pub struct OAuth2Method {
     pub flow: OAuth2Flow,
     /// The provider's authorization endpoint (AuthorizationCode only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("authorizationUrl must be an http(s) URL"))]
     pub authorization_url: Option<String>,
     /// The provider's token endpoint.
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    #[schemars(transform = no_default)]
+    #[schemars(length(max = 2048), transform = no_default)]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("tokenUrl must be an http(s) URL"))]
     pub token_url: String,
     /// Where refresh-token requests go, when the provider takes them elsewhere than `tokenUrl`. Default `tokenUrl`.

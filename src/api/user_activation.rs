@@ -41,6 +41,10 @@ pub struct UserActivationSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "super::preserve_value_map")]
     pub variables: BTreeMap<String, serde_json::Value>,
+    /// Values of the connector's `instanceParameters` that come from the spec (`from: Spec`), e.g. `{ shop: acme }`
+    /// for `https://{shop}.myshopify.com/admin/api`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub instance: BTreeMap<String, String>,
     /// Where the connect page sends the user back; must start with one of the connection's `allowedReturnUrls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
@@ -101,6 +105,13 @@ pub struct UserActivationStatus {
     /// Why the last connect attempt failed (e.g. the user declined consent); cleared when credentials arrive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_error: Option<String>,
+    /// The API address of this tenant: the connector's `baseUrl` with its parameters filled in (Jobs get it as
+    /// `LATCHKEY_BASE_URL`; verification requests go there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Values of instance parameters that came from the connect page or the token response (not secret).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub instance_parameters: BTreeMap<String, String>,
     /// The Secret the operator owns with this user's credentials (Jobs mount it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,

@@ -168,7 +168,7 @@ impl Look {
 
     /// The credential form: the connector's name, who connects, the fields, and an error after a rejection. It
     /// posts back to the address it was served at, so it works behind any path prefix.
-    pub fn form(&self, connector: &str, user: &str, fields: &[Field], values: &[(&str, String)], error: Option<&str>) -> String {
+    pub fn form(&self, connector: &str, user: &str, fields: &[Field<'_>], values: &[(&str, String)], error: Option<&str>) -> String {
         let mut body = String::new();
         body.push_str(&format!("<p>Connect your {} account for <strong>{}</strong>.</p>", esc(connector), esc(user)));
         if let Some(e) = error {
@@ -230,9 +230,9 @@ fn hash(css: &str) -> String {
 }
 
 /// A form field.
-pub struct Field {
-    pub name: &'static str,
-    pub label: &'static str,
+pub struct Field<'a> {
+    pub name: &'a str,
+    pub label: &'a str,
     pub secret: bool,
     pub autocomplete: &'static str,
 }
@@ -241,7 +241,7 @@ pub struct Field {
 mod tests {
     use super::*;
 
-    fn field() -> [Field; 1] {
+    fn field() -> [Field<'static>; 1] {
         [Field { name: "api_key", label: "API key", secret: true, autocomplete: "off" }]
     }
 

@@ -32,6 +32,7 @@ use crate::api::embedded_connection::Branding;
 use crate::credentials::oauth::{self, OAuthError};
 use crate::credentials::verify::{self, Verdict};
 use crate::credentials::{self, Credential, OAuth2Tokens, Sensitive, keys};
+use crate::instance;
 use crate::naming;
 
 /// Largest request body: a form with a few fields.
@@ -224,7 +225,7 @@ async fn verify_and_resolve(st: &ConnectState, tok: &str) -> Result<(Claims, Res
     Ok((claims, r))
 }
 
-fn fields(kind: AuthKind) -> &'static [Field] {
+fn fields(kind: AuthKind) -> &'static [Field<'static>] {
     const API_KEY: &[Field] = &[Field { name: keys::API_KEY, label: "API key", secret: true, autocomplete: "off" }];
     const BASIC: &[Field] = &[
         Field { name: keys::USERNAME, label: "Username", secret: false, autocomplete: "username" },
@@ -242,51 +243,106 @@ fn fields(kind: AuthKind) -> &'static [Field] {
     }
 }
 
-/// `GET /connect/{token}`: the form, or the redirect to the provider's consent page. Changes nothing.
+/// Form names and labels of the instance parameters the connect page asks for (`instance.<name>`).
+fn instance_fields(c: &crate::api::Connector) -> Vec<(String, String)> {
+    instance::connect_page_parameters(c)
+        .map(|p| (format!("instance.{}", p.name), p.label.clone().unwrap_or_else(|| p.name.clone())))
+        .collect()
+}
+
+/// The instance fields first, then the credential's.
+fn all_fields(instance: &[(String, String)], kind: AuthKind) -> Vec<Field<'_>> {
+    instance
+        .iter()
+        .map(|(n, l)| Field { name: n, label: l, secret: false, autocomplete: "off" })
+        .chain(fields(kind).iter().map(|f| Field { name: f.name, label: f.label, secret: f.secret, autocomplete: f.autocomplete }))
+        .collect()
+}
+
+/// `GET /connect/{token}`: the form (credentials and the instance fields), or the redirect to the provider's
+/// consent page. Changes nothing.
 async fn show(State(st): State<ConnectState>, Path(tok): Path<String>) -> Response {
     let (claims, r) = match verify_and_resolve(&st, &tok).await {
         Ok(v) => v,
         Err(refused) => return refused,
     };
     let kind = r.method.kind();
-    if kind != AuthKind::OAuth2AuthorizationCode {
+    let inst = instance_fields(&r.connector);
+    if kind != AuthKind::OAuth2AuthorizationCode || !inst.is_empty() {
         let look = st.look(Some(&r));
-        let page = look.form(&r.display_name(), &r.user(), fields(kind), &[], None);
+        let page = look.form(&r.display_name(), &r.user(), &all_fields(&inst, kind), &[], None);
         return html(StatusCode::OK, &look, page, r.ua.spec.return_url.as_deref());
     }
-    let Some(m) = r.oauth2() else { return unavailable("The connector is misconfigured.").into_response() };
-    let app = match st.lookup.organisation_app(&r.connector, m, st.config.redirect_uri()).await {
+    authorize(&st, &r, claims, &BTreeMap::new(), StatusCode::FOUND).await.unwrap_or_else(|e| e.into_response())
+}
+
+/// The parameter values the activation's spec and status give, plus `page` (entered now) and a token response's
+/// fields.
+fn instance_values(
+    r: &Resolved,
+    page: &BTreeMap<String, String>,
+    token_response: &BTreeMap<String, Sensitive>,
+) -> BTreeMap<String, String> {
+    let known = r.ua.status.as_ref().map(|s| s.instance_parameters.clone()).unwrap_or_default();
+    instance::values(&r.connector, &r.ua.spec.instance, &known, page, token_response)
+}
+
+/// What the user is told when their instance values cannot be used.
+fn instance_problem(r: &Resolved, e: &instance::InstanceError) -> String {
+    format!("{} cannot be connected at that address: {e}.", r.display_name())
+}
+
+/// Redirects to the provider's consent page with a sealed `state` (the claims, the PKCE verifier and the
+/// connect-page parameters), at the authorization URL resolved for this tenant.
+async fn authorize(
+    st: &ConnectState,
+    r: &Resolved,
+    claims: Claims,
+    page: &BTreeMap<String, String>,
+    status: StatusCode,
+) -> Result<Response, Refusal> {
+    if r.oauth2().is_none() {
+        return Err(unavailable("The connector is misconfigured."));
+    }
+    let values = instance_values(r, page, &BTreeMap::new());
+    let (connector, method) = instance::resolve(&r.connector, &r.method, &values, false)
+        .map_err(|e| Refusal(StatusCode::UNPROCESSABLE_ENTITY, "This address cannot be used", instance_problem(r, &e)))?;
+    let Some(m) = method.oauth2.as_ref() else { return Err(unavailable("The connector is misconfigured.")) };
+    let app = match st.lookup.organisation_app(&connector, m, st.config.redirect_uri()).await {
         Ok(a) => a,
         Err(e) => {
             warn!(error = %e, connector = %r.connector.name_any(), "cannot start an authorization");
-            return unavailable("The connector's OAuth app is not configured.").into_response();
+            return Err(unavailable("The connector's OAuth app is not configured."));
         }
     };
     let state_claims = Claims { exp: claims.exp.min((Utc::now() + STATE_TTL).timestamp()), ..claims };
     let keys = st.config.keys.clone();
+    let params = instance::remembered(&r.connector, page);
     let mut sealed = Err(TokenError::NoKey);
     let req = app.authorization_url(m.pkce, &m.authorization_params, |verifier| {
-        sealed = keys.seal_state(&state_claims, verifier);
+        sealed = keys.seal_state_with(&state_claims, verifier, &params);
         sealed.clone().unwrap_or_default()
     });
     match (req, sealed) {
-        (Ok(req), Ok(_)) => redirect(StatusCode::FOUND, &req.url),
+        (Ok(req), Ok(_)) => Ok(redirect(status, &req.url)),
         (Err(e), _) => {
             warn!(error = %e, connector = %r.connector.name_any(), "cannot build the authorization URL");
-            unavailable("The connector's OAuth settings are invalid.").into_response()
+            Err(unavailable("The connector's OAuth settings are invalid."))
         }
-        (_, Err(e)) => token_refusal(e).into_response(),
+        (_, Err(e)) => Err(token_refusal(e)),
     }
 }
 
-/// `POST /connect/{token}`: checks and stores the credential the user typed, then sends them back.
+/// `POST /connect/{token}`: checks and stores the credential the user typed, then sends them back; for OAuth2
+/// with instance fields, takes those and redirects to the provider.
 async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(form): Form<HashMap<String, String>>) -> Response {
     let (claims, r) = match verify_and_resolve(&st, &tok).await {
         Ok(v) => v,
         Err(refused) => return refused,
     };
     let kind = r.method.kind();
-    if kind == AuthKind::OAuth2AuthorizationCode {
+    let inst = instance_fields(&r.connector);
+    if kind == AuthKind::OAuth2AuthorizationCode && inst.is_empty() {
         return Refusal(
             StatusCode::METHOD_NOT_ALLOWED,
             "Use the sign-in page",
@@ -294,18 +350,38 @@ async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(fo
         )
         .into_response();
     }
+    let shown = all_fields(&inst, kind);
     let value = |k: &str| form.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
     let again = |error: &str, status: StatusCode| {
-        let kept: Vec<(&str, String)> =
-            fields(kind).iter().filter(|f| !f.secret).filter_map(|f| value(f.name).map(|v| (f.name, v))).collect();
+        let kept: Vec<(&str, String)> = shown.iter().filter(|f| !f.secret).filter_map(|f| value(f.name).map(|v| (f.name, v))).collect();
         let look = st.look(Some(&r));
-        let page = look.form(&r.display_name(), &r.user(), fields(kind), &kept, Some(error));
+        let page = look.form(&r.display_name(), &r.user(), &shown, &kept, Some(error));
         html(status, &look, page, r.ua.spec.return_url.as_deref())
     };
-    let missing: Vec<&str> = fields(kind).iter().filter(|f| value(f.name).is_none()).map(|f| f.label).collect();
+    let missing: Vec<&str> = shown.iter().filter(|f| value(f.name).is_none()).map(|f| f.label).collect();
     if !missing.is_empty() {
         return again(&format!("Please fill in: {}.", missing.join(", ")), StatusCode::UNPROCESSABLE_ENTITY);
     }
+    let page: BTreeMap<String, String> = instance::connect_page_parameters(&r.connector)
+        .filter_map(|p| value(&format!("instance.{}", p.name)).map(|v| (p.name.clone(), v)))
+        .collect();
+    if kind == AuthKind::OAuth2AuthorizationCode {
+        return match authorize(&st, &r, claims, &page, StatusCode::SEE_OTHER).await {
+            Ok(res) => res,
+            Err(Refusal(StatusCode::UNPROCESSABLE_ENTITY, _, text)) => again(&text, StatusCode::UNPROCESSABLE_ENTITY),
+            Err(e) => e.into_response(),
+        };
+    }
+    // The tenant's address, checked against allowedHosts before anything is sent (the token response of a
+    // client-credentials method may still fill the base URL).
+    let mut values = instance_values(&r, &page, &BTreeMap::new());
+    let (connector, method) = match instance::resolve(&r.connector, &r.method, &values, kind != AuthKind::OAuth2ClientCredentials) {
+        Ok(x) => x,
+        Err(e) => {
+            info!(activation = %r.ua.name_any(), namespace = %claims.namespace, error = %e, "connect form: instance address refused");
+            return again(&instance_problem(&r, &e), StatusCode::UNPROCESSABLE_ENTITY);
+        }
+    };
     let _permit = st.provider_calls.acquire().await;
     let now = Utc::now();
     let mut lifetime = None;
@@ -317,7 +393,7 @@ async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(fo
         },
         _ => {
             // Client credentials: fetching a token is the check.
-            let Some(m) = r.oauth2() else { return unavailable("The connector is misconfigured.").into_response() };
+            let Some(m) = method.oauth2.as_ref() else { return unavailable("The connector is misconfigured.").into_response() };
             let (id, secret) = (value(keys::CLIENT_ID).unwrap_or_default(), Sensitive::new(value(keys::CLIENT_SECRET).unwrap_or_default()));
             match oauth::tenant_client(m, &id, &secret).client_credentials(&st.http).await {
                 Ok(set) => {
@@ -339,8 +415,14 @@ async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(fo
             }
         }
     };
+    if let Credential::OAuth2(t) = &credential {
+        values = instance_values(&r, &page, &t.fields);
+        if let Err(e) = instance::resolve(&r.connector, &r.method, &values, true) {
+            return again(&instance_problem(&r, &e), StatusCode::UNPROCESSABLE_ENTITY);
+        }
+    }
     if matches!(credential, Credential::ApiKey { .. } | Credential::Basic { .. }) {
-        match verify::verify(&st.http, &r.connector, &r.method, &credential, &r.connector.spec.base_url).await {
+        match verify::verify(&st.http, &connector, &method, &credential, &connector.spec.base_url).await {
             Ok(None | Some(Verdict::Valid)) => {}
             Ok(Some(Verdict::Rejected { status })) => {
                 info!(activation = %r.ua.name_any(), namespace = %claims.namespace, status, "connect form: the provider rejected the credential");
@@ -356,7 +438,8 @@ async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(fo
             }
         }
     }
-    complete(&st, &r, &credential, lifetime, StatusCode::SEE_OTHER).await
+    let remembered = instance::remembered(&r.connector, &values);
+    complete(&st, &r, &credential, lifetime, &remembered, StatusCode::SEE_OTHER).await
 }
 
 #[derive(Deserialize)]
@@ -406,7 +489,7 @@ async fn callback(State(st): State<ConnectState>, Query(q): Query<CallbackQuery>
             )
         };
         // The link is spent either way; the reconcile publishes a fresh one and shows why.
-        match claim_link(&st, &r.ua, Some(&note)).await {
+        match claim_link(&st, &r.ua, Some(&note), None).await {
             Ok(true) => {
                 info!(activation = %r.ua.name_any(), namespace = %opened.claims.namespace, error = %short_code(error), "authorization refused at the provider")
             }
@@ -426,7 +509,16 @@ async fn callback(State(st): State<ConnectState>, Query(q): Query<CallbackQuery>
         .into_response();
     };
     let Some(m) = r.oauth2() else { return unavailable("The connector is misconfigured.").into_response() };
-    let app = match st.lookup.organisation_app(&r.connector, m, st.config.redirect_uri()).await {
+    // The token URL for this tenant (from the parameters sealed in `state`), within allowedHosts.
+    let (connector, method) =
+        match instance::resolve(&r.connector, &r.method, &instance_values(&r, &opened.params, &BTreeMap::new()), false) {
+            Ok(x) => x,
+            Err(e) => {
+                return Refusal(StatusCode::UNPROCESSABLE_ENTITY, "This address cannot be used", instance_problem(&r, &e)).into_response();
+            }
+        };
+    let m = method.oauth2.as_ref().unwrap_or(m);
+    let app = match st.lookup.organisation_app(&connector, m, st.config.redirect_uri()).await {
         Ok(a) => a,
         Err(e) => {
             warn!(error = %e, "cannot exchange an authorization code");
@@ -448,10 +540,31 @@ async fn callback(State(st): State<ConnectState>, Query(q): Query<CallbackQuery>
             .into_response();
         }
     };
+    // The tenant's base URL may come from the token response: outside allowedHosts, nothing is stored.
+    let values = instance_values(&r, &opened.params, &set.fields);
+    if let Err(e) = instance::resolve(&r.connector, &r.method, &values, true) {
+        warn!(activation = %r.ua.name_any(), namespace = %opened.claims.namespace, error = %e, "the token response gives an address outside allowedHosts; nothing stored");
+        let note = format!("{}: {e}", instance::INVALID_BASE_URL);
+        return match claim_link(&st, &r.ua, Some(&note), None).await {
+            Ok(true) => {
+                let look = st.look(Some(&r));
+                let page = look.message(
+                    &name,
+                    "This account cannot be connected",
+                    &instance_problem(&r, &e),
+                    r.return_url("error").as_deref(),
+                    false,
+                );
+                html(StatusCode::UNPROCESSABLE_ENTITY, &look, page, None)
+            }
+            Ok(false) => used().into_response(),
+            Err(e) => e.into_response(),
+        };
+    }
     let lifetime = set.expires_in.unwrap_or_else(|| oauth::default_lifetime(m));
     let exp = oauth::expiry(m, set.expires_in, now);
     let credential = Credential::OAuth2(oauth::tokens_from(set, exp, None));
-    complete(&st, &r, &credential, Some(lifetime), StatusCode::FOUND).await
+    complete(&st, &r, &credential, Some(lifetime), &instance::remembered(&r.connector, &values), StatusCode::FOUND).await
 }
 
 fn short_code(s: &str) -> String {
@@ -464,9 +577,10 @@ async fn complete(
     r: &Resolved,
     credential: &Credential,
     lifetime: Option<std::time::Duration>,
+    instance: &BTreeMap<String, String>,
     redirect_status: StatusCode,
 ) -> Response {
-    match claim_link(st, &r.ua, None).await {
+    match claim_link(st, &r.ua, None, Some(instance).filter(|i| !i.is_empty())).await {
         Ok(true) => {}
         Ok(false) => return used().into_response(),
         Err(e) => return e.into_response(),
@@ -491,15 +605,24 @@ async fn complete(
 /// merge patch with the read resourceVersion as precondition. The copy read may come from a store that lags; when
 /// the precondition fails the activation is read again and, if the nonce still matches, the swap is retried on
 /// the fresh version. `Ok(false)`: another request completed the link first.
-async fn claim_link(st: &ConnectState, ua: &UserActivation, connect_error: Option<&str>) -> Result<bool, Refusal> {
+/// `instance`: the instance parameters the user entered or the token response gave, kept in status.
+async fn claim_link(
+    st: &ConnectState,
+    ua: &UserActivation,
+    connect_error: Option<&str>,
+    instance: Option<&BTreeMap<String, String>>,
+) -> Result<bool, Refusal> {
     let api: Api<UserActivation> = Api::namespaced(st.lookup.client().clone(), &ua.namespace().unwrap_or_default());
     let nonce = ua.status.as_ref().and_then(|s| s.connect_nonce.clone()).unwrap_or_default();
     let mut rv = ua.resource_version();
     for _ in 0..3 {
-        let patch = serde_json::json!({
+        let mut patch = serde_json::json!({
             "metadata": { "resourceVersion": rv },
             "status": { "connectNonce": token::new_nonce(), "connectUrl": null, "connectUrlExpiresAt": null, "connectError": connect_error },
         });
+        if let Some(i) = instance {
+            patch["status"]["instanceParameters"] = serde_json::json!(i);
+        }
         let pp = PatchParams { field_manager: Some(naming::CONNECT_FIELD_MANAGER.into()), ..Default::default() };
         match api.patch_status(&ua.name_any(), &pp, &Patch::Merge(&patch)).await {
             Ok(_) => return Ok(true),

@@ -57,6 +57,9 @@ struct StateBody {
     /// PKCE verifier.
     #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
     verifier: Option<String>,
+    /// Instance parameters the user entered on the connect page (the token URL may depend on them).
+    #[serde(rename = "p", default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    params: std::collections::BTreeMap<String, String>,
 }
 
 /// A verified `state`: its claims and the PKCE verifier it carried.
@@ -64,6 +67,8 @@ struct StateBody {
 pub struct State {
     pub claims: Claims,
     pub pkce_verifier: Option<Sensitive>,
+    /// Instance parameters from the connect page.
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
@@ -152,9 +157,19 @@ impl Keyring {
 
     /// An OAuth `state` sealing the claims and the PKCE verifier, with the first key.
     pub fn seal_state(&self, claims: &Claims, pkce_verifier: Option<&Sensitive>) -> Result<String, TokenError> {
+        self.seal_state_with(claims, pkce_verifier, &Default::default())
+    }
+
+    /// Like [`Keyring::seal_state`], also sealing the instance parameters the user entered.
+    pub fn seal_state_with(
+        &self,
+        claims: &Claims,
+        pkce_verifier: Option<&Sensitive>,
+        params: &std::collections::BTreeMap<String, String>,
+    ) -> Result<String, TokenError> {
         let keys = self.snapshot();
         let key = keys.first().ok_or(TokenError::NoKey)?;
-        let body = StateBody { claims: claims.clone(), verifier: pkce_verifier.map(|v| v.expose().to_string()) };
+        let body = StateBody { claims: claims.clone(), verifier: pkce_verifier.map(|v| v.expose().to_string()), params: params.clone() };
         let plain = serde_json::to_vec(&body).map_err(|_| TokenError::Malformed)?;
         let mut nonce = [0u8; 24];
         rand::rng().fill_bytes(&mut nonce);
@@ -185,7 +200,7 @@ impl Keyring {
         if body.claims.exp <= now.timestamp() {
             return Err(TokenError::Expired);
         }
-        Ok(State { claims: body.claims, pkce_verifier: body.verifier.map(Sensitive::new) })
+        Ok(State { claims: body.claims, pkce_verifier: body.verifier.map(Sensitive::new), params: body.params })
     }
 }
 

@@ -28,6 +28,7 @@ use crate::api::embedded_connection::SecretDeletionPolicy;
 use crate::api::user_activation::{LastRun, Phase};
 use crate::api::{Connector, EmbeddedConnection, UserActivation, UserActivationStatus};
 use crate::credentials::{self, Credential, verify};
+use crate::instance;
 use crate::jobs;
 use crate::naming::{self, DATA_HASH_ANNOTATION, GENERATION_ANNOTATION, SOURCE_VERSION_ANNOTATION};
 use decide::{Admitted, Gate, Run};
@@ -99,6 +100,33 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
         Creds::Stored { generation: NO_CREDENTIALS_GENERATION, verified: None }
     } else {
         sync_credentials(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref().map(|o| &o.metadata), &mut status).await?
+    };
+
+    // The tenant's instance: the connector's URLs with their parameters filled in, within allowedHosts.
+    let resolved;
+    let adm = if instance::is_templated(adm.connector, adm.method) {
+        let values = instance::values(adm.connector, &ua.spec.instance, &status.instance_parameters, &BTreeMap::new(), &BTreeMap::new());
+        match instance::resolve(adm.connector, adm.method, &values, true) {
+            Ok(r) => {
+                resolved = r;
+                status.base_url = Some(resolved.0.spec.base_url.clone());
+                Admitted { connection: adm.connection, connector: &resolved.0, method: &resolved.1 }
+            }
+            // Still to come from the user or the provider: the connect flow brings it.
+            Err(e) if e.is_pending() && !matches!(creds, Creds::Stored { .. }) => {
+                status.base_url = None;
+                adm
+            }
+            Err(e) => {
+                status.base_url = None;
+                desired.push(Condition::new(types::READY, FALSE, instance::INVALID_BASE_URL, e.to_string(), generation, now));
+                status.phase = Some(Phase::Failing);
+                return finish(&ua, &ctx, prev, status, desired, None).await;
+            }
+        }
+    } else {
+        status.base_url = Some(adm.connector.spec.base_url.clone()).filter(|u| !u.is_empty());
+        adm
     };
     let creds =
         oauth::lifecycle(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref().map(|o| &o.metadata), creds, &mut status, &mut requeue, now)
@@ -627,8 +655,13 @@ async fn sync_credentials(
 
     let mut verified = None;
     if !same_data {
-        let base_url = adm.connector.spec.base_url.clone();
-        match verify::verify(&ctx.http, adm.connector, adm.method, &credential, &base_url).await {
+        // A templated address is resolved (and checked against allowedHosts) before anything is sent.
+        let resolved = match instance_for(adm, ua, status, &credential) {
+            Ok(r) => r,
+            Err(e) => return Ok(Creds::Unusable { reason: instance::INVALID_BASE_URL, message: e.to_string(), rejected: false }),
+        };
+        let (connector, method) = resolved.as_ref().map(|(c, m)| (c, m)).unwrap_or((adm.connector, adm.method));
+        match verify::verify(&ctx.http, connector, method, &credential, &connector.spec.base_url).await {
             Ok(None) => {}
             Ok(Some(verify::Verdict::Valid)) => verified = Some(true),
             Ok(Some(verify::Verdict::Rejected { status: code })) => {
@@ -678,6 +711,27 @@ async fn sync_credentials(
         debug!(activation = %ua.name_any(), secret = %secret_name, generation, "credentials stored");
     }
     Ok(Creds::Stored { generation, verified })
+}
+
+/// The connector resolved for a credential read from the application's Secret (its token-response fields may
+/// fill parameters, remembered in status). `Ok(None)`: the connector has no parameters.
+fn instance_for(
+    adm: &Admitted<'_>,
+    ua: &UserActivation,
+    status: &mut UserActivationStatus,
+    credential: &Credential,
+) -> Result<Option<(Connector, crate::api::connector::AuthMethod)>, instance::InstanceError> {
+    if !instance::is_templated(adm.connector, adm.method) {
+        return Ok(None);
+    }
+    let fields = match credential {
+        Credential::OAuth2(t) => t.fields.clone(),
+        _ => BTreeMap::new(),
+    };
+    let values = instance::values(adm.connector, &ua.spec.instance, &status.instance_parameters, &BTreeMap::new(), &fields);
+    let r = instance::resolve(adm.connector, adm.method, &values, true)?;
+    status.instance_parameters = instance::remembered(adm.connector, &values);
+    Ok(Some(r))
 }
 
 fn reasons_static(r: &str) -> &'static str {
@@ -732,7 +786,7 @@ fn extra_connections(
                     _ => o.status.as_ref()?.secret_name.clone()?,
                 },
                 kind: method.kind(),
-                base_url: connector.spec.base_url.clone(),
+                base_url: o.status.as_ref().and_then(|s| s.base_url.clone()).unwrap_or_else(|| connector.spec.base_url.clone()),
                 token_response_fields: method.oauth2.as_ref().map(|m| m.token_response_fields.clone()).unwrap_or_default(),
             })
         });

@@ -85,7 +85,12 @@ pub(super) async fn lifecycle(
             }
             if *reason == reasons::AWAITING_USER {
                 if let Some(e) = status.connect_error.clone() {
-                    return Ok(Creds::Awaiting { reason: CONSENT_DECLINED, message: format!("{e}; a new link is in status.connectUrl") });
+                    // The connect server refused an address outside allowedHosts, or the user declined.
+                    let (reason, e) = match e.strip_prefix(&format!("{}: ", crate::instance::INVALID_BASE_URL)) {
+                        Some(rest) => (crate::instance::INVALID_BASE_URL, rest.to_string()),
+                        None => (CONSENT_DECLINED, e),
+                    };
+                    return Ok(Creds::Awaiting { reason, message: format!("{e}; a new link is in status.connectUrl") });
                 }
             }
         }
@@ -312,6 +317,12 @@ async fn tokens(
             let lifetime = set.expires_in.unwrap_or_else(|| oauth::default_lifetime(m));
             let expires_at = oauth::expiry(m, set.expires_in, now);
             let tokens = oauth::tokens_from(set, expires_at, Some(&current));
+            if !adm.connector.spec.instance_parameters.is_empty() {
+                // A refresh may bring a new instance address (Salesforce's instance_url): the next reconcile checks it.
+                let known = status.instance_parameters.clone();
+                let values = crate::instance::values(adm.connector, &ua.spec.instance, &known, &BTreeMap::new(), &tokens.fields);
+                status.instance_parameters = crate::instance::remembered(adm.connector, &values);
+            }
             let refresh_at = write_rotated(ctx, &api, secret, &tokens, m, lifetime, generation, forced.as_deref()).await?;
             let recovered = status.consecutive_failures > 0;
             status.consecutive_failures = 0;
