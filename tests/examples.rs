@@ -84,6 +84,8 @@ async fn the_examples_apply_and_the_oauth_activation_waits_for_its_user() {
         "embeddedconnection.latchkey.dev/github-sync",
         "useractivation.latchkey.dev/acme",
         "useractivation.latchkey.dev/github",
+        "connector.latchkey.dev/shopify",
+        "useractivation.latchkey.dev/shopify",
     ] {
         assert!(applied.contains(obj), "{obj} not applied:\n{applied}");
     }
@@ -113,4 +115,15 @@ async fn the_examples_apply_and_the_oauth_activation_waits_for_its_user() {
         }
     })
     .await;
+
+    // Acme's Shopify activation: its address is still to come, so its connect page asks for the shop first.
+    let shop_link = wait_for_value("the Shopify activation's connect link", Duration::from_secs(30), || async {
+        let st = acme.get("shopify").await.map_err(|e| e.to_string())?.status.unwrap_or_default();
+        st.connect_url.ok_or_else(|| format!("conditions {:?}", st.conditions))
+    })
+    .await;
+    let page = reqwest::get(&shop_link).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains(r#"name="instance.shop""#) && page.contains("Shop name"), "{page}");
 }
