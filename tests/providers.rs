@@ -1,6 +1,7 @@
 //! The provider catalogue on the real control plane: `provider: github` with only the organisation's OAuth app
 //! is accepted, becomes Ready and sends users to github.com with the catalogue's scopes; a misspelt provider is
-//! refused at apply with the nearest names; a per-tenant provider without its address says what is missing.
+//! refused at apply with the nearest names; a per-tenant provider is Ready when Latchkey can find the tenant's
+//! address (Shopify's connect page asks for the shop) and says what is missing when it cannot (Mailchimp).
 mod support;
 
 use std::collections::HashMap;
@@ -97,15 +98,23 @@ async fn a_github_connector_from_the_catalogue_sends_users_to_github_with_its_sc
     assert_eq!(q.get("code_challenge_method").map(String::as_str), Some("S256"), "GitHub takes PKCE: {location}");
     assert!(q.get("state").is_some_and(|s| !s.is_empty()));
 
-    // A per-tenant provider without its address is accepted but says what to set.
+    // A per-tenant provider whose address Latchkey can find (Shopify: the connect page asks for the shop) needs
+    // nothing more; one whose address it cannot find (Mailchimp's data centre) is accepted but says what to set.
     let obj = connector(
         "shop",
         json!({"provider": "shopify", "authMethods": [{"name": "oauth", "oauth2": {"clientSecretRef": {"name": "github-app"}}}]}),
     );
     apply(&connectors, "shop", &obj).await.unwrap();
-    let (status, reason, message) = ready(&connectors, "shop").await;
+    let (status, _, message) = ready(&connectors, "shop").await;
+    assert_eq!(status, "True", "{message}");
+    let obj = connector(
+        "chimp",
+        json!({"provider": "mailchimp", "authMethods": [{"name": "oauth", "oauth2": {"clientSecretRef": {"name": "github-app"}}}]}),
+    );
+    apply(&connectors, "chimp", &obj).await.unwrap();
+    let (status, reason, message) = ready(&connectors, "chimp").await;
     assert_eq!((status.as_str(), reason.as_str()), ("False", "IncompleteConnector"), "{message}");
-    assert!(message.contains("baseUrl") && message.contains("shop"), "{message}");
+    assert!(message.contains("baseUrl") && message.contains("dc"), "{message}");
 
     // An API-key provider needs no more than its name.
     apply(&connectors, "stripe", &connector("stripe", json!({"provider": "stripe"}))).await.unwrap();

@@ -1,9 +1,10 @@
 //! The providers Latchkey knows by name: facts from each provider's public documentation (the `docs` links).
 //!
 //! Values containing `{param}` are per-tenant addresses (a Shopify shop, a Zendesk subdomain, a Salesforce
-//! instance): the entry keeps the template for the tenant-address work (issue 10, "Tenant-specific instances"),
-//! and resolution never copies a template into a Connector: such a Connector sets that field itself for now.
-use crate::api::connector::{ApiKeyLocation, ClientAuth, HttpMethod};
+//! instance). An entry whose `instance_parameters` say where every parameter comes from gives a Connector its
+//! templates together with those parameters and its `allowed_hosts`; an entry without them (Mailchimp's data
+//! centre) keeps the template as documentation only and never copies it into a Connector.
+use crate::api::connector::{ApiKeyLocation, ClientAuth, HttpMethod, ParameterPart, ParameterSource};
 
 /// One provider.
 #[derive(Clone, Copy, Debug)]
@@ -18,6 +19,11 @@ pub struct Provider {
     pub docs: &'static str,
     /// Set when part of the address is per tenant: which parameter and where its value comes from.
     pub tenant: Option<&'static str>,
+    /// Where each `{parameter}` of the entry's URLs comes from (a Connector's `instanceParameters`); empty when
+    /// the entry's templates cannot be filled by Latchkey.
+    pub instance_parameters: &'static [Param],
+    /// The hosts the templated URLs may resolve to (a Connector's `allowedHosts`).
+    pub allowed_hosts: &'static [&'static str],
     pub oauth2: Option<OAuth2>,
     pub api_key: Option<ApiKey>,
     /// HTTP basic authentication (what the username and password are, in `notes`).
@@ -44,6 +50,21 @@ pub struct OAuth2 {
     pub token_params: &'static [(&'static str, &'static str)],
     /// Non-standard token-response fields worth keeping (a Connector's `tokenResponseFields`).
     pub token_response_fields: &'static [&'static str],
+}
+
+/// One `{parameter}` of a per-tenant entry and where its value comes from.
+#[derive(Clone, Copy, Debug)]
+pub struct Param {
+    pub name: &'static str,
+    pub from: ParameterSource,
+    pub part: ParameterPart,
+    /// The connect page's label, for `ConnectPage`.
+    pub label: Option<&'static str>,
+}
+
+/// A parameter the connect page asks the user for (a subdomain-like value).
+const fn asked(name: &'static str, label: &'static str) -> Param {
+    Param { name, from: ParameterSource::ConnectPage, part: ParameterPart::Value, label: Some(label) }
 }
 
 /// Where an API key goes.
@@ -85,6 +106,8 @@ const P: Provider = Provider {
     base_url: "",
     docs: "",
     tenant: None,
+    instance_parameters: &[],
+    allowed_hosts: &[],
     oauth2: None,
     api_key: None,
     basic: false,
@@ -624,6 +647,8 @@ pub static PROVIDERS: &[Provider] = &[
         base_url: "{instance_url}/services/data/v62.0",
         docs: "https://help.salesforce.com/HTViewHelpDoc?id=remoteaccess_oauth_web_server_flow.htm&language=en_US",
         tenant: Some("instance_url: the org's My Domain, a field of the token response"),
+        instance_parameters: &[Param { name: "instance_url", from: ParameterSource::TokenResponse, part: ParameterPart::Url, label: None }],
+        allowed_hosts: &["*.my.salesforce.com"],
         oauth2: Some(OAuth2 {
             authorization_url: "https://login.salesforce.com/services/oauth2/authorize",
             token_url: "https://login.salesforce.com/services/oauth2/token",
@@ -633,7 +658,7 @@ pub static PROVIDERS: &[Provider] = &[
             ..OAUTH
         }),
         verification: get("/limits"),
-        notes: "The token response has no expires_in (session timeout set by the org): defaultTokenLifetime applies. Sandboxes use test.salesforce.com. Until tenant addresses land, set baseUrl (one org).",
+        notes: "The token response has no expires_in (session timeout set by the org): defaultTokenLifetime applies. Sandboxes use test.salesforce.com. The base URL comes from the token response's instance_url, which must be under *.my.salesforce.com (every org has a My Domain there).",
         ..P
     },
     // Checked 2026-11-26: twilio.com/docs/sendgrid/api-reference/how-to-use-the-sendgrid-v3-api/authentication (Authorization: Bearer)
@@ -660,6 +685,8 @@ pub static PROVIDERS: &[Provider] = &[
         base_url: "https://{shop}.myshopify.com/admin/api/2026-07",
         docs: "https://shopify.dev/docs/apps/build/authentication-authorization/authenticate-standalone-apps",
         tenant: Some("shop: the store's myshopify.com subdomain, asked of the user; authorization and token URLs are per shop too"),
+        instance_parameters: &[asked("shop", "Shop name (the part before .myshopify.com)")],
+        allowed_hosts: &["*.myshopify.com"],
         oauth2: Some(OAuth2 {
             authorization_url: "https://{shop}.myshopify.com/admin/oauth/authorize",
             token_url: "https://{shop}.myshopify.com/admin/oauth/access_token",
@@ -671,7 +698,7 @@ pub static PROVIDERS: &[Provider] = &[
         }),
         api_key: Some(header("X-Shopify-Access-Token")),
         verification: get("/shop.json"),
-        notes: "Scopes are comma-separated. Offline tokens expire after one hour, with a refresh token that is replaced on every use, because the token requests carry expiring=1 (tokenParams); public apps must use expiring tokens (non-expiring ones are refused from 2027-01-01); a custom app that wants a non-expiring token sets tokenParams expiring: \"0\". API key: a custom app's Admin API access token. Until tenant addresses land, a Connector sets baseUrl and the OAuth URLs (one shop).",
+        notes: "Scopes are comma-separated. Offline tokens expire after one hour, with a refresh token that is replaced on every use, because the token requests carry expiring=1 (tokenParams); public apps must use expiring tokens (non-expiring ones are refused from 2027-01-01); a custom app that wants a non-expiring token sets tokenParams expiring: \"0\". API key: a custom app's Admin API access token. The connect page asks for the shop; every address must stay under *.myshopify.com.",
         ..P
     },
     // Checked 2026-11-26: docs.slack.dev/reference/methods/oauth.v2.access (basic auth preferred over body parameters; code_verifier
@@ -794,6 +821,8 @@ pub static PROVIDERS: &[Provider] = &[
         tenant: Some(
             "subdomain: the account's zendesk.com subdomain, asked of the user; authorization and token URLs are per subdomain too",
         ),
+        instance_parameters: &[asked("subdomain", "Zendesk subdomain (the part before .zendesk.com)")],
+        allowed_hosts: &["*.zendesk.com"],
         oauth2: Some(OAuth2 {
             authorization_url: "https://{subdomain}.zendesk.com/oauth/authorizations/new",
             token_url: "https://{subdomain}.zendesk.com/oauth/tokens",
@@ -802,7 +831,7 @@ pub static PROVIDERS: &[Provider] = &[
         }),
         basic: true,
         verification: get("/users/me.json"),
-        notes: "OAuth access tokens expire and come with a refresh token (refresh_token grant at /oauth/tokens). Basic: username `{email}/token`, password an API token. Until tenant addresses land, a Connector sets baseUrl and the OAuth URLs (one account).",
+        notes: "OAuth access tokens expire and come with a refresh token (refresh_token grant at /oauth/tokens). Basic: username `{email}/token`, password an API token. The connect page asks for the subdomain; every address must stay under *.zendesk.com.",
         ..P
     },
     // Checked 2026-11-26: developers.zoom.us/docs/integrations/oauth/ and /docs/rooms/oauth/ (POST https://zoom.us/oauth/token with

@@ -13,7 +13,9 @@ pub mod catalogue;
 use std::collections::BTreeMap;
 
 use crate::api::ConnectorSpec;
-use crate::api::connector::{ApiKeyLocation, ApiKeyMethod, AuthMethod, BasicMethod, ClientAuth, OAuth2Flow, Verification};
+use crate::api::connector::{
+    ApiKeyLocation, ApiKeyMethod, AuthMethod, BasicMethod, ClientAuth, InstanceParameter, OAuth2Flow, ParameterSource, Verification,
+};
 pub use catalogue::{PROVIDERS, Provider};
 
 /// `Ready=False` reason: `spec.provider` names no catalogue entry.
@@ -40,14 +42,33 @@ fn concrete(s: &str) -> Option<String> {
     (!s.is_empty() && !is_template(s)).then(|| s.to_string())
 }
 
+/// Whether the entry says where every `{parameter}` of its URLs comes from (and which hosts they may reach), so
+/// its templates can go into a Connector.
+pub fn fills_templates(p: &Provider) -> bool {
+    let urls = std::iter::once(p.base_url).chain(p.oauth2.iter().flat_map(|o| [o.authorization_url, o.token_url]));
+    !p.allowed_hosts.is_empty()
+        && urls.flat_map(crate::instance::placeholders).all(|name| p.instance_parameters.iter().any(|q| q.name == name))
+}
+
+/// The entry's value for a field the Connector left out: a template only when the entry can fill it.
+fn usable(s: &str, templates: bool, took_template: &mut bool) -> Option<String> {
+    if s.is_empty() || (is_template(s) && !templates) {
+        return None;
+    }
+    *took_template |= is_template(s);
+    Some(s.to_string())
+}
+
 /// Fills what `spec` leaves out from its provider's entry. An unknown or absent provider changes nothing.
 pub fn resolve(spec: &mut ConnectorSpec) {
     let Some(p) = spec.provider.as_deref().and_then(find) else { return };
     if spec.display_name.is_none() {
         spec.display_name = Some(p.name.to_string());
     }
+    let templates = fills_templates(p);
+    let mut took_template = false;
     if spec.base_url.is_empty() {
-        spec.base_url = concrete(p.base_url).unwrap_or_default();
+        spec.base_url = usable(p.base_url, templates, &mut took_template).unwrap_or_default();
     }
     if spec.auth_methods.is_empty() {
         if let Some(k) = p.api_key {
@@ -72,10 +93,10 @@ pub fn resolve(spec: &mut ConnectorSpec) {
     for m in &mut spec.auth_methods {
         if let (Some(o), Some(f)) = (m.oauth2.as_mut(), p.oauth2.as_ref()) {
             if o.authorization_url.is_none() {
-                o.authorization_url = concrete(f.authorization_url);
+                o.authorization_url = usable(f.authorization_url, templates, &mut took_template);
             }
             if o.token_url.is_empty() {
-                o.token_url = concrete(f.token_url).unwrap_or_default();
+                o.token_url = usable(f.token_url, templates, &mut took_template).unwrap_or_default();
             }
             if o.revocation_url.is_none() {
                 o.revocation_url = f.revocation_url.and_then(concrete);
@@ -115,6 +136,38 @@ pub fn resolve(spec: &mut ConnectorSpec) {
     if spec.verification.is_none() {
         spec.verification = p.verification.map(|v| Verification { method: v.method, path: v.path.to_string(), expect_status: vec![200] });
     }
+    if took_template {
+        if spec.instance_parameters.is_empty() {
+            spec.instance_parameters = p
+                .instance_parameters
+                .iter()
+                .map(|q| InstanceParameter {
+                    name: q.name.to_string(),
+                    from: q.from,
+                    field: None,
+                    part: q.part,
+                    label: q.label.map(String::from),
+                })
+                .collect();
+        }
+        if spec.allowed_hosts.is_empty() {
+            spec.allowed_hosts = p.allowed_hosts.iter().map(|h| h.to_string()).collect();
+        }
+        // A parameter from the token response is only there if the response field is kept.
+        let fields: Vec<String> = spec
+            .instance_parameters
+            .iter()
+            .filter(|q| q.from == ParameterSource::TokenResponse)
+            .map(|q| q.field.clone().unwrap_or_else(|| q.name.clone()))
+            .collect();
+        for o in spec.auth_methods.iter_mut().filter_map(|m| m.oauth2.as_mut()) {
+            for f in &fields {
+                if !o.token_response_fields.contains(f) {
+                    o.token_response_fields.push(f.clone());
+                }
+            }
+        }
+    }
 }
 
 /// Why a Connector is not usable after resolution: `(reason, message)`, or `None`.
@@ -127,7 +180,7 @@ pub fn problem(spec: &ConnectorSpec) -> Option<(&'static str, String)> {
     };
     let tenant = |what: &str| match p.tenant {
         Some(t) => format!(
-            "{what}: provider {id} serves each tenant at its own address ({t}); set it on the Connector until tenant addresses are supported"
+            "{what}: provider {id} serves each tenant at its own address ({t}), which Latchkey cannot find by itself; set it on the Connector (a template with instanceParameters and allowedHosts works)"
         ),
         None => format!("{what}: provider {id} has no value for it in the catalogue; set it on the Connector"),
     };

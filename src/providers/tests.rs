@@ -1,9 +1,9 @@
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use serde_json::json;
 
 use super::*;
-use crate::api::connector::{HttpMethod, OAuth2Flow};
+use crate::api::connector::{HttpMethod, OAuth2Flow, ParameterPart, ParameterSource};
 
 fn https(s: &str) -> bool {
     s.starts_with("https://") && s.len() > "https://".len() && !s.contains(' ')
@@ -81,6 +81,18 @@ fn every_entry_is_well_formed() {
             }
         }
         assert!(!p.base_url.ends_with('/'), "{id}: base URL ends with /");
+        // Declared parameters are exactly the ones the templates use, and come with the hosts they may reach.
+        if !p.instance_parameters.is_empty() {
+            assert!(fills_templates(p), "{id}: a template parameter is not declared, or no allowed hosts");
+            for q in p.instance_parameters {
+                assert!(urls.iter().any(|u| u.contains(&format!("{{{}}}", q.name))), "{id}: parameter {} is not used", q.name);
+                assert_eq!(q.from == ParameterSource::ConnectPage, q.label.is_some(), "{id}: a label exactly for the connect page");
+            }
+            for h in p.allowed_hosts {
+                let bare = h.strip_prefix("*.").unwrap_or(h);
+                assert!(!bare.is_empty() && bare.contains('.') && !bare.contains('*') && !h.contains("://"), "{id}: allowed host {h}");
+            }
+        }
         if let Some(o) = &p.oauth2 {
             assert!(!o.authorization_url.is_empty() && !o.token_url.is_empty(), "{id}: OAuth2 URLs");
             assert!([" ", ",", "+"].contains(&o.scope_separator), "{id}: scope separator {:?}", o.scope_separator);
@@ -284,26 +296,76 @@ fn token_params_come_from_the_catalogue_and_the_connector_overrides_them_by_name
     assert!(s.auth_methods[0].oauth2.as_ref().unwrap().token_params.is_empty());
 }
 
+/// The Connector a spec becomes, for `instance::resolve` (the operator's own resolution of per-tenant URLs).
+fn connector_of(s: &ConnectorSpec) -> crate::api::Connector {
+    crate::api::Connector::new("c", s.clone())
+}
+
+fn values(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
 #[test]
-fn per_tenant_addresses_are_never_filled_with_a_template() {
+fn a_per_tenant_provider_gives_its_templates_with_their_parameters_and_allowed_hosts() {
+    // Shopify: the connect page asks for the shop; every URL is the shop's own.
     let mut s = spec(json!({"provider": "shopify", "authMethods": [{"name": "o", "oauth2": {"clientSecretRef": {"name": "s"}}}]}));
     resolve(&mut s);
-    assert_eq!(s.base_url, "");
+    assert_eq!(s.base_url, "https://{shop}.myshopify.com/admin/api/2026-07");
+    assert_eq!(s.allowed_hosts, vec!["*.myshopify.com"]);
+    let shop = &s.instance_parameters[0];
+    assert_eq!((shop.name.as_str(), shop.from), ("shop", ParameterSource::ConnectPage));
+    assert!(shop.label.as_deref().is_some_and(|l| l.contains("myshopify.com")));
+    assert_eq!(problem(&s), None);
+    let c = connector_of(&s);
+    let (resolved, m) = crate::instance::resolve(&c, &s.auth_methods[0], &values(&[("shop", "acme")]), true).expect("acme resolves");
+    assert_eq!(resolved.spec.base_url, "https://acme.myshopify.com/admin/api/2026-07");
+    let o = m.oauth2.as_ref().unwrap();
+    assert_eq!(o.authorization_url.as_deref(), Some("https://acme.myshopify.com/admin/oauth/authorize"));
+    assert_eq!(o.token_url, "https://acme.myshopify.com/admin/oauth/access_token");
+    // A shop name that tries to leave myshopify.com is refused before anything is sent.
+    assert!(crate::instance::resolve(&c, &s.auth_methods[0], &values(&[("shop", "evil.example/x")]), true).is_err());
+
+    // Salesforce: the base URL is the token response's instance_url, which must be a My Domain; the response field is kept.
+    let mut s = spec(json!({"provider": "salesforce", "authMethods": [{"name": "o", "oauth2": {"clientSecretRef": {"name": "s"}}}]}));
+    resolve(&mut s);
+    assert_eq!(s.base_url, "{instance_url}/services/data/v62.0");
+    assert_eq!(s.instance_parameters[0].from, ParameterSource::TokenResponse);
+    assert_eq!(s.instance_parameters[0].part, ParameterPart::Url);
     let o = s.auth_methods[0].oauth2.as_ref().unwrap();
-    assert!(o.authorization_url.is_none() && o.token_url.is_empty());
-    assert_eq!(o.scope_separator.as_deref(), Some(","));
-    let (reason, msg) = problem(&s).unwrap();
-    assert_eq!(reason, INCOMPLETE);
-    assert!(msg.contains("baseUrl") && msg.contains("shop"), "{msg}");
-    // One shop: the Connector sets the addresses, the rest still comes from the catalogue.
+    assert_eq!(o.token_url, "https://login.salesforce.com/services/oauth2/token", "the login URLs are not per org");
+    assert!(o.token_response_fields.contains(&"instance_url".to_string()));
+    let c = connector_of(&s);
+    let (resolved, _) =
+        crate::instance::resolve(&c, &s.auth_methods[0], &values(&[("instance_url", "https://acme.my.salesforce.com")]), true).unwrap();
+    assert_eq!(resolved.spec.base_url, "https://acme.my.salesforce.com/services/data/v62.0");
+    let err = crate::instance::resolve(&c, &s.auth_methods[0], &values(&[("instance_url", "https://evil.example")]), true).unwrap_err();
+    assert!(err.to_string().contains("evil.example"), "{err}");
+    // A Connector listing its own token-response fields still keeps the one its base URL needs.
+    let mut s = spec(json!({"provider": "salesforce", "authMethods": [{"name": "o", "oauth2": {
+        "tokenResponseFields": ["id"], "clientSecretRef": {"name": "s"}}}]}));
+    resolve(&mut s);
+    assert_eq!(s.auth_methods[0].oauth2.as_ref().unwrap().token_response_fields, vec!["id", "instance_url"]);
+}
+
+#[test]
+fn addresses_set_on_the_connector_win_and_a_template_latchkey_cannot_fill_is_never_copied() {
+    // One shop: the Connector sets the addresses, the rest still comes from the catalogue, and no parameter is asked.
     let mut s = spec(
         json!({"provider": "shopify", "baseUrl": "https://acme.myshopify.com/admin/api/2026-07", "authMethods": [{"name": "o", "oauth2": {
         "authorizationUrl": "https://acme.myshopify.com/admin/oauth/authorize", "tokenUrl": "https://acme.myshopify.com/admin/oauth/access_token", "clientSecretRef": {"name": "s"}}}]}),
     );
     resolve(&mut s);
     assert_eq!(problem(&s), None);
+    assert!(s.instance_parameters.is_empty() && s.allowed_hosts.is_empty());
     assert_eq!(s.auth_methods[0].oauth2.as_ref().unwrap().scopes, vec!["read_products", "read_orders"]);
     assert_eq!(s.verification.as_ref().unwrap().path, "/shop.json");
+    // Mailchimp's data centre is found only after consent: its template stays out, and the condition says so.
+    let mut s = spec(json!({"provider": "mailchimp", "authMethods": [{"name": "o", "oauth2": {"clientSecretRef": {"name": "s"}}}]}));
+    resolve(&mut s);
+    assert_eq!(s.base_url, "");
+    let (reason, msg) = problem(&s).unwrap();
+    assert_eq!(reason, INCOMPLETE);
+    assert!(msg.contains("baseUrl") && msg.contains("dc") && msg.contains("allowedHosts"), "{msg}");
 }
 
 #[test]
