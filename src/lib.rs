@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod instance;
 pub mod jobs;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod naming;
 pub mod providers;

@@ -83,7 +83,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         connect: Some(connect),
         failures: Default::default(),
         not_before: Default::default(),
-        written: Default::default(),
+        expect: Default::default(),
     });
     let started = std::time::Instant::now();
     tokio::select! {
@@ -91,6 +91,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         _ = shutdown_signal() => { let _ = stop_tx.send(true); return Ok(()); }
     }
     info!(elapsed_ms = started.elapsed().as_millis() as u64, "caches synced");
+    // The initial listings are in the stores now; what they were read through goes back to the system.
+    let trim = tokio::spawn(crate::memory::trim_periodically());
     ready.store(true, Ordering::Release);
 
     // Leader election: every replica stays ready (caches warm, connect page served); only the holder reconciles.
@@ -116,6 +118,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         }
     };
     controller::run_controllers(ctx, receivers, cfg.concurrency, stop).await;
+    trim.abort();
     let _ = stop_tx.send(true);
     if lost.load(Ordering::Relaxed) {
         return Err(RunError::LeadershipLost);

@@ -2,6 +2,7 @@
 //! error policy.
 pub mod connector;
 pub mod embedded_connection;
+pub mod expect;
 pub mod relations;
 pub mod status;
 pub mod user_activation;
@@ -44,9 +45,8 @@ pub struct Context {
     pub failures: Mutex<HashMap<String, u32>>,
     /// When each failing object may try again: a watch event before then does not repeat the failed request.
     pub not_before: Mutex<HashMap<String, std::time::Instant>>,
-    /// Per object: the resourceVersion a status write was based on and a hash of what it wrote. While the store
-    /// still shows that version, the same status is not written again (the store lags behind our own writes).
-    pub written: Mutex<HashMap<String, (String, u64)>>,
+    /// Per activation: the writes of its last reconcile that the stores do not show yet (a reconcile waits for them).
+    pub expect: expect::Expectations,
 }
 
 /// What the reflectors keep: pruned objects, Secrets and the namespaces' metadata only.
@@ -122,23 +122,6 @@ impl Context {
             f.insert(Self::key(obj), std::time::Instant::now() + delay);
         }
         delay
-    }
-
-    /// Whether `status` is what this process last wrote for `obj` while the store still shows the version that
-    /// write was based on.
-    pub fn already_written<K: Resource<DynamicType = ()>>(&self, obj: &K, status_hash: u64) -> bool {
-        let rv = obj.meta().resource_version.clone().unwrap_or_default();
-        self.written
-            .lock()
-            .ok()
-            .and_then(|w| w.get(&Self::key(obj)).cloned())
-            .is_some_and(|(based_on, h)| based_on == rv && h == status_hash)
-    }
-
-    pub fn remember_written<K: Resource<DynamicType = ()>>(&self, obj: &K, status_hash: u64) {
-        if let Ok(mut w) = self.written.lock() {
-            w.insert(Self::key(obj), (obj.meta().resource_version.clone().unwrap_or_default(), status_hash));
-        }
     }
 
     /// How long a failing object must still wait before its failed request is tried again.
@@ -264,7 +247,9 @@ pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores,
     };
     let owned_secrets = {
         let t = triggers.clone();
-        reflect("Secret", meta_watches::<Secret>(client, namespaces, &managed), prune_meta, move |s, _| t.owner_of(&s.metadata))
+        reflect("Secret", meta_watches::<Secret>(client, namespaces, &managed), watch::prune_owned_secret, move |s, _| {
+            t.owner_of(&s.metadata)
+        })
     };
     let source_secrets = {
         let (t, r) = (triggers.clone(), relations.clone());
@@ -272,7 +257,7 @@ pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores,
         reflect(
             "Secret",
             meta_watches::<Secret>(client, namespaces, &watcher::Config::default().labels(naming::SOURCE_SELECTOR)),
-            prune_meta,
+            watch::prune_source_secret,
             move |s, _| {
                 let (ns, name) = (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default());
                 for ua in r.activations_using_secret(&ns, &name) {
@@ -288,18 +273,10 @@ pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores,
     };
     let jobs = {
         let (t, r) = (triggers.clone(), relations.clone());
-        reflect(
-            "Job",
-            full_watches::<Job>(client, namespaces, &managed),
-            |job: &mut Job| {
-                prune_meta(job);
-                job.spec = None;
-            },
-            move |j, change| {
-                r.job_changed(&j.metadata, change);
-                t.owner_of(&j.metadata)
-            },
-        )
+        reflect("Job", full_watches::<Job>(client, namespaces, &managed), watch::prune_job, move |j, change| {
+            r.job_changed(&j.metadata, change);
+            t.owner_of(&j.metadata)
+        })
     };
     let stores =
         Stores { connectors, connections, activations, namespaces: namespaces_store, owned_secrets, source_secrets, jobs, relations };

@@ -13,19 +13,25 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq,
 {
-    apply_status_checked(api, obj, current, status, false).await
+    Ok(apply_status_checked(api, obj, current, status, false).await?.is_some())
 }
 
 /// Like [`apply_status`]; with `precondition`, the write carries the read `resourceVersion` and fails with a
 /// conflict (retried) when the object changed meanwhile — for fields another writer also changes (the connect
-/// server rotates the link's nonce).
-pub async fn apply_status_checked<K, S>(api: &Api<K>, obj: &K, current: Option<&S>, status: &S, precondition: bool) -> Result<bool>
+/// server rotates the link's nonce). Returns the object's new resourceVersion when it wrote.
+pub async fn apply_status_checked<K, S>(
+    api: &Api<K>,
+    obj: &K,
+    current: Option<&S>,
+    status: &S,
+    precondition: bool,
+) -> Result<Option<String>>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq,
 {
     if current == Some(status) {
-        return Ok(false);
+        return Ok(None);
     }
     let name = obj.meta().name.clone().unwrap_or_default();
     let mut patch = serde_json::json!({
@@ -36,8 +42,9 @@ where
     if precondition {
         patch["metadata"] = serde_json::json!({ "name": name, "resourceVersion": obj.meta().resource_version });
     }
-    api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+    let written = api
+        .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map_err(Error::kube("writing status"))?;
-    Ok(true)
+    Ok(Some(written.meta().resource_version.clone().unwrap_or_default()))
 }

@@ -125,3 +125,43 @@ pub fn prune_meta<K: Resource>(obj: &mut K) {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
 }
+
+/// What the Job store keeps: the metadata the relations and the history limits read (name, owner, creation time,
+/// the activation label) and the status the outcome is read from (condition types and statuses, start and
+/// completion time). The spec, the pod counters and the conditions' messages are dropped.
+pub fn prune_job(job: &mut k8s_openapi::api::batch::v1::Job) {
+    prune_meta(job);
+    job.spec = None;
+    job.metadata.annotations = None;
+    if let Some(l) = job.metadata.labels.as_mut() {
+        l.retain(|k, _| k == crate::naming::ACTIVATION_UID_LABEL);
+    }
+    if let Some(s) = job.status.take() {
+        job.status = Some(k8s_openapi::api::batch::v1::JobStatus {
+            start_time: s.start_time,
+            completion_time: s.completion_time,
+            conditions: s.conditions.map(|cs| {
+                cs.into_iter()
+                    .map(|c| k8s_openapi::api::batch::v1::JobCondition { type_: c.type_, status: c.status, ..Default::default() })
+                    .collect()
+            }),
+            ..Default::default()
+        });
+    }
+}
+
+/// What the owned-Secret store keeps: the annotations (data hash, source version, generation, token timing) and
+/// the owner reference; the labels served the selector and are dropped.
+pub fn prune_owned_secret<K: Resource>(obj: &mut K) {
+    prune_meta(obj);
+    obj.meta_mut().labels = None;
+}
+
+/// What the source-Secret store keeps: name and resourceVersion (whether the data changed).
+pub fn prune_source_secret<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.labels = None;
+    meta.owner_references = None;
+}

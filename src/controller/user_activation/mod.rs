@@ -55,6 +55,10 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
     if ua.metadata.deletion_timestamp.is_some() {
         return cleanup(&ua, &ctx).await;
     }
+    // The stores do not show this process's last writes for it yet: their watch events trigger the next reconcile.
+    if ctx.expect.pending(&ua, &ctx.stores.owned_secrets, &ctx.stores.jobs) {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let ns = ua.namespace().ok_or(Error::NoNamespace)?;
     let now = Utc::now();
     let generation = ua.metadata.generation;
@@ -94,12 +98,14 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
         add_finalizer(&ctx, &ua).await?;
     }
 
-    // Credentials into the owned Secret (a method that takes none has no Secret: it is ready as it is).
+    // Credentials into the owned Secret (a method that takes none has no Secret: it is ready as it is). The first
+    // write of a new owned Secret may wait for the first Job, to go out with its create (below).
+    let mut first_write: Option<SecretWrite> = None;
     let creds = if kind == AuthKind::None {
         status.secret_name = None;
         Creds::Stored { generation: NO_CREDENTIALS_GENERATION, verified: None }
     } else {
-        sync_credentials(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref().map(|o| &o.metadata), &mut status).await?
+        sync_credentials(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref().map(|o| &o.metadata), &mut status, &mut first_write).await?
     };
 
     // The tenant's instance: the connector's URLs with their parameters filled in, within allowedHosts.
@@ -303,7 +309,18 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
                     }
                     if let (Some(run), Some(extra)) = (run.filter(|_| extra.is_some()), &extra) {
                         let vars = variables.clone().unwrap_or_default();
-                        match start_run(&ctx, &ua, &adm, kind, &secret_name, &run, &vars, extra).await? {
+                        // A new Secret and the first Job are sent together: the Job's pod cannot start before the
+                        // Secret it mounts exists, so nothing reads it early; one round trip less per activation.
+                        let started = match first_write.take() {
+                            Some(w) => {
+                                let (written, started) =
+                                    tokio::join!(w.send(&ctx, &ua), start_run(&ctx, &ua, &adm, kind, &secret_name, &run, &vars, extra));
+                                written?;
+                                started?
+                            }
+                            None => start_run(&ctx, &ua, &adm, kind, &secret_name, &run, &vars, extra).await?,
+                        };
+                        match started {
                             Ok(started) => {
                                 started_job = started;
                                 if let Run::Credentials(g) = run {
@@ -324,6 +341,9 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
             }
         }
         prune_history(&ctx, &ns, &own_jobs, job_spec).await?;
+    }
+    if let Some(w) = first_write.take() {
+        w.send(&ctx, &ua).await?;
     }
     let newest = decide::newest(&own_jobs).map(|job| {
         let outcome = jobs::outcome(job);
@@ -457,21 +477,9 @@ async fn finish_keeping_failures(
     let api: Api<UserActivation> = Api::namespaced(ctx.client.clone(), &ua.namespace().unwrap_or_default());
     // A change of the connect link races with the connect server's nonce rotation: write it only over what was read.
     let link_changed = prev.connect_nonce != status.connect_nonce || prev.connect_url != status.connect_url;
-    let hash = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_string(&status).unwrap_or_default().hash(&mut h);
-        h.finish()
-    };
-    let wrote = if ctx.already_written(ua, hash) {
-        false
-    } else {
-        let wrote = apply_status_checked(&api, ua, ua.status.as_ref(), &status, link_changed).await?;
-        if wrote {
-            ctx.remember_written(ua, hash);
-        }
-        wrote
-    };
+    let written = apply_status_checked(&api, ua, ua.status.as_ref(), &status, link_changed).await?;
+    let wrote = written.is_some();
+    ctx.expect.status_written(ua, written);
     // Events on transitions; a new activation that is Active at once (the common case) has its status to say so,
     // which keeps its write budget at the Secret, the first Job and one status write.
     let first_and_fine = prev.phase.is_none() && status.phase == Some(Phase::Active);
@@ -539,6 +547,7 @@ async fn sync_credentials(
     secret_name: &str,
     owned: Option<&ObjectMeta>,
     status: &mut UserActivationStatus,
+    first_write: &mut Option<SecretWrite>,
 ) -> Result<Creds> {
     let ns = ua.namespace().unwrap_or_default();
     let uid = ua.uid().unwrap_or_default();
@@ -596,7 +605,20 @@ async fn sync_credentials(
         }
     }
 
-    let Some(src) = source::read(ctx, &ns, &source.name).await? else {
+    // The source's data and, when the store has no owned Secret of that name, whether a foreign one holds the name:
+    // two reads, sent together.
+    let name_check = async {
+        match owned {
+            Some(m) => Ok(Some(m.clone())),
+            None => Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+                .get_metadata_opt(secret_name)
+                .await
+                .map_err(Error::kube("checking the credentials Secret name"))
+                .map(|o| o.map(|m| m.metadata)),
+        }
+    };
+    let (src, owned_meta) = tokio::try_join!(source::read(ctx, &ns, &source.name), name_check)?;
+    let Some(src) = src else {
         return Ok(Creds::Awaiting {
             reason: reasons::SOURCE_SECRET_NOT_FOUND,
             message: format!("Secret {ns}/{} (spec.credentialsSecretRef) does not exist", source.name),
@@ -617,14 +639,6 @@ async fn sync_credentials(
     let hash = credentials::data_hash(&data);
 
     // A Secret of that name that the operator does not own is never overwritten.
-    let owned_meta = match owned {
-        Some(m) => Some(m.clone()),
-        None => Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-            .get_metadata_opt(secret_name)
-            .await
-            .map_err(Error::kube("checking the credentials Secret name"))?
-            .map(|m| m.metadata),
-    };
     if let Some(m) = &owned_meta {
         if !naming::owned_by(m.owner_references.as_ref(), &uid) {
             let _ = ctx
@@ -707,7 +721,13 @@ async fn sync_credentials(
         && owned_meta.as_ref().and_then(|m| annotation(Some(m), SOURCE_VERSION_ANNOTATION)) == Some(&src.resource_version)
         && owned_meta.as_ref().and_then(|m| annotation(Some(m), GENERATION_ANNOTATION)) == Some(&generation.to_string());
     if !unchanged {
-        write_secret(ctx, ua, secret_name, data, annotations).await?;
+        let write = SecretWrite { name: secret_name.to_string(), data, annotations };
+        if owned_meta.is_none() && matches!(kind, AuthKind::ApiKey | AuthKind::Basic) {
+            // A new Secret of static credentials: written with the first Job (or at the end of the reconcile).
+            *first_write = Some(write);
+        } else {
+            write.send(ctx, ua).await?;
+        }
         debug!(activation = %ua.name_any(), secret = %secret_name, generation, "credentials stored");
     }
     Ok(Creds::Stored { generation, verified })
@@ -738,6 +758,19 @@ fn reasons_static(r: &str) -> &'static str {
     [reasons::CREDENTIALS_REJECTED, reasons::SOURCE_SECRET_INVALID].into_iter().find(|x| *x == r).unwrap_or(reasons::SOURCE_SECRET_INVALID)
 }
 
+/// A write of the owned Secret, decided and not sent yet.
+struct SecretWrite {
+    name: String,
+    data: BTreeMap<String, k8s_openapi::ByteString>,
+    annotations: BTreeMap<String, String>,
+}
+
+impl SecretWrite {
+    async fn send(self, ctx: &Context, ua: &UserActivation) -> Result<()> {
+        write_secret(ctx, ua, &self.name, self.data, self.annotations).await
+    }
+}
+
 /// Server-side apply of the owned Secret.
 pub async fn write_secret(
     ctx: &Context,
@@ -748,10 +781,11 @@ pub async fn write_secret(
 ) -> Result<()> {
     let ns = ua.namespace().unwrap_or_default();
     let secret = owned_secret_object(ua, name, data, annotations);
-    Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+    let written = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
         .patch(name, &PatchParams::apply(naming::FIELD_MANAGER).force(), &Patch::Apply(&secret))
         .await
         .map_err(Error::kube("writing the credentials Secret"))?;
+    ctx.expect.secret_written(ua, name, written.metadata.resource_version);
     Ok(())
 }
 
@@ -857,6 +891,7 @@ async fn start_run(
         .await
     {
         Ok(_) => {
+            ctx.expect.job_created(ua, &name);
             info!(activation = %ua.name_any(), namespace = %ns, job = %name, run = %key, "started run");
             ctx.metrics.job_started();
             Ok(Ok(Some(name)))
@@ -880,6 +915,7 @@ async fn prune_history(ctx: &Context, ns: &str, jobs: &[Arc<Job>], spec: &crate:
 
 /// Deletion: with `Retain`, the Secret loses its owner reference so that the garbage collector keeps it.
 async fn cleanup(ua: &UserActivation, ctx: &Context) -> Result<Action> {
+    ctx.expect.forget(ua);
     let ns = ua.namespace().unwrap_or_default();
     if !ua.finalizers().iter().any(|f| f == naming::FINALIZER) {
         return Ok(Action::await_change());

@@ -1,0 +1,146 @@
+//! What this process just wrote for an activation and its stores have not shown yet.
+//!
+//! A reflector store lags behind the operator's own writes: the watch events of the status patch, the owned
+//! Secret and the first Job arrive one by one, and each triggers a reconcile. A reconcile that ran on a store
+//! still missing one of them would plan the same work again (a second status patch, a 409 on the Job). So each
+//! write is remembered with the resourceVersion it produced, and a reconcile waits until the stores show every
+//! one of them (the watch event that brings the last one triggers the reconcile). An expectation older than
+//! [`GIVE_UP`] is dropped: the watch may have skipped an intermediate version, and the next reconcile proceeds.
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+
+use crate::api::UserActivation;
+
+/// How long a reconcile waits at most for the stores to show the operator's own writes.
+pub const GIVE_UP: Duration = Duration::from_secs(5);
+
+/// One write the stores must show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Item {
+    /// The activation itself at this resourceVersion or later (its status was written).
+    Activation { resource_version: String },
+    /// The owned Secret at this resourceVersion or later.
+    Secret { name: String, resource_version: String },
+    /// A Job the reconcile created.
+    Job { name: String },
+}
+
+#[derive(Debug)]
+struct Pending {
+    since: Instant,
+    items: Vec<Item>,
+}
+
+/// Per activation (namespace/name): the writes not yet seen in the stores.
+#[derive(Default)]
+pub struct Expectations {
+    inner: Mutex<HashMap<(String, String), Pending>>,
+    added: std::sync::atomic::AtomicUsize,
+}
+
+fn key(ua: &UserActivation) -> (String, String) {
+    (ua.namespace().unwrap_or_default(), ua.name_any())
+}
+
+/// Whether `seen` is `expected` or newer. resourceVersions are opaque strings; the apiserver's are etcd revisions,
+/// so a numeric comparison is used where both parse, equality otherwise.
+fn at_least(seen: Option<&str>, expected: &str) -> bool {
+    match (seen.and_then(|s| s.parse::<u64>().ok()), expected.parse::<u64>().ok()) {
+        (Some(s), Some(e)) => s >= e,
+        _ => seen == Some(expected),
+    }
+}
+
+impl Expectations {
+    fn add(&self, ua: &UserActivation, item: Item) {
+        if let Ok(mut m) = self.inner.lock() {
+            // Now and then, drop what nobody waits for any more (activations deleted meanwhile).
+            if self.added.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4096 == 4095 {
+                m.retain(|_, p| p.since.elapsed() <= GIVE_UP);
+            }
+            let p = m.entry(key(ua)).or_insert_with(|| Pending { since: Instant::now(), items: Vec::new() });
+            p.since = Instant::now();
+            p.items.retain(|i| std::mem::discriminant(i) != std::mem::discriminant(&item));
+            p.items.push(item);
+        }
+    }
+
+    pub fn status_written(&self, ua: &UserActivation, resource_version: Option<String>) {
+        if let Some(resource_version) = resource_version {
+            self.add(ua, Item::Activation { resource_version });
+        }
+    }
+
+    pub fn secret_written(&self, ua: &UserActivation, name: &str, resource_version: Option<String>) {
+        if let Some(resource_version) = resource_version {
+            self.add(ua, Item::Secret { name: name.to_string(), resource_version });
+        }
+    }
+
+    pub fn job_created(&self, ua: &UserActivation, name: &str) {
+        self.add(ua, Item::Job { name: name.to_string() });
+    }
+
+    /// Forgets an activation (deleted).
+    pub fn forget(&self, ua: &UserActivation) {
+        if let Ok(mut m) = self.inner.lock() {
+            m.remove(&key(ua));
+        }
+    }
+
+    /// Whether the stores still lag behind a write this process made for `ua` (the copy handed to the reconcile
+    /// comes from the activation store). Forgets what the stores show, and everything after [`GIVE_UP`].
+    pub fn pending(&self, ua: &UserActivation, secrets: &Store<PartialObjectMeta<Secret>>, jobs: &Store<Job>) -> bool {
+        let Ok(mut m) = self.inner.lock() else { return false };
+        let k = key(ua);
+        let Some(p) = m.get_mut(&k) else { return false };
+        if p.since.elapsed() > GIVE_UP {
+            m.remove(&k);
+            return false;
+        }
+        let ns = &k.0;
+        p.items.retain(|item| match item {
+            Item::Activation { resource_version } => !at_least(ua.meta().resource_version.as_deref(), resource_version),
+            Item::Secret { name, resource_version } => {
+                let seen = secrets.get(&ObjectRef::new(name).within(ns));
+                !at_least(seen.as_ref().and_then(|s| s.metadata.resource_version.as_deref()), resource_version)
+            }
+            Item::Job { name } => jobs.get(&ObjectRef::new(name).within(ns)).is_none(),
+        });
+        if p.items.is_empty() {
+            m.remove(&k);
+            return false;
+        }
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_versions_compare_as_numbers_where_they_are_numbers() {
+        assert!(at_least(Some("120"), "99"));
+        assert!(at_least(Some("99"), "99"));
+        assert!(!at_least(Some("98"), "99"));
+        assert!(!at_least(None, "99"));
+        assert!(at_least(Some("abc"), "abc"));
+        assert!(!at_least(Some("abd"), "abc"));
+    }
+}
