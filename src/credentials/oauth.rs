@@ -575,8 +575,14 @@ pub fn margin(m: &OAuth2Method, lifetime: Duration) -> Duration {
     before.min(lifetime / 2)
 }
 
+/// The widest jitter, as a share of the margin. Tokens minted in the same few seconds (a batch of consents, an
+/// operator that was down) would otherwise refresh in the same few seconds at every cycle: at half the margin the
+/// first cycle spreads them over that window and each later refresh (jittered again) spreads them further. It costs
+/// at most a quarter of a token's lifetime (the margin is at most half of it), usually far less (5 min of 1 h).
+pub const JITTER_SHARE: f64 = 0.5;
+
 /// When to refresh tokens that expire at `expires_at` after `lifetime`: `expires_at − margin`, moved earlier by
-/// `jitter` (0..1) × 10 % of the margin, never later; so a burst of tokens minted together spreads out.
+/// `jitter` (0..1) × [`JITTER_SHARE`] of the margin, never later; so a burst of tokens minted together spreads out.
 pub fn refresh_at(
     m: &OAuth2Method,
     expires_at: chrono::DateTime<chrono::Utc>,
@@ -584,7 +590,7 @@ pub fn refresh_at(
     jitter: f64,
 ) -> chrono::DateTime<chrono::Utc> {
     let margin = margin(m, lifetime);
-    let extra = margin.mul_f64(0.1 * jitter.clamp(0.0, 1.0));
+    let extra = margin.mul_f64(JITTER_SHARE * jitter.clamp(0.0, 1.0));
     expires_at - chrono::Duration::from_std(margin + extra).unwrap_or_default()
 }
 
@@ -674,15 +680,29 @@ mod tests {
     }
 
     #[test]
-    fn jitter_only_moves_a_refresh_earlier_and_by_at_most_ten_percent() {
+    fn jitter_only_moves_a_refresh_earlier_and_by_at_most_half_the_margin() {
         let m = method(None);
         let exp = chrono::Utc::now() + chrono::Duration::hours(1);
         let base = refresh_at(&m, exp, Duration::from_secs(3600), 0.0);
         assert_eq!(base, exp - chrono::Duration::minutes(5));
         for j in [0.1, 0.5, 1.0, 7.0] {
             let at = refresh_at(&m, exp, Duration::from_secs(3600), j);
-            assert!(at <= base && at >= base - chrono::Duration::seconds(30), "{at} vs {base}");
+            assert!(at <= base && at >= base - chrono::Duration::seconds(150), "{at} vs {base}");
         }
+        assert_eq!(refresh_at(&m, exp, Duration::from_secs(3600), 1.0), base - chrono::Duration::seconds(150));
+    }
+
+    #[test]
+    fn tokens_minted_together_are_spread_over_half_the_margin() {
+        // 100 tokens of 60 s minted in the same second: their refresh times cover most of the 15 s window
+        // (margin 30 s), not the 3 s a tenth of the margin would give.
+        use rand::Rng as _;
+        let m = method(None);
+        let exp = chrono::Utc::now() + chrono::Duration::seconds(60);
+        let times: Vec<_> = (0..100).map(|_| refresh_at(&m, exp, Duration::from_secs(60), rand::rng().random_range(0.0..=1.0))).collect();
+        let (lo, hi) = (times.iter().min().unwrap(), times.iter().max().unwrap());
+        assert!(*hi <= exp - chrono::Duration::seconds(30));
+        assert!(*hi - *lo >= chrono::Duration::seconds(10), "spread {}", *hi - *lo);
     }
 
     #[test]

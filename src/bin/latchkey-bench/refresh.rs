@@ -285,7 +285,7 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
     res.runs("refresh_calls", &[refresh_calls as f64]);
     res.runs("refresh_secret_reads_checked", &[reads as f64]);
     res.runs("refresh_rate_peak_to_mean", &[max_per_s as f64 / mean_per_s.max(1e-9)]);
-    res.set("refresh_note", json!("lag = refresh request arrival minus (issue time + lifetime - min(refreshBefore, lifetime/2)); jitter moves refreshes up to 10 % of the margin earlier, so negative lags are on plan"));
+    res.set("refresh_note", json!("lag = refresh request arrival minus (issue time + lifetime - min(refreshBefore, lifetime/2)); jitter moves refreshes up to 50 % of the margin earlier, so negative lags are on plan"));
     eprintln!(
         "bench: refresh over {secs}s: {refresh_calls} refresh calls for {} tokens, {invalid_grants} invalid_grant, {expired} expired of {reads} Secret reads, peak {max_per_s}/s vs mean {mean_per_s:.1}/s",
         presented.len()
