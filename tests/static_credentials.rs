@@ -300,6 +300,66 @@ async fn a_restart_with_nothing_to_do_writes_nothing() {
 }
 
 #[tokio::test]
+async fn an_api_key_activation_costs_its_secret_its_first_job_and_its_status() {
+    // The write budget, counted by the apiserver's audit log: per activation one Secret write, one Job create
+    // (never a second, refused one), one status write that makes it Ready with the Job shown running, and one more
+    // when the Job's outcome is known. Eight activations at once, so that the operator's watches lag behind its
+    // writes as they do under load.
+    let bed = bed().await;
+    let p = provider().await;
+    let f = fixture("budget", &p.url, busybox_job()).await;
+    let t = f.tenant("tenant", true).await;
+    let _op = Operator::start(&bed, "budget", &[f.ns(), t.name()], &[]).await;
+    let mark = bed.audit_mark();
+    let names: Vec<String> = (0..8).map(|i| format!("user{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        f.activate(&t, name, &format!("u{i}"), &format!("good-key-budget-{i}")).await;
+    }
+    let api = t.api::<UserActivation>();
+    for name in &names {
+        wait_condition(&api, name, "Ready", "True").await;
+        wait_for_value("lastRun finished", T, || async {
+            match api.get(name).await.map_err(|e| e.to_string())?.status.and_then(|s| s.last_run).and_then(|r| r.succeeded) {
+                Some(true) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writes: Vec<serde_json::Value> = bed
+        .audit_writes_by(support::OPERATOR_USER, mark)
+        .into_iter()
+        .filter(|e| e["objectRef"]["namespace"].as_str() == Some(t.name()))
+        .collect();
+    let what = |e: &serde_json::Value| {
+        let sub = e["objectRef"]["subresource"].as_str().map(|s| format!("/{s}")).unwrap_or_default();
+        format!("{} {}{} {} -> {}", e["verb"], e["objectRef"]["resource"], sub, e["objectRef"]["name"], e["responseStatus"]["code"])
+    };
+    let all: Vec<String> = writes.iter().map(what).collect();
+    for name in &names {
+        let secret = format!("{name}-acme-sync-credentials");
+        let count = |resource: &str, sub: Option<&str>, verb: &str, object: &dyn Fn(&str) -> bool| {
+            writes
+                .iter()
+                .filter(|e| {
+                    e["objectRef"]["resource"] == resource
+                        && e["objectRef"]["subresource"].as_str() == sub
+                        && e["verb"] == verb
+                        && object(e["objectRef"]["name"].as_str().unwrap_or(""))
+                })
+                .count()
+        };
+        assert_eq!(count("secrets", None, "patch", &|n| n == secret), 1, "{name}: one write of its Secret; all writes: {all:#?}");
+        assert_eq!(count("jobs", None, "create", &|n| n.starts_with(&format!("{name}-"))), 1, "{name}: one Job create; {all:#?}");
+        assert_eq!(count("useractivations", Some("status"), "patch", &|n| n == name), 2, "{name}: Ready, then the outcome; {all:#?}");
+    }
+    let others: Vec<&String> =
+        all.iter().filter(|w| !w.contains("secrets") && !w.contains("jobs") && !w.contains("useractivations")).collect();
+    assert!(others.is_empty(), "no other writes (no event for an activation that is Active at once): {others:?}");
+}
+
+#[tokio::test]
 async fn invalid_manifests_are_rejected_at_apply_with_the_rule_message() {
     let bed = bed().await;
     let ns = namespace(&bed, "invalid").await;
