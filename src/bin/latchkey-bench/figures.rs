@@ -38,6 +38,7 @@ struct Measured {
     cache_sync_s: f64,
     writes_converge: f64,
     writes_settled: f64,
+    breakdown_converge: Value,
     breakdown_settled: Value,
     settle_s: f64,
     steady_rss: f64,
@@ -116,6 +117,7 @@ async fn run_operator_with(o: &Opts, n: usize, started: bool, extras: bool, name
     tokio::time::sleep(Duration::from_secs(1)).await;
     let events = bed.audit_since(mark);
     m.writes_converge = operator_writes(&events) as f64 / n as f64;
+    m.breakdown_converge = json!(breakdown(&events, OPERATOR_USER));
     if started {
         let wall0: chrono::DateTime<chrono::Utc> = op.proc.started_wall.into();
         m.startup_s = events
@@ -222,6 +224,8 @@ pub async fn converge(o: &Opts, res: &mut Results) -> Result<()> {
     let mut ws = col(&started, |m| m.writes_settled);
     ws.extend(col(&live, |m| m.writes_settled));
     res.runs("writes_per_activation_apikey_settled", &ws);
+    res.set("writes_breakdown_converge", started.first().map(|m| m.breakdown_converge.clone()).unwrap_or_default());
+    res.set("writes_breakdown_live_converge", live.first().map(|m| m.breakdown_converge.clone()).unwrap_or_default());
     res.set("writes_breakdown_settled", started.first().map(|m| m.breakdown_settled.clone()).unwrap_or_default());
     res.runs("steady_rss_mib_10k", &col(&started, |m| m.steady_rss));
     // Peak of each run: the higher of its two modes.

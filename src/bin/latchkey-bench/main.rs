@@ -5,6 +5,7 @@
 //!
 //!   latchkey-bench [--figures bounds,converge,converge_nojob,startup,eso,connect,refresh] [--scale tiny|small|full] [--runs N]
 //!                  [--operator target/release/latchkey] [--eso DIR] [--out target/bench/results.json]
+//!                  [--concurrency 32 (BENCH_CONCURRENCY)]
 //!   latchkey-bench --table                  prints the table of the results file
 //!   latchkey-bench --keys                   prints the keys every results file must hold, one a line
 mod bed;
@@ -106,7 +107,12 @@ async fn main() {
         operator: arg(&args, "--operator").map(PathBuf::from).unwrap_or_else(|| repo.join("target/release/latchkey")),
         eso: arg(&args, "--eso").map(PathBuf::from),
         work: out.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| repo.join("target/bench")),
-        concurrency: 16,
+        // The operator's (and ESO's) concurrency: B1's and B2's 32 by default, so that the bound and the operator
+        // keep the same number of requests in flight (the operator's own default is 16).
+        concurrency: arg(&args, "--concurrency")
+            .or_else(|| std::env::var("BENCH_CONCURRENCY").ok())
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(load::CONCURRENCY as u16),
     };
     let meta = json!({
         "n_10k": big, "n_1k": small, "namespaces": namespaces, "runs_per_figure": runs, "concurrency": opts.concurrency,
