@@ -56,16 +56,34 @@ fn operator_writes(events: &[AuditEvent]) -> usize {
     events.iter().filter(|e| e.user == OPERATOR_USER && e.is_write() && e.namespace != OPERATOR_NS).count()
 }
 
-/// Waits until the operator has made no write for `quiet` (Jobs finishing make status patches), at most `cap`.
+/// Waits until every Job the operator created has finished and the operator has then made no write for `quiet`
+/// (each finished Job makes one status write), at most `cap`. On a loaded machine the controller-manager, the
+/// scheduler and kwok can finish the Jobs long after the activations are Ready: the idle and restart windows must
+/// not include their outcomes.
 async fn settle(bed: &Bed, mark: u64, quiet: Duration, cap: Duration) -> f64 {
     let t0 = Instant::now();
+    let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::all(bed.client.clone());
+    let managed = kube::api::ListParams::default().labels("app.kubernetes.io/managed-by=latchkey");
     let (mut last, mut since) = (usize::MAX, Instant::now());
+    let mut jobs_done = false;
+    let mut checked = Instant::now() - Duration::from_secs(10);
     while t0.elapsed() < cap {
+        if !jobs_done && checked.elapsed() >= Duration::from_secs(3) {
+            checked = Instant::now();
+            jobs_done = jobs.list(&managed).await.is_ok_and(|l| {
+                l.items.iter().all(|j| {
+                    j.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| cs.iter().any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"))
+                })
+            });
+        }
         let n = operator_writes(&bed.audit_since(mark));
         if n != last {
             last = n;
             since = Instant::now();
-        } else if since.elapsed() >= quiet {
+        } else if jobs_done && since.elapsed() >= quiet {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -127,7 +145,7 @@ async fn run_operator_with(o: &Opts, n: usize, started: bool, extras: bool, name
             .fold(f64::INFINITY, f64::min);
     }
     eprintln!("bench: {name}: {n} Ready after {converge_s:.2}s, {:.1} CPU-s, {:.2} writes/activation so far", m.cpu_s, m.writes_converge);
-    let (quiet, cap) = if o.scale == "tiny" { (3, 60) } else { (5, 120 + n as u64 / 50) };
+    let (quiet, cap) = if o.scale == "tiny" { (3, 60) } else { (5, 120 + n as u64 / 10) };
     m.settle_s = settle(&bed, mark, Duration::from_secs(quiet), Duration::from_secs(cap)).await;
     let events = bed.audit_since(mark);
     m.writes_settled = operator_writes(&events) as f64 / n as f64;
