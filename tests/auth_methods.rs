@@ -402,3 +402,86 @@ async fn grown_connector_scopes_need_the_users_consent_again_and_stop_jobs_until
     let auth: Vec<_> = s.server.events().await.into_iter().filter(|e| e.endpoint == "authorization").collect();
     assert_eq!(auth.last().and_then(|e| e.scope.clone()).as_deref(), Some("read write"), "the new consent asked for both");
 }
+
+#[tokio::test]
+async fn a_suspended_activation_runs_no_jobs_keeps_or_stops_refreshing_as_its_connection_says_and_resumes_without_consent() {
+    use support::oauth_server::fingerprint;
+    let s = setup("suspend", |c| c.access_ttl(3)).await;
+    s.connection("AuthorizationCode", json!({}), json!({"job": busybox_job(), "suspendPolicy": "StopRefresh"})).await;
+    let fresh: EmbeddedConnection = serde_json::from_value(json!({
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection", "metadata": {"name": "sync-fresh"},
+        "spec": {"connectorRef": {"name": "idp"}, "authMethod": "oauth", "allowedReturnUrls": ["https://app.example.com/"],
+                 "job": busybox_job()}
+    }))
+    .unwrap();
+    s.ns.api::<EmbeddedConnection>().create(&PostParams::default(), &fresh).await.unwrap();
+    s.activation("stop", None).await;
+    let ua: UserActivation = serde_json::from_value(json!({
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": "fresh"},
+        "spec": {"connectionRef": {"name": "sync-fresh"}, "user": {"id": "fresh"}, "returnUrl": oauth_setup::RETURN_URL}
+    }))
+    .unwrap();
+    s.activations().create(&PostParams::default(), &ua).await.unwrap();
+    for name in ["stop", "fresh"] {
+        s.connect(name, None).await;
+        s.phase(name, "Active").await;
+    }
+    for name in ["stop", "fresh"] {
+        wait_for_value("the first run", T, || async {
+            let n = jobs_of(&s.ns, name).await.len();
+            if n == 1 { Ok(()) } else { Err(format!("{n} jobs")) }
+        })
+        .await;
+    }
+
+    let suspend = |v: bool| json!({"spec": {"suspend": v}});
+    for name in ["stop", "fresh"] {
+        s.activations().patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&suspend(true))).await.unwrap();
+        s.phase(name, "Suspended").await;
+    }
+    let rt = |name: &'static str| {
+        let secrets = s.ns.api::<Secret>();
+        async move {
+            decoded(
+                &secrets.get(&format!("{name}-{}-credentials", if name == "stop" { "sync" } else { "sync-fresh" })).await.unwrap(),
+                "refresh_token",
+            )
+            .unwrap()
+        }
+    };
+    let stop_rt = fingerprint(&rt("stop").await);
+    let authorizations = s.server.events().await.iter().filter(|e| e.endpoint == "authorization").count();
+    let fresh_before = s.activations().get("fresh").await.unwrap().status.unwrap().last_refresh_time;
+    // Two token lifetimes later: the KeepFresh activation refreshed, the StopRefresh one made no token request.
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let presented = |events: &[support::oauth_server::Event], fp: &str| {
+        events.iter().filter(|e| e.is_refresh() && e.refresh_token.as_ref().is_some_and(|t| t.fingerprint == fp)).count()
+    };
+    let events = s.server.token_events().await;
+    assert_eq!(presented(&events, &stop_rt), 0, "StopRefresh: no refresh while suspended");
+    let fresh_after = s.activations().get("fresh").await.unwrap().status.unwrap().last_refresh_time;
+    assert!(fresh_after > fresh_before, "KeepFresh: refreshed while suspended ({fresh_before:?} -> {fresh_after:?})");
+    for name in ["stop", "fresh"] {
+        assert_eq!(jobs_of(&s.ns, name).await.len(), 1, "{name}: no Job while suspended");
+    }
+
+    // Resuming needs no consent: the StopRefresh activation refreshes with its stored refresh token at once.
+    for name in ["stop", "fresh"] {
+        s.activations().patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&suspend(false))).await.unwrap();
+    }
+    s.phase("stop", "Active").await;
+    s.phase("fresh", "Active").await;
+    wait_for_value("the resumed activation's refresh", T, || async {
+        let ev = s.server.token_events().await;
+        let ok = ev
+            .iter()
+            .filter(|e| e.is_refresh() && e.outcome == "ok" && e.refresh_token.as_ref().is_some_and(|t| t.fingerprint == stop_rt))
+            .count();
+        if ok == 1 { Ok(()) } else { Err(format!("{ok} refreshes with the stored token")) }
+    })
+    .await;
+    let after = s.server.events().await;
+    assert_eq!(after.iter().filter(|e| e.endpoint == "authorization").count(), authorizations, "no new consent");
+    assert!(after.iter().filter(|e| e.is_refresh()).all(|e| e.outcome == "ok"), "no invalid_grant");
+    s.phase("stop", "Active").await;
+}

@@ -46,6 +46,11 @@ pub struct EmbeddedConnectionSpec {
     /// revocation) or `Retain` (kept, not revoked).
     #[serde(default)]
     pub secret_deletion_policy: SecretDeletionPolicy,
+    /// While an activation is suspended (`spec.suspend: true`, no new Jobs): `KeepFresh` (default) keeps
+    /// refreshing its OAuth2 tokens, so resuming finds a valid token at once; `StopRefresh` makes no token
+    /// requests until it resumes, then refreshes with the stored refresh token. Neither needs new consent.
+    #[serde(default)]
+    pub suspend_policy: SuspendPolicy,
     /// A JSON Schema for each activation's `spec.variables`: violations show as `Ready=False,
     /// reason=InvalidVariables`; top-level `default`s fill missing values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -97,6 +102,13 @@ impl Branding {
             support_url: self.support_url.clone().or_else(|| base.support_url.clone()),
         }
     }
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SuspendPolicy {
+    #[default]
+    KeepFresh,
+    StopRefresh,
 }
 
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

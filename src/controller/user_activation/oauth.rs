@@ -27,7 +27,7 @@ use super::{Creds, annotation, decide::Admitted};
 use crate::api::UserActivationStatus;
 use crate::api::conditions::reasons;
 use crate::api::connector::{AuthKind, OAuth2Method};
-use crate::api::embedded_connection::SecretDeletionPolicy;
+use crate::api::embedded_connection::{SecretDeletionPolicy, SuspendPolicy};
 use crate::api::user_activation::Phase;
 use crate::api::{UserActivation, parse_duration};
 use crate::connect::token::{Claims, new_nonce};
@@ -70,7 +70,13 @@ pub(super) async fn lifecycle(
     requeue: &mut Option<Duration>,
     now: DateTime<Utc>,
 ) -> Result<Creds> {
+    // Suspended with StopRefresh: no token requests until it resumes (the stored refresh token then serves).
+    let frozen = ua.spec.suspend && adm.connection.spec.suspend_policy == SuspendPolicy::StopRefresh;
     let creds = match (creds, adm.method.oauth2.as_ref()) {
+        (Creds::Stored { generation, verified }, Some(_)) if is_oauth(kind) && frozen => {
+            status.next_refresh_time = None;
+            Creds::Stored { generation, verified }
+        }
         (Creds::Stored { generation, verified }, Some(m)) if is_oauth(kind) => {
             tokens(ctx, ua, adm, m, kind, secret_name, owned, generation, verified, status, requeue, now).await?
         }
