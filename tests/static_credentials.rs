@@ -368,7 +368,7 @@ async fn invalid_manifests_are_rejected_at_apply_with_the_rule_message() {
         (
             json!([{"name": "m", "apiKey": {"in": "Header", "name": "X"}, "basic": {}}]),
             "https://x.example",
-            "set exactly one of oauth2, apiKey or basic",
+            "set exactly one of oauth2, apiKey, basic",
         ),
         (json!([{"name": "m", "basic": {}}, {"name": "m", "basic": {}}]), "https://x.example", "authMethods names must be unique"),
         (json!([{"name": "m", "basic": {}}]), "ftp://x.example", "baseUrl must be an http:// or https:// URL"),
