@@ -133,7 +133,7 @@ async fn operator_killed_at_random_moments_loses_and_doubles_nothing() {
         op.kill();
         if k == kills / 2 {
             let (client, deleted) = (client.clone(), deleted.clone());
-            let created = std::mem::replace(&mut deletion, None);
+            let created = deletion.take();
             assert!(created.is_none());
             deletion = Some(tokio::spawn(async move {
                 for (ns, name) in deleted {

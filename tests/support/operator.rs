@@ -89,10 +89,10 @@ impl Operator {
         let start = Instant::now();
         let http = reqwest::Client::new();
         loop {
-            if let Ok(r) = http.get(format!("{}/readyz", self.metrics_url)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = http.get(format!("{}/readyz", self.metrics_url)).send().await
+                && r.status().is_success()
+            {
+                return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("the operator exited with {status} while starting; its log:\n{}", self.log());

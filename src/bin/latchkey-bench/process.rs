@@ -147,10 +147,10 @@ pub async fn wait_http_ok(p: &mut Proc, url: &str, timeout: Duration) -> bool {
     let http = reqwest::Client::new();
     let t0 = Instant::now();
     while t0.elapsed() < timeout {
-        if let Ok(r) = http.get(url).timeout(Duration::from_secs(2)).send().await {
-            if r.status().is_success() {
-                return true;
-            }
+        if let Ok(r) = http.get(url).timeout(Duration::from_secs(2)).send().await
+            && r.status().is_success()
+        {
+            return true;
         }
         if !p.alive() {
             return false;

@@ -169,7 +169,7 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
     // Consent and callbacks, 16 users at a time.
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(30)).build()?;
     let t_cb = Instant::now();
-    let results: Vec<std::result::Result<f64, String>> = futures::stream::iter(links.into_iter())
+    let results: Vec<std::result::Result<f64, String>> = futures::stream::iter(links)
         .map(|link| {
             let (http, callback) = (http.clone(), callback.clone());
             async move {
