@@ -203,8 +203,8 @@ async fn operator_killed_at_random_moments_loses_and_doubles_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let loud_losses = oauth_phase.values().filter(|p| *p == "NeedsReauthorization").count();
-    let oauth_converged = oauth_phase.values().filter(|p| *p == "Active").count();
+    let mut loud_losses = oauth_phase.values().filter(|p| *p == "NeedsReauthorization").count();
+    let mut oauth_converged = oauth_phase.values().filter(|p| *p == "Active").count();
 
     // Silent losses: an Active activation whose stored refresh token the provider has already consumed or revoked.
     let tokens = server.tokens_json().await;
@@ -222,22 +222,38 @@ async fn operator_killed_at_random_moments_loses_and_doubles_nothing() {
             .map(|b| String::from_utf8_lossy(&b.0).to_string())
             .unwrap_or_default();
         let t = &tokens[fingerprint(&rt)];
-        // A rotation in flight right now may consume it a moment before the Secret is rewritten: look again.
+        // A rotation in flight consumes it a moment before the Secret is rewritten, and a loss the operator has
+        // just detected shows a moment later: watch for a while (several refresh periods of the 4-second tokens).
         if t.is_null() || !t["consumed_at"].is_null() || !t["revoked_at"].is_null() {
-            let again =
-                Api::<Secret>::namespaced(client.clone(), integrations.name()).get(&format!("{name}-idp-sync-credentials")).await.unwrap();
-            let rt2 = again
-                .data
-                .as_ref()
-                .and_then(|d| d.get("refresh_token"))
-                .map(|b| String::from_utf8_lossy(&b.0).to_string())
-                .unwrap_or_default();
-            if rt2 == rt {
-                silent_losses.push(name.clone());
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), integrations.name());
+            let mut verdict = "silent";
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                let again = secrets.get(&format!("{name}-idp-sync-credentials")).await.unwrap();
+                let rt2 = again.data.as_ref().and_then(|d| d.get("refresh_token")).map(|b| String::from_utf8_lossy(&b.0).to_string());
+                if rt2.as_deref() != Some(rt.as_str()) {
+                    verdict = "rotated";
+                    break;
+                }
+                let p = oauth_api.get(name).await.unwrap().status.and_then(|s| s.phase).map(|p| format!("{p:?}")).unwrap_or_default();
+                if p == "NeedsReauthorization" {
+                    verdict = "loud";
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            match verdict {
+                "silent" => silent_losses.push(name.clone()),
+                "loud" => {
+                    loud_losses += 1;
+                    oauth_converged -= 1;
+                }
+                _ => {}
             }
         }
     }
-    // Double refreshes: a refresh token presented twice (outside injected faults). Each loud loss explains one.
+    // Double refreshes: a refresh token presented twice (outside injected faults). Each loud loss explains one, and
+    // so may the OAuth activation deleted during the kills (its loss is not looked for).
     let refreshes = server.refresh_events().await;
     let mut presented: BTreeMap<String, usize> = BTreeMap::new();
     for e in refreshes.iter().filter(|e| e.outcome != "injected") {
@@ -327,7 +343,11 @@ async fn operator_killed_at_random_moments_loses_and_doubles_nothing() {
     assert_eq!(duplicate_jobs, 0, "duplicate Jobs: {runs_per_activation:?}");
     assert!(orphaned.is_empty(), "Secrets left for deleted activations: {orphaned:?}");
     assert!(silent_losses.is_empty(), "Active with a consumed refresh token (a silent loss): {silent_losses:?}");
-    assert!(presented_twice <= loud_losses, "a refresh token was used twice {presented_twice} times, {loud_losses} activations say so");
+    let deleted_oauth = usize::from(n_oauth > 0);
+    assert!(
+        presented_twice <= loud_losses + deleted_oauth,
+        "a refresh token was used twice {presented_twice} times, {loud_losses} activations say so ({deleted_oauth} deleted)"
+    );
     assert!(leaks.places.is_empty(), "secret values found: {:?}", leaks.places);
     assert_eq!(panics, 0, "the operator panicked: {}", op.log_path.display());
 }
