@@ -297,10 +297,17 @@ fn credential_volume(name: &str, secret: &str, keys: &[(&'static str, &'static s
             secret_name: Some(secret.into()),
             items: Some(keys.iter().map(|(k, _)| KeyToPath { key: (*k).into(), path: (*k).into(), mode: None }).collect()),
             default_mode: Some(0o440),
-            optional: Some(false),
+            // A listed key the Secret lacks fails the mount unless the volume is optional: an OAuth grant may come
+            // without token_type or expires_at. The required keys still fail fast through their env vars.
+            optional: Some(keys.iter().any(|(k, _)| !required_key(k))),
         }),
         ..Default::default()
     }
+}
+
+/// A key every credential of its kind has; the others (token_type, expires_at) an OAuth grant may lack.
+fn required_key(key: &str) -> bool {
+    matches!(key, credentials::keys::API_KEY | credentials::keys::ACCESS_TOKEN | credentials::keys::USERNAME | credentials::keys::PASSWORD)
 }
 
 /// `LATCHKEY_[<AS>_]<KEY>` env vars from the credential's Secret. Keys an OAuth grant may lack (token_type,
@@ -308,10 +315,7 @@ fn credential_volume(name: &str, secret: &str, keys: &[(&'static str, &'static s
 fn credential_env(secret: &str, keys: &[(&'static str, &'static str)], prefix: Option<&str>) -> Vec<EnvVar> {
     keys.iter()
         .map(|(key, var)| {
-            let required = matches!(
-                *key,
-                credentials::keys::API_KEY | credentials::keys::ACCESS_TOKEN | credentials::keys::USERNAME | credentials::keys::PASSWORD
-            );
+            let required = required_key(key);
             let name = match prefix {
                 Some(p) => var.replacen("LATCHKEY_", &format!("LATCHKEY_{p}_"), 1),
                 None => (*var).to_string(),
@@ -483,6 +487,35 @@ mod tests {
         assert_eq!(vol.optional, Some(true));
         assert_eq!(vol.items.as_ref().unwrap()[0].path, "instance_url");
         assert!(pod.containers[0].volume_mounts.as_ref().unwrap().iter().any(|m| m.mount_path == TOKEN_RESPONSE_DIR));
+    }
+
+    #[test]
+    fn an_oauth_grant_without_token_type_or_expiry_still_mounts_but_an_api_key_must_be_there() {
+        let ua = ua();
+        let js = spec(basic_template());
+        let volume_optional = |kind| {
+            let input = RunInput {
+                ua: &ua,
+                job: &js,
+                kind,
+                secret_name: "acme-sync-credentials",
+                run_key: "cred-1",
+                base_url: "https://api.example.com",
+                token_response_fields: &[],
+                variables: &ua.spec.variables,
+                extra: &[],
+            };
+            let job = build(&input, template(&js).unwrap());
+            let pod = job.spec.unwrap().template.spec.unwrap();
+            let vols = pod.volumes.unwrap();
+            let creds = vols.iter().find(|v| v.secret.as_ref().is_some_and(|s| s.secret_name.as_deref() == Some("acme-sync-credentials")));
+            let env = pod.containers[0].env.clone().unwrap();
+            let token_env = env.iter().find(|e| e.name == "LATCHKEY_ACCESS_TOKEN" || e.name == "LATCHKEY_API_KEY").cloned();
+            (creds.unwrap().secret.as_ref().unwrap().optional, token_env.unwrap().value_from.unwrap().secret_key_ref.unwrap().optional)
+        };
+        // token_type/expires_at may be missing: the volume tolerates it, the access token's env var does not.
+        assert_eq!(volume_optional(AuthKind::OAuth2AuthorizationCode), (Some(true), Some(false)));
+        assert_eq!(volume_optional(AuthKind::ApiKey), (Some(false), Some(false)));
     }
 
     #[test]
