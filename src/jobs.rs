@@ -400,6 +400,21 @@ mod tests {
         json!({"spec": {"containers": [{"name": "sync", "image": "busybox"}]}})
     }
 
+    /// The run input most tests use: the activation's own Secret, no token-response fields, no further connections.
+    fn run_input<'a>(ua: &'a UserActivation, js: &'a JobSpec, kind: AuthKind) -> RunInput<'a> {
+        RunInput {
+            ua,
+            job: js,
+            kind,
+            secret_name: "acme-sync-credentials",
+            run_key: "cred-1",
+            base_url: "https://api.example.com",
+            token_response_fields: &[],
+            variables: &ua.spec.variables,
+            extra: &[],
+        }
+    }
+
     #[test]
     fn job_gets_only_usable_keys_of_its_own_secret() {
         let ua = ua();
@@ -411,18 +426,8 @@ mod tests {
             base_url: "https://acme.my.salesforce.com".into(),
             token_response_fields: vec!["instance_url".into()],
         }];
-        let input = RunInput {
-            ua: &ua,
-            job: &js,
-            kind: AuthKind::OAuth2AuthorizationCode,
-            secret_name: "acme-sync-credentials",
-            run_key: "cred-1",
-            base_url: "https://api.example.com",
-            token_response_fields: &[],
-            variables: &ua.spec.variables,
-            extra: &[],
-        };
-        let with_extra = build(&RunInput { extra: &extra, ..input }, template(&js).unwrap());
+        let with_extra =
+            build(&RunInput { extra: &extra, ..run_input(&ua, &js, AuthKind::OAuth2AuthorizationCode) }, template(&js).unwrap());
         let pod2 = with_extra.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let env2: Vec<_> = pod2.containers[0].env.iter().flatten().map(|e| e.name.clone()).collect();
         assert!(
@@ -434,17 +439,7 @@ mod tests {
         let sf = pod2.volumes.as_ref().unwrap().iter().find(|v| v.name == "latchkey-salesforce").unwrap();
         assert!(!sf.secret.as_ref().unwrap().items.as_ref().unwrap().iter().any(|i| i.key == "refresh_token"));
         assert!(pod2.containers[0].volume_mounts.as_ref().unwrap().iter().any(|m| m.mount_path == "/var/run/latchkey/salesforce"));
-        let input = RunInput {
-            ua: &ua,
-            job: &js,
-            kind: AuthKind::OAuth2AuthorizationCode,
-            secret_name: "acme-sync-credentials",
-            run_key: "cred-1",
-            base_url: "https://api.example.com",
-            token_response_fields: &[],
-            variables: &ua.spec.variables,
-            extra: &[],
-        };
+        let input = run_input(&ua, &js, AuthKind::OAuth2AuthorizationCode);
         let job = build(&input, template(&js).unwrap());
         let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let secret_vol = pod.volumes.as_ref().unwrap().iter().find_map(|v| v.secret.as_ref()).unwrap();
@@ -467,15 +462,9 @@ mod tests {
         let js = spec(basic_template());
         let fields = vec!["instance_url".to_string()];
         let input = RunInput {
-            ua: &ua,
-            job: &js,
-            kind: AuthKind::OAuth2AuthorizationCode,
-            secret_name: "acme-sync-credentials",
-            run_key: "cred-1",
             base_url: "https://acme.my.salesforce.com/services/data/v62.0",
             token_response_fields: &fields,
-            variables: &ua.spec.variables,
-            extra: &[],
+            ..run_input(&ua, &js, AuthKind::OAuth2AuthorizationCode)
         };
         let job = build(&input, template(&js).unwrap());
         let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
@@ -494,17 +483,7 @@ mod tests {
         let ua = ua();
         let js = spec(basic_template());
         let volume_optional = |kind| {
-            let input = RunInput {
-                ua: &ua,
-                job: &js,
-                kind,
-                secret_name: "acme-sync-credentials",
-                run_key: "cred-1",
-                base_url: "https://api.example.com",
-                token_response_fields: &[],
-                variables: &ua.spec.variables,
-                extra: &[],
-            };
+            let input = run_input(&ua, &js, kind);
             let job = build(&input, template(&js).unwrap());
             let pod = job.spec.unwrap().template.spec.unwrap();
             let vols = pod.volumes.unwrap();
@@ -522,17 +501,7 @@ mod tests {
     fn a_method_without_credentials_gets_no_secret_in_its_job() {
         let ua = ua();
         let js = spec(basic_template());
-        let input = RunInput {
-            ua: &ua,
-            job: &js,
-            kind: AuthKind::None,
-            secret_name: "",
-            run_key: "cred-1",
-            base_url: "https://api.example.com",
-            token_response_fields: &[],
-            variables: &ua.spec.variables,
-            extra: &[],
-        };
+        let input = RunInput { secret_name: "", ..run_input(&ua, &js, AuthKind::None) };
         let job = build(&input, template(&js).unwrap());
         let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         assert!(pod.volumes.iter().flatten().all(|v| v.secret.is_none()), "no Secret volume: {:?}", pod.volumes);
