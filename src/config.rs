@@ -72,6 +72,10 @@ pub struct RunConfig {
     /// Where users get help: an http(s) or mailto: URL, linked from every connect page.
     #[arg(long, env = "LATCHKEY_BRAND_SUPPORT_URL")]
     pub brand_support_url: Option<String>,
+    /// A PEM file of CA certificates to trust for provider calls (verification, tokens, revocation) besides the
+    /// built-in roots: providers behind the organisation's private CA. The chart mounts it from a ConfigMap or Secret.
+    #[arg(long, env = "LATCHKEY_CA_BUNDLE")]
+    pub ca_bundle: Option<std::path::PathBuf>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     #[arg(long, env = "LATCHKEY_METRICS_BIND", default_value = "0.0.0.0:9090")]
     pub metrics_bind: SocketAddr,

@@ -11,6 +11,7 @@ pub mod leader;
 pub mod memory;
 pub mod metrics;
 pub mod naming;
+pub mod outbound;
 pub mod providers;
 pub mod run;
 pub mod telemetry;

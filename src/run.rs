@@ -64,12 +64,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     });
     info!(metrics = %cfg.metrics_bind, namespaces = ?cfg.watched_namespaces(), concurrency = cfg.concurrency, "latchkey starting");
 
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15))
-        .build()
-        .map_err(|e| RunError::Http(e.to_string()))?;
+    let http = crate::outbound::http_client(cfg.ca_bundle.as_deref()).map_err(|e| RunError::Http(e.to_string()))?;
     let namespaces = cfg.watched_namespaces();
     let (stores, receivers) = controller::start_watches(&client, &namespaces);
     let lookup = crate::connect::lookup::Lookup::new(client.clone(), stores.clone(), ready.clone());

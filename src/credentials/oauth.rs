@@ -134,7 +134,7 @@ async fn send(http: &reqwest::Client, req: oauth2::HttpRequest, timeout: Duratio
     *request.timeout_mut() = Some(timeout);
     let mut response = http.execute(request).await.map_err(|e| match e.is_timeout() {
         true => HttpError::Transport(format!("the token endpoint did not answer within {} ms", timeout.as_millis())),
-        false => HttpError::Transport(e.without_url().to_string()),
+        false => HttpError::Transport(crate::outbound::describe(e)),
     })?;
     let status = response.status();
     if status.as_u16() == 429 || status.is_server_error() {

@@ -104,7 +104,7 @@ pub async fn verify(
         .send()
         .await
         // reqwest errors carry the URL, which for a query-parameter key holds the key: drop it.
-        .map_err(|e| VerifyError::Transport(e.without_url().to_string()))?;
+        .map_err(|e| VerifyError::Transport(crate::outbound::describe(e)))?;
     let status = resp.status().as_u16();
     if v.expect_status.contains(&status) {
         Ok(Some(Verdict::Valid))
