@@ -13,6 +13,7 @@ mod connect;
 mod eso;
 mod figures;
 mod load;
+mod openloop;
 mod process;
 mod refresh;
 mod results;
@@ -72,6 +73,10 @@ async fn main() {
         for k in results::REQUIRED_KEYS {
             println!("{k}");
         }
+        return;
+    }
+    if let Some(port) = arg(&args, "--token-stub").and_then(|p| p.parse().ok()) {
+        connect::token_stub_main(port).await;
         return;
     }
     if args.iter().any(|a| a == "--table") {

@@ -196,9 +196,9 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
         eprintln!("bench: {} of {m} consents failed, first: {}", failed.len(), failed[0]);
     }
     let ok = lat.len();
-    res.runs("callback_e2e_rps", &[ok as f64 / cb_elapsed]);
-    res.runs("callback_e2e_p99_ms", &[pct(&mut lat, 0.99)]);
-    res.set("callback_e2e_note", json!("closed loop, 16 users at a time, each doing the whole consent at the test OAuth server (oidc-provider on Node) before its timed callback; the rate is of whole consents, the p99 of the callback request alone"));
+    res.runs("consent_e2e_rps", &[ok as f64 / cb_elapsed]);
+    res.runs("consent_e2e_callback_p99_ms", &[pct(&mut lat, 0.99)]);
+    res.set("consent_e2e_note", json!("closed loop, 16 users at a time, each doing the whole consent at the test OAuth server (oidc-provider on Node) before its timed callback; the rate is of whole consents, the p99 of the callback request alone"));
     let (_, done) = watch.wait(ok, Instant::now(), Duration::from_secs(120)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let ev = bed.audit_since(mark);
