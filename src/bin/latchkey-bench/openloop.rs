@@ -13,32 +13,41 @@ use tokio::net::TcpStream;
 const CONNECTIONS: usize = 256;
 const GRACE: Duration = Duration::from_secs(10);
 
+/// JSON has no NaN: serde_json writes it as null, which reads back as NaN here.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// What one load step measured.
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
 pub struct LoadResult {
+    #[serde(default, deserialize_with = "nan_if_null")]
     pub offered_rps: f64,
+    #[serde(default, deserialize_with = "nan_if_null")]
     pub achieved_rps: f64,
     /// Answered with a status below 500.
     pub ok: u64,
     /// 5xx, no answer, or still queued at the deadline.
     pub errors: u64,
+    #[serde(default, deserialize_with = "nan_if_null")]
     pub p50_ms: f64,
+    #[serde(default, deserialize_with = "nan_if_null")]
     pub p99_ms: f64,
     /// Answers by status code.
     #[serde(default)]
     pub statuses: BTreeMap<u16, u64>,
     /// CPU seconds the generator itself used: near `wall_seconds` means the generator, not the server, was the limit.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan_if_null")]
     pub generator_cpu_seconds: f64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan_if_null")]
     pub wall_seconds: f64,
     /// CPU seconds the server used meanwhile (filled in by the figure, which knows the server's pid).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan_if_null")]
     pub server_cpu_seconds: f64,
     /// Server CPU per answered request, and the rate one whole core would serve at that cost.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan_if_null")]
     pub server_cpu_us_per_request: f64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan_if_null")]
     pub rps_per_server_core: f64,
 }
 
