@@ -44,7 +44,7 @@ rm -rf "$OUT/parts" "$OUT/secrets"
 mkdir -p "$OUT"
 say "running: $LATCHKEY_FAULTS_ACTIVATIONS API-key + $LATCHKEY_FAULTS_OAUTH OAuth activations under $LATCHKEY_FAULTS_KILLS kills, a ${LATCHKEY_FAULTS_OUTAGE_S}s provider outage, $LATCHKEY_FAULTS_LEADER_KILLS leader kills, apiserver/etcd restarts, bad input, isolation"
 set +e
-cargo test --locked --no-fail-fast --test faults_operator --test faults_oauth --test faults_control_plane \
+cargo test --locked --no-fail-fast --test faults_operator --test faults_oauth --test faults_rotation --test faults_control_plane \
   --test bad_input --test isolation --test connect_fuzz -- --test-threads=1 2>&1 | tee "$OUT/run.log"
 status=${PIPESTATUS[0]}
 set -e

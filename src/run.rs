@@ -79,6 +79,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         failures: Default::default(),
         not_before: Default::default(),
         expect: Default::default(),
+        rescued: Default::default(),
     });
     let started = std::time::Instant::now();
     tokio::select! {
@@ -107,8 +108,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         let (lost, holding) = (lost.clone(), leadership.as_ref().map(|l| l.holding()));
         async move {
             tokio::select! {
-                _ = shutdown_signal() => {}
-                _ = crate::leader::until_lost(holding) => lost.store(true, Ordering::Relaxed),
+                _ = shutdown_signal() => controller::Stop::Graceful,
+                _ = crate::leader::until_lost(holding) => {
+                    lost.store(true, Ordering::Relaxed);
+                    controller::Stop::Now
+                }
             }
         }
     };

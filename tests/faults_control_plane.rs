@@ -9,8 +9,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fault_support::*;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use latchkey::api::UserActivation;
 use serde_json::json;
 use support::operator::Operator;
@@ -28,6 +30,51 @@ async fn ready_within(client: &Client, ns: &str, name: &str, timeout: Duration) 
     let start = Instant::now();
     let ok = eventually(timeout, || async { api.get(name).await.map(|u| is_ready(&u)).unwrap_or(false) }).await;
     ok.then(|| start.elapsed())
+}
+
+/// Each Job of `ns` with its own outcome and its pods' phases: "name: active=1 succeeded=0 [Complete=True] pods [x:Running]".
+async fn job_states(client: &Client, ns: &str) -> Vec<String> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pods = pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+    let Ok(list) = jobs.list(&ListParams::default()).await else { return vec!["(jobs not listed)".into()] };
+    list.items
+        .iter()
+        .map(|j| {
+            let name = j.metadata.name.clone().unwrap_or_default();
+            let st = j.status.clone().unwrap_or_default();
+            let conds: Vec<String> = st.conditions.unwrap_or_default().iter().map(|c| format!("{}={}", c.type_, c.status)).collect();
+            let mine: Vec<String> = pods
+                .iter()
+                .filter(|p| p.metadata.labels.as_ref().and_then(|l| l.get("job-name")) == Some(&name))
+                .map(|p| {
+                    format!(
+                        "{}:{}",
+                        p.metadata.name.clone().unwrap_or_default(),
+                        p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default()
+                    )
+                })
+                .collect();
+            format!(
+                "{name}: active={} succeeded={} failed={} {conds:?} pods {mine:?}",
+                st.active.unwrap_or(0),
+                st.succeeded.unwrap_or(0),
+                st.failed.unwrap_or(0)
+            )
+        })
+        .collect()
+}
+
+/// Copies the bed's component logs to `target/test-logs/<to>/` before the bed (and its folder) goes away.
+fn keep_bed_logs(bed_dir: &std::path::Path, to: &str) {
+    let dest = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-logs").join(to);
+    let _ = std::fs::create_dir_all(&dest);
+    if let Ok(entries) = std::fs::read_dir(bed_dir.join("logs")) {
+        for e in entries.flatten() {
+            let _ = std::fs::copy(e.path(), dest.join(e.file_name()));
+        }
+    }
+    let _ = std::fs::copy(bed_dir.join("audit.log"), dest.join("audit.log"));
 }
 
 /// Stops the private bed also when the test fails.
@@ -129,7 +176,12 @@ async fn the_operator_recovers_from_apiserver_and_etcd_restarts_without_its_own(
     })
     .await;
     if !settled {
-        failures.push(format!("status not up to date after the restarts: {:?}", stale_now.borrow()));
+        // Whose update is missing: the Job's own status (did it end?) and its pods, beside the activation's.
+        let jobs = job_states(&client, &n).await;
+        failures.push(format!("status not up to date after the restarts: {:?}; jobs: {jobs:?}", stale_now.borrow()));
+    }
+    if !failures.is_empty() {
+        keep_bed_logs(&bed.0.dir, "faults_control_plane-bed");
     }
     let panics = op.log().lines().filter(|l| l.contains("panicked")).count();
     let leaks = leak_scan(&client, &[&n], &[op.log_path.as_path()], "before", &["good-key-before-7a7a".to_string()]).await;

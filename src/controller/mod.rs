@@ -4,6 +4,7 @@ pub mod connector;
 pub mod embedded_connection;
 pub mod expect;
 pub mod relations;
+pub mod rescued;
 pub mod status;
 pub mod user_activation;
 pub mod watch;
@@ -47,6 +48,8 @@ pub struct Context {
     pub not_before: Mutex<HashMap<String, std::time::Instant>>,
     /// Per activation: the writes of its last reconcile that the stores do not show yet (a reconcile waits for them).
     pub expect: expect::Expectations,
+    /// Rotated tokens a refresh got whose write failed: written by the next reconcile instead of refreshing again.
+    pub rescued: rescued::Rescued,
 }
 
 /// What the reflectors keep: pruned objects, Secrets and the namespaces' metadata only.
@@ -328,21 +331,45 @@ fn tokio_stream_unbounded<T>(mut rx: mpsc::UnboundedReceiver<T>) -> impl futures
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// Runs the three controllers until `shutdown` resolves.
+/// How long a graceful stop waits for the reconciles in flight: a refresh's provider call (at most
+/// [`crate::credentials::oauth::TOKEN_TIMEOUT`]) and the Secret write after it, inside Kubernetes' default
+/// termination grace period of 30 s.
+pub const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// How the controllers stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: no new reconcile starts; those in flight finish (a refresh whose provider call is out writes its
+    /// answer, since a provider that rotates refresh tokens has already invalidated the stored one), for at most
+    /// [`STOP_GRACE`].
+    Graceful,
+    /// Leadership lost: another replica may be reconciling already, so nothing more of this one runs.
+    Now,
+}
+
+/// Runs the three controllers until `stop` resolves.
 pub async fn run_controllers(
     ctx: Arc<Context>,
     receivers: relations::Receivers,
     concurrency: u16,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    stop: impl std::future::Future<Output = Stop> + Send + 'static,
 ) {
     let cfg = controller::Config::default().concurrency(concurrency);
     let s = ctx.stores.clone();
+    // Closing the queues is the graceful stop: each applier then finishes its reconciles in flight and ends.
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let stopping = move || {
+        let mut rx = stopping_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
     let ua = controller::applier(
         |obj, ctx| Box::pin(user_activation::reconcile(obj, ctx)),
         error_policy::<UserActivation>,
         ctx.clone(),
         s.activations.clone(),
-        queue(receivers.activations),
+        queue(receivers.activations).take_until(stopping()),
         cfg.clone(),
     );
     let ec = controller::applier(
@@ -350,7 +377,7 @@ pub async fn run_controllers(
         error_policy::<EmbeddedConnection>,
         ctx.clone(),
         s.connections.clone(),
-        queue(receivers.connections),
+        queue(receivers.connections).take_until(stopping()),
         cfg.clone().debounce(Duration::from_secs(1)),
     );
     let cn = controller::applier(
@@ -358,14 +385,27 @@ pub async fn run_controllers(
         error_policy::<Connector>,
         ctx.clone(),
         s.connectors.clone(),
-        queue(receivers.connectors),
+        queue(receivers.connectors).take_until(stopping()),
         cfg,
     );
     info!("controllers running");
-    let all = futures::future::join3(drain("UserActivation", ua), drain("EmbeddedConnection", ec), drain("Connector", cn));
-    tokio::select! {
-        _ = all => {}
-        _ = shutdown => info!("controllers stopping"),
+    let mut all = Box::pin(futures::future::join3(drain("UserActivation", ua), drain("EmbeddedConnection", ec), drain("Connector", cn)));
+    let how = tokio::select! {
+        _ = &mut all => return,
+        how = stop => how,
+    };
+    match how {
+        Stop::Now => info!("controllers stopping now"),
+        Stop::Graceful => {
+            info!(grace_s = STOP_GRACE.as_secs(), "controllers stopping: no new reconciles; those in flight finish");
+            let _ = stopping_tx.send(true);
+            match tokio::time::timeout(STOP_GRACE, all).await {
+                Ok(_) => info!("reconciles in flight finished"),
+                Err(_) => {
+                    tracing::warn!(grace_s = STOP_GRACE.as_secs(), "reconciles still running after the grace period; stopping without them")
+                }
+            }
+        }
     }
 }
 

@@ -274,6 +274,9 @@ pub async fn ensure_crds(client: &Client) {
 pub enum TokenMode {
     /// Forwarded to the real OAuth server.
     Pass,
+    /// Forwarded to the real OAuth server at once (which rotates the refresh token then), its answer held back for
+    /// this many milliseconds: the window between a provider's rotation and the operator's write.
+    SlowAnswer(u64),
     /// Accepted and never answered.
     Hang,
     /// `200` with truncated JSON.
@@ -343,7 +346,7 @@ pub async fn token_front(upstream_token_url: &str) -> TokenFront {
                 *r.lock().unwrap().entry(case.clone()).or_default() += 1;
                 let mode = m.lock().unwrap().get(&case).copied().unwrap_or(TokenMode::Pass);
                 match mode {
-                    TokenMode::Pass => {
+                    TokenMode::Pass | TokenMode::SlowAnswer(_) => {
                         let mut req = http.post(&upstream).body(body);
                         for h in [header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT] {
                             if let Some(v) = headers.get(&h) {
@@ -355,6 +358,9 @@ pub async fn token_front(upstream_token_url: &str) -> TokenFront {
                                 let status = res.status();
                                 let ct = res.headers().get(header::CONTENT_TYPE).cloned();
                                 let body = res.bytes().await.unwrap_or_default();
+                                if let TokenMode::SlowAnswer(ms) = mode {
+                                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                                }
                                 let mut out = (status, body).into_response();
                                 if let Some(ct) = ct {
                                     out.headers_mut().insert(header::CONTENT_TYPE, ct);

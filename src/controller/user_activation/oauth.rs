@@ -288,6 +288,22 @@ async fn tokens(
             });
         }
     };
+    // A refresh of this grant got the provider's answer earlier but could not write it, and the Secret still holds
+    // the refresh token that answer replaced: write the kept answer; asking again with a rotated-out refresh token
+    // would cost the grant.
+    let uid = ua.uid().unwrap_or_default();
+    if let Some(kept) = ctx.rescued.applicable(&uid, current.refresh_token.as_ref()) {
+        info!(activation = %ua.name_any(), namespace = %ns, "writing the tokens an earlier refresh got before its write failed");
+        remember_instance(adm, ua, status, &kept.tokens);
+        let refresh_at = write_rotated(ctx, &api, secret, &kept.tokens, m, kept.lifetime, generation, forced.as_deref()).await?;
+        ctx.rescued.written(&uid);
+        refreshed(ctx, "rescued");
+        status.consecutive_failures = 0;
+        status.last_refresh_time = Some(kept.answered_at);
+        report(status, kept.tokens.expires_at.unwrap_or(now), refresh_at);
+        *requeue = min(*requeue, until(refresh_at, now));
+        return Ok(stored);
+    }
     let client = match refresh_client(ctx, adm, m, kind, &current).await {
         Ok(c) => c,
         Err(message) => {
@@ -323,13 +339,16 @@ async fn tokens(
             let lifetime = set.expires_in.unwrap_or_else(|| oauth::default_lifetime(m));
             let expires_at = oauth::expiry(m, set.expires_in, now);
             let tokens = oauth::tokens_from(set, expires_at, Some(&current));
-            if !adm.connector.spec.instance_parameters.is_empty() {
-                // A refresh may bring a new instance address (Salesforce's instance_url): the next reconcile checks it.
-                let known = status.instance_parameters.clone();
-                let values = crate::instance::values(adm.connector, &ua.spec.instance, &known, &BTreeMap::new(), &tokens.fields);
-                status.instance_parameters = crate::instance::remembered(adm.connector, &values);
-            }
-            let refresh_at = write_rotated(ctx, &api, secret, &tokens, m, lifetime, generation, forced.as_deref()).await?;
+            remember_instance(adm, ua, status, &tokens);
+            let refresh_at = match write_rotated(ctx, &api, secret, &tokens, m, lifetime, generation, forced.as_deref()).await {
+                Ok(t) => t,
+                Err(e) => {
+                    // The provider may have rotated the refresh token already: keep its answer for the next try.
+                    warn!(activation = %ua.name_any(), namespace = %ns, error = %e, "the refreshed tokens could not be written; kept in memory for the next try");
+                    ctx.rescued.keep(&uid, used.clone(), tokens, lifetime, now);
+                    return Err(e);
+                }
+            };
             let recovered = status.consecutive_failures > 0;
             status.consecutive_failures = 0;
             status.last_refresh_time = Some(now);
@@ -364,6 +383,16 @@ async fn tokens(
             let reason = if e.is_transient() { reasons::PROVIDER_UNAVAILABLE } else { reasons::CLIENT_SECRET_INVALID };
             Ok(failure(ctx, ua, status, requeue, &current, expires_at, now, reason, format!("refreshing the tokens failed: {e}"), stored))
         }
+    }
+}
+
+/// A refresh may bring a new instance address (Salesforce's instance_url): remembered in status, checked by the next
+/// reconcile.
+fn remember_instance(adm: &Admitted<'_>, ua: &UserActivation, status: &mut UserActivationStatus, tokens: &OAuth2Tokens) {
+    if !adm.connector.spec.instance_parameters.is_empty() {
+        let known = status.instance_parameters.clone();
+        let values = crate::instance::values(adm.connector, &ua.spec.instance, &known, &BTreeMap::new(), &tokens.fields);
+        status.instance_parameters = crate::instance::remembered(adm.connector, &values);
     }
 }
 
