@@ -12,8 +12,9 @@ use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The message is redacted: a proxy URL in it may carry credentials.
     #[error("no Kubernetes configuration: {0} (set KUBECONFIG or run in a cluster; `make run` starts a local control plane)")]
-    Config(#[source] kube::Error),
+    Config(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("the Latchkey CRDs are not installed or not reachable: {0} (apply crds/ or install the Helm chart)")]
@@ -45,7 +46,8 @@ pub async fn shutdown_signal() {
 }
 
 pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
-    let client = kube::Client::try_default().await.map_err(RunError::Config)?;
+    let config = crate::outbound::kube_config().await.map_err(|e| RunError::Config(crate::outbound::redact(&e.to_string())))?;
+    let client = kube::Client::try_from(config).map_err(|e| RunError::Config(crate::outbound::redact(&e.to_string())))?;
     check_crds(&client).await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));

@@ -10,16 +10,17 @@ use crate::config::UsersArgs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
+    /// Redacted: a proxy URL in it may carry credentials.
     #[error("no Kubernetes configuration: {0}")]
-    Config(#[source] kube::Error),
+    Config(String),
     #[error("listing UserActivations failed: {0}")]
     List(#[source] kube::Error),
 }
 
 pub async fn run(args: UsersArgs) -> Result<String, UsersError> {
-    let config = kube::Config::infer().await.map_err(|e| UsersError::Config(kube::Error::InferConfig(e)))?;
+    let config = crate::outbound::kube_config().await.map_err(|e| UsersError::Config(crate::outbound::redact(&e.to_string())))?;
     let namespace = args.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
-    let client = Client::try_from(config).map_err(UsersError::Config)?;
+    let client = Client::try_from(config).map_err(|e| UsersError::Config(crate::outbound::redact(&e.to_string())))?;
     let all = Api::<UserActivation>::all(client).list(&ListParams::default()).await.map_err(UsersError::List)?;
     let mine: Vec<_> = all
         .items

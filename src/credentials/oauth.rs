@@ -444,7 +444,7 @@ impl OAuthClient {
         let res = tokio::time::timeout(REVOKE_TIMEOUT, req.form(&form).send())
             .await
             .map_err(|_| OAuthError::Transient("revocation timed out".into()))?
-            .map_err(|e| OAuthError::Transient(e.without_url().to_string()))?;
+            .map_err(|e| OAuthError::Transient(crate::outbound::describe(e)))?;
         let status = res.status();
         if status.is_success() {
             Ok(true)

@@ -14,6 +14,7 @@ pub struct Operator {
     pub connect_base_url: String,
     pub metrics_url: String,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     kubeconfig: PathBuf,
 }
 
@@ -30,16 +31,30 @@ impl Operator {
     }
 
     pub async fn start_as(bed: &Bed, kubeconfig: &std::path::Path, name: &str, namespaces: &[&str], extra: &[&str]) -> Operator {
-        Self::start_inner(bed, kubeconfig, name, namespaces, "", extra).await
+        Self::start_inner(bed, kubeconfig, name, namespaces, "", extra, &[]).await
+    }
+
+    /// [`Operator::start`] with environment variables set for the operator process only (the proxy variables,
+    /// for example, which would otherwise reach every test in the binary).
+    pub async fn start_with_env(bed: &Bed, name: &str, namespaces: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Operator {
+        Self::start_inner(bed, &bed.operator_kubeconfig(), name, namespaces, "", extra, env).await
     }
 
     /// [`Operator::start`] with the connect server's public URL ending in `path` (`/prefix`): its links, forms
     /// and OAuth callback live under it.
     pub async fn start_behind_path(bed: &Bed, name: &str, namespaces: &[&str], path: &str, extra: &[&str]) -> Operator {
-        Self::start_inner(bed, &bed.operator_kubeconfig(), name, namespaces, path, extra).await
+        Self::start_inner(bed, &bed.operator_kubeconfig(), name, namespaces, path, extra, &[]).await
     }
 
-    async fn start_inner(bed: &Bed, kubeconfig: &std::path::Path, name: &str, namespaces: &[&str], path: &str, extra: &[&str]) -> Operator {
+    async fn start_inner(
+        bed: &Bed,
+        kubeconfig: &std::path::Path,
+        name: &str,
+        namespaces: &[&str],
+        path: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Operator {
         let _ = bed;
         let connect_port = free_port();
         let metrics_port = free_port();
@@ -63,6 +78,7 @@ impl Operator {
             connect_base_url,
             metrics_url: format!("http://127.0.0.1:{metrics_port}"),
             args,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             kubeconfig: kubeconfig.to_path_buf(),
         };
         let _ = std::fs::remove_file(&op.log_path);
@@ -77,6 +93,7 @@ impl Operator {
             .args(&self.args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info,latchkey=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
