@@ -285,3 +285,106 @@ async fn provider_calls_go_through_the_https_proxy_except_for_no_proxy_hosts() {
     assert!(!message.contains(bad_password));
     op.assert_no_leaks("via-proxy", &[bad_password]);
 }
+
+/// Creates the object `v` of kind `K` in `ns`.
+async fn create<K>(ns: &support::TestNamespace, v: serde_json::Value)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + Clone
+        + std::fmt::Debug,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    let obj: K = serde_json::from_value(v).unwrap();
+    ns.api::<K>().create(&PostParams::default(), &obj).await.unwrap();
+}
+
+/// A provider that accepts connections and never answers. Returns its `http://` URL.
+async fn hanging_provider() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_connector_timeout_bounds_its_provider_calls_and_the_condition_names_it() {
+    let slow = hanging_provider().await;
+    let bed = bed().await;
+    let ns = namespace(&bed, "timeouts").await;
+    let _op = Operator::start(&bed, "connector_timeouts", &[ns.name()], &[]).await;
+    // An API key verified at a provider that never answers, with a 2-second timeout.
+    create::<Connector>(
+        &ns,
+        json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector", "metadata": {"name": "slow-api"},
+        "spec": {"baseUrl": slow, "http": {"timeoutSeconds": 2},
+                 "authMethods": [{"name": "token", "apiKey": {"in": "Header", "name": "Authorization", "prefix": "Bearer "}}],
+                 "verification": {"path": "/me"}}}),
+    )
+    .await;
+    create::<EmbeddedConnection>(
+        &ns,
+        json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection", "metadata": {"name": "slow-api"},
+        "spec": {"connectorRef": {"name": "slow-api"}, "authMethod": "token"}}),
+    )
+    .await;
+    put_source(&ns, "slow-api-key", "good-key-1").await;
+    create::<UserActivation>(
+        &ns,
+        json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": "slow-api"},
+        "spec": {"connectionRef": {"name": "slow-api"}, "user": {"id": "slow-api"}, "credentialsSecretRef": {"name": "slow-api-key"}}}),
+    )
+    .await;
+
+    // A client-credentials token endpoint that never answers, with a 3-second timeout.
+    create::<Connector>(
+        &ns,
+        json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector", "metadata": {"name": "slow-idp"},
+        "spec": {"baseUrl": slow, "http": {"timeoutSeconds": 3},
+                 "authMethods": [{"name": "cc", "oauth2": {"flow": "ClientCredentials", "tokenUrl": format!("{slow}/token")}}]}}),
+    )
+    .await;
+    create::<EmbeddedConnection>(
+        &ns,
+        json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection", "metadata": {"name": "slow-idp"},
+        "spec": {"connectorRef": {"name": "slow-idp"}, "authMethod": "cc"}}),
+    )
+    .await;
+    create::<k8s_openapi::api::core::v1::Secret>(
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "slow-idp-client", "labels": {"latchkey.dev/source": "true"}},
+        "stringData": {"client_id": "tenant", "client_secret": "tenant-secret-4b1e"}}),
+    )
+    .await;
+    create::<UserActivation>(
+        &ns,
+        json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": "slow-idp"},
+        "spec": {"connectionRef": {"name": "slow-idp"}, "user": {"id": "slow-idp"}, "credentialsSecretRef": {"name": "slow-idp-client"}}}),
+    )
+    .await;
+
+    let uas = ns.api::<UserActivation>();
+    let (reason, message) = wait_condition(&uas, "slow-api", "CredentialsValid", "Unknown").await;
+    assert_eq!(reason, "VerificationUnavailable", "{message}");
+    assert!(message.contains("did not answer the verification request within 2 s"), "{message}");
+    let (reason, message) = wait_condition(&uas, "slow-idp", "Ready", "False").await;
+    assert_eq!(reason, "ProviderUnavailable", "{message}");
+    assert!(message.contains("did not answer within 3000 ms"), "{message}");
+
+    // The schema bounds the field: 0 and 121 are refused at the door.
+    for bad in [0, 121] {
+        let c: Connector = serde_json::from_value(json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector",
+            "metadata": {"name": format!("bad-{bad}")},
+            "spec": {"baseUrl": slow, "http": {"timeoutSeconds": bad},
+                     "authMethods": [{"name": "token", "apiKey": {"in": "Header", "name": "Authorization"}}]}}))
+        .unwrap();
+        let err = ns.api::<Connector>().create(&PostParams::default(), &c).await.expect_err("refused by the schema");
+        assert!(err.to_string().contains("timeoutSeconds"), "{err}");
+    }
+}

@@ -73,6 +73,21 @@ pub struct ConnectorSpec {
     /// How to check that a credential works: a request to `baseUrl` + `path` with the credential applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// How the operator's calls to this provider behave (token exchange, refresh, verification, revocation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<ConnectorHttp>,
+}
+
+/// The operator's calls to the provider.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectorHttp {
+    /// Seconds each call to the provider may take before it counts as failed (and is retried with backoff):
+    /// token exchange, refresh, verification, revocation. Default 10 (revocation 5). A refresh never waits past
+    /// the stored access token's expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 120))]
+    pub timeout_seconds: Option<u32>,
 }
 
 /// One `{parameter}` of the connector's URLs and where its value comes from.
@@ -310,6 +325,12 @@ pub struct ConnectorStatus {
 impl Connector {
     pub fn auth_method(&self, name: &str) -> Option<&AuthMethod> {
         self.spec.auth_methods.iter().find(|m| m.name == name)
+    }
+
+    /// `spec.http.timeoutSeconds` (kept within 1..=120 like the schema); `None`: the built-in defaults.
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        let secs = self.spec.http.as_ref()?.timeout_seconds?;
+        Some(std::time::Duration::from_secs(u64::from(secs.clamp(1, 120))))
     }
 }
 

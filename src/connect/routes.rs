@@ -309,7 +309,7 @@ async fn authorize(
         .map_err(|e| Refusal(StatusCode::UNPROCESSABLE_ENTITY, "This address cannot be used", instance_problem(r, &e)))?;
     let Some(m) = method.oauth2.as_ref() else { return Err(unavailable("The connector is misconfigured.")) };
     let app = match st.lookup.organisation_app(&connector, m, st.config.redirect_uri()).await {
-        Ok(a) => a,
+        Ok(a) => a.with_timeout(connector.timeout()),
         Err(e) => {
             warn!(error = %e, connector = %r.connector.name_any(), "cannot start an authorization");
             return Err(unavailable("The connector's OAuth app is not configured."));
@@ -396,7 +396,7 @@ async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(fo
             // Client credentials: fetching a token is the check.
             let Some(m) = method.oauth2.as_ref() else { return unavailable("The connector is misconfigured.").into_response() };
             let (id, secret) = (value(keys::CLIENT_ID).unwrap_or_default(), Sensitive::new(value(keys::CLIENT_SECRET).unwrap_or_default()));
-            match oauth::tenant_client(m, &id, &secret).client_credentials(&st.http).await {
+            match oauth::tenant_client(m, &id, &secret).with_timeout(connector.timeout()).client_credentials(&st.http).await {
                 Ok(set) => {
                     let prev = OAuth2Tokens { client_id: Some(id), client_secret: Some(secret), ..Default::default() };
                     lifetime = Some(set.expires_in.unwrap_or_else(|| oauth::default_lifetime(m)));
@@ -521,7 +521,7 @@ async fn callback(State(st): State<ConnectState>, Query(q): Query<CallbackQuery>
         };
     let m = method.oauth2.as_ref().unwrap_or(m);
     let app = match st.lookup.organisation_app(&connector, m, st.config.redirect_uri()).await {
-        Ok(a) => a,
+        Ok(a) => a.with_timeout(connector.timeout()),
         Err(e) => {
             warn!(error = %e, "cannot exchange an authorization code");
             return unavailable("The connector's OAuth app is not configured.").into_response();

@@ -44,6 +44,9 @@ pub struct OAuthClient {
     pub refresh_url: Option<String>,
     /// Extra form parameters of every token request (the connector's `tokenParams`).
     pub token_params: std::collections::BTreeMap<String, String>,
+    /// The connector's `spec.http.timeoutSeconds`: how long each call may take; `None`: [`TOKEN_TIMEOUT`], and
+    /// [`REVOKE_TIMEOUT`] for revocation.
+    pub timeout: Option<Duration>,
 }
 
 /// What a token endpoint answered.
@@ -272,7 +275,24 @@ impl OAuthClient {
             token_response_fields: m.token_response_fields.clone(),
             refresh_url: m.refresh_url.clone(),
             token_params: m.token_params.clone(),
+            timeout: None,
         }
+    }
+
+    /// The same client with the connector's timeout (`Connector::timeout`).
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long a token request may take: the connector's timeout, else [`TOKEN_TIMEOUT`].
+    pub fn token_timeout(&self) -> Duration {
+        self.timeout.unwrap_or(TOKEN_TIMEOUT)
+    }
+
+    /// How long a revocation may take: the connector's timeout, else [`REVOKE_TIMEOUT`].
+    pub fn revoke_timeout(&self) -> Duration {
+        self.timeout.unwrap_or(REVOKE_TIMEOUT)
     }
 
     /// The connector's `tokenParams` without the names a token request sets itself.
@@ -359,15 +379,16 @@ impl OAuthClient {
         for (k, v) in self.extra_token_params() {
             req = req.add_extra_param(k.clone(), v.clone());
         }
-        let call = Http(http, TOKEN_TIMEOUT);
-        bounded(TOKEN_TIMEOUT, req.request_async(&call))
+        let budget = self.token_timeout();
+        let call = Http(http, budget);
+        bounded(budget, req.request_async(&call))
             .await?
             .map(|r| into_token_set(r, &self.token_response_fields))
             .map_err(|e| classify(e, token_error_code))
     }
 
     /// Uses a refresh token (at `refreshUrl` when the method has one), within `budget` (at most
-    /// [`TOKEN_TIMEOUT`]): the refresher passes the stored access token's remaining life, so that a hung provider
+    /// [`OAuthClient::token_timeout`]): the refresher passes the stored access token's remaining life, so that a hung provider
     /// cannot hold a reconcile past the token's expiry.
     pub async fn refresh(&self, http: &reqwest::Client, refresh_token: &Sensitive, budget: Duration) -> Result<TokenSet, OAuthError> {
         let client = match &self.refresh_url {
@@ -379,7 +400,7 @@ impl OAuthClient {
         for (k, v) in self.extra_token_params() {
             req = req.add_extra_param(k.clone(), v.clone());
         }
-        let budget = budget.min(TOKEN_TIMEOUT);
+        let budget = budget.min(self.token_timeout());
         let call = Http(http, budget);
         bounded(budget, req.request_async(&call))
             .await?
@@ -387,12 +408,12 @@ impl OAuthClient {
             .map_err(|e| classify(e, token_error_code))
     }
 
-    /// The client-credentials grant (the tenant's own client), bounded by [`TOKEN_TIMEOUT`].
+    /// The client-credentials grant (the tenant's own client), bounded by [`OAuthClient::token_timeout`].
     pub async fn client_credentials(&self, http: &reqwest::Client) -> Result<TokenSet, OAuthError> {
-        self.client_credentials_within(http, TOKEN_TIMEOUT).await
+        self.client_credentials_within(http, self.token_timeout()).await
     }
 
-    /// The client-credentials grant within `budget` (at most [`TOKEN_TIMEOUT`]).
+    /// The client-credentials grant within `budget` (at most [`OAuthClient::token_timeout`]).
     pub async fn client_credentials_within(&self, http: &reqwest::Client, budget: Duration) -> Result<TokenSet, OAuthError> {
         let client = self.base()?;
         let mut req = client.exchange_client_credentials();
@@ -402,7 +423,7 @@ impl OAuthClient {
         for (k, v) in self.extra_token_params() {
             req = req.add_extra_param(k.clone(), v.clone());
         }
-        let budget = budget.min(TOKEN_TIMEOUT);
+        let budget = budget.min(self.token_timeout());
         let call = Http(http, budget);
         bounded(budget, req.request_async(&call))
             .await?
@@ -411,7 +432,7 @@ impl OAuthClient {
     }
 
     /// RFC 7009 revocation of the refresh token (which ends the grant) or else the access token. Best effort,
-    /// bounded by [`REVOKE_TIMEOUT`]. `Ok(false)` when the connector has no revocation URL. Sent by hand: the
+    /// bounded by [`OAuthClient::revoke_timeout`]. `Ok(false)` when the connector has no revocation URL. Sent by hand: the
     /// `oauth2` crate insists on an https revocation URL, which local and test providers do not have.
     pub async fn revoke(
         &self,
@@ -427,7 +448,8 @@ impl OAuthClient {
             (None, None) => return Ok(false),
         };
         let mut form: Vec<(&str, &str)> = vec![("token", token.expose()), ("token_type_hint", hint)];
-        let mut req = http.post(url).timeout(REVOKE_TIMEOUT);
+        let limit = self.revoke_timeout();
+        let mut req = http.post(url).timeout(limit);
         match (self.auth, &self.client_secret) {
             (ClientAuth::Basic, Some(secret)) => {
                 // RFC 6749 2.3.1: form-urlencode the id and secret before basic authentication.
@@ -441,10 +463,13 @@ impl OAuthClient {
                 }
             }
         }
-        let res = tokio::time::timeout(REVOKE_TIMEOUT, req.form(&form).send())
+        let res = tokio::time::timeout(limit + Duration::from_millis(100), req.form(&form).send())
             .await
-            .map_err(|_| OAuthError::Transient("revocation timed out".into()))?
-            .map_err(|e| OAuthError::Transient(crate::outbound::describe(e)))?;
+            .map_err(|_| OAuthError::Transient(format!("the revocation endpoint did not answer within {} ms", limit.as_millis())))?
+            .map_err(|e| match e.is_timeout() {
+                true => OAuthError::Transient(format!("the revocation endpoint did not answer within {} ms", limit.as_millis())),
+                false => OAuthError::Transient(crate::outbound::describe(e)),
+            })?;
         let status = res.status();
         if status.is_success() {
             Ok(true)
@@ -637,6 +662,7 @@ mod tests {
             token_response_fields: vec![],
             refresh_url: None,
             token_params: Default::default(),
+            timeout: None,
         }
     }
 

@@ -5,6 +5,9 @@ use crate::api::connector::{ApiKeyLocation, AuthMethod, Connector, HttpMethod};
 
 use super::Credential;
 
+/// How long the verification request may take unless the connector sets `spec.http.timeoutSeconds`.
+pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What the provider said of a credential.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -20,6 +23,8 @@ pub enum VerifyError {
     Status { status: u16 },
     #[error("the verification request failed: {0}; will retry")]
     Transport(String),
+    #[error("the provider did not answer the verification request within {} s (the connector's spec.http.timeoutSeconds); will retry", .0.as_secs_f64())]
+    Timeout(Duration),
     #[error("the verification request cannot be built: {0}")]
     BadUrl(String),
 }
@@ -97,14 +102,15 @@ pub async fn verify(
         HttpMethod::POST => reqwest::Method::POST,
         HttpMethod::HEAD => reqwest::Method::HEAD,
     };
-    let resp = http
-        .request(m, url)
-        .headers(headers)
-        .timeout(Duration::from_secs(10))
-        .send()
+    let limit = connector.timeout().unwrap_or(VERIFY_TIMEOUT);
+    let resp = tokio::time::timeout(limit + Duration::from_millis(100), http.request(m, url).headers(headers).timeout(limit).send())
         .await
+        .map_err(|_| VerifyError::Timeout(limit))?
         // reqwest errors carry the URL, which for a query-parameter key holds the key: drop it.
-        .map_err(|e| VerifyError::Transport(crate::outbound::describe(e)))?;
+        .map_err(|e| match e.is_timeout() {
+            true => VerifyError::Timeout(limit),
+            false => VerifyError::Transport(crate::outbound::describe(e)),
+        })?;
     let status = resp.status().as_u16();
     if v.expect_status.contains(&status) {
         Ok(Some(Verdict::Valid))

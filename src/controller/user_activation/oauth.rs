@@ -325,7 +325,7 @@ async fn tokens(
     let used = current.refresh_token.clone();
     // The expiry the status reports (the Secret's annotation, to the millisecond; the data's copy has seconds).
     let expires_at = timing(Some(&secret.metadata), generation).map(|(e, _)| e).or(current.expires_at);
-    let budget = refresh_budget(expires_at, status, Utc::now());
+    let budget = refresh_budget(expires_at, status, Utc::now(), client.token_timeout());
     let result = match (kind, &used) {
         (AuthKind::OAuth2ClientCredentials, _) => client.client_credentials_within(&ctx.http, budget).await,
         (_, Some(rt)) => client.refresh(&ctx.http, rt, budget).await,
@@ -400,14 +400,15 @@ fn remember_instance(adm: &Admitted<'_>, ua: &UserActivation, status: &mut UserA
 /// True for a whole token timeout past the expiry. The next attempt, after Ready has turned False, gets the full one.
 const EXPIRED_BUDGET: Duration = Duration::from_secs(1);
 
-/// How long a refresh may take: the stored access token's remaining life, at most [`oauth::TOKEN_TIMEOUT`], so
-/// that a hung token endpoint cannot hold a reconcile (and a Ready=True status) past the token's expiry.
-fn refresh_budget(expires_at: Option<DateTime<Utc>>, status: &UserActivationStatus, now: DateTime<Utc>) -> Duration {
+/// How long a refresh may take: the stored access token's remaining life, at most `timeout` (the connector's
+/// `spec.http.timeoutSeconds`, else [`oauth::TOKEN_TIMEOUT`]), so that a hung token endpoint cannot hold a
+/// reconcile (and a Ready=True status) past the token's expiry.
+fn refresh_budget(expires_at: Option<DateTime<Utc>>, status: &UserActivationStatus, now: DateTime<Utc>, timeout: Duration) -> Duration {
     let ready = crate::api::conditions::find(&status.conditions, crate::api::conditions::types::READY).is_some_and(|c| c.status == "True");
     match expires_at.map(|e| (e - now).to_std()) {
-        Some(Ok(left)) => left.min(oauth::TOKEN_TIMEOUT),
-        Some(Err(_)) if ready => EXPIRED_BUDGET,
-        _ => oauth::TOKEN_TIMEOUT,
+        Some(Ok(left)) => left.min(timeout),
+        Some(Err(_)) if ready => EXPIRED_BUDGET.min(timeout),
+        _ => timeout,
     }
 }
 
@@ -426,7 +427,7 @@ async fn refresh_client(
 ) -> std::result::Result<Option<OAuthClient>, String> {
     if kind == AuthKind::OAuth2ClientCredentials {
         return match (&t.client_id, &t.client_secret) {
-            (Some(id), Some(secret)) => Ok(Some(oauth::tenant_client(m, id, secret))),
+            (Some(id), Some(secret)) => Ok(Some(oauth::tenant_client(m, id, secret).with_timeout(adm.connector.timeout()))),
             _ => Ok(None),
         };
     }
@@ -436,7 +437,7 @@ async fn refresh_client(
     let redirect = ctx.connect.as_ref().map(|c| c.redirect_uri());
     oauth::organisation_app(&ctx.client, &adm.connector.namespace().unwrap_or_default(), m, redirect)
         .await
-        .map(Some)
+        .map(|c| Some(c.with_timeout(adm.connector.timeout())))
         .map_err(|e| e.to_string())
 }
 
@@ -577,12 +578,15 @@ pub(super) fn revocable(adm: &Admitted<'_>) -> bool {
 /// Secret (e.g. its namespace is going away) means nothing to revoke.
 pub(super) async fn revoke_on_delete(ctx: &Context, ua: &UserActivation) {
     let ns = ua.namespace().unwrap_or_default();
+    let conn_ns = ua.connection_namespace().unwrap_or_default();
+    let connection = ctx.stores.connections.get(&kube::runtime::reflector::ObjectRef::new(&ua.spec.connection_ref.name).within(&conn_ns));
+    let connector = connection.as_ref().and_then(|connection| {
+        ctx.stores.connectors.get(&kube::runtime::reflector::ObjectRef::new(&connection.spec.connector_ref.name).within(&conn_ns))
+    });
+    // The revocation's own bound (the connector's timeout, else 5 s) and a second for reading the Secrets.
+    let limit = connector.as_ref().and_then(|c| c.timeout()).unwrap_or(oauth::REVOKE_TIMEOUT) + Duration::from_secs(1);
     let work = async {
-        let conn_ns = ua.connection_namespace().unwrap_or_default();
-        let connection =
-            ctx.stores.connections.get(&kube::runtime::reflector::ObjectRef::new(&ua.spec.connection_ref.name).within(&conn_ns))?;
-        let connector =
-            ctx.stores.connectors.get(&kube::runtime::reflector::ObjectRef::new(&connection.spec.connector_ref.name).within(&conn_ns))?;
+        let (connection, connector) = (connection?, connector?);
         let method = connector.auth_method(&connection.spec.auth_method)?.clone();
         let m = method.oauth2.as_ref()?;
         m.revocation_url.as_ref()?;
@@ -594,14 +598,36 @@ pub(super) async fn revoke_on_delete(ctx: &Context, ua: &UserActivation) {
         let client = match method.kind() {
             AuthKind::OAuth2ClientCredentials => oauth::tenant_client(m, t.client_id.as_deref()?, t.client_secret.as_ref()?),
             _ => oauth::organisation_app(&ctx.client, &conn_ns, m, None).await.ok()?,
-        };
+        }
+        .with_timeout(connector.timeout());
         let access = (!t.access_token.is_empty()).then_some(&t.access_token);
         Some(client.revoke(&ctx.http, t.refresh_token.as_ref(), access).await)
     };
-    match tokio::time::timeout(Duration::from_secs(6), work).await {
+    match tokio::time::timeout(limit, work).await {
         Ok(Some(Ok(true))) => info!(activation = %ua.name_any(), namespace = %ns, "revoked the grant at the provider"),
         Ok(Some(Ok(false))) | Ok(None) => {}
         Ok(Some(Err(e))) => warn!(activation = %ua.name_any(), namespace = %ns, error = %e, "revocation failed; deleting anyway"),
         Err(_) => warn!(activation = %ua.name_any(), namespace = %ns, "revocation timed out; deleting anyway"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_waits_for_the_connector_timeout_but_never_past_the_token_expiry() {
+        let now = Utc::now();
+        let status = UserActivationStatus::default();
+        let three = Duration::from_secs(3);
+        let in_secs = |s: i64| Some(now + chrono::Duration::seconds(s));
+        assert_eq!(refresh_budget(in_secs(3600), &status, now, three), three, "the connector's timeout");
+        assert_eq!(refresh_budget(in_secs(3600), &status, now, Duration::from_secs(120)), Duration::from_secs(120));
+        assert_eq!(
+            refresh_budget(in_secs(2), &status, now, Duration::from_secs(120)),
+            Duration::from_secs(2),
+            "capped at the token's life"
+        );
+        assert_eq!(refresh_budget(None, &status, now, three), three);
     }
 }
