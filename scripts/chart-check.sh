@@ -60,6 +60,8 @@ VALUE_SETS=(
   "exposed|--set ingress.enabled=true --set ingress.className=nginx --set serviceMonitor.enabled=true --set connect.baseUrl=https://connect.example.com --set ingress.tls[0].secretName=tls --set ingress.tls[0].hosts[0]=connect.example.com"
   "rbac-only|--set operator.enabled=false --set crds.install=false"
   "single|--set replicaCount=1 --set leaderElection.enabled=false --set logFormat=text"
+  "outbound-configmap|--set outbound.caBundle.configMap=corp-ca --set proxy.httpsProxy=http://proxy.corp.example:3128 --set proxy.httpProxy=http://proxy.corp.example:3128 --set proxy.noProxy=.corp.example\\,10.0.0.0/8"
+  "outbound-secret|--set outbound.caBundle.secret=corp-ca --set outbound.caBundle.key=bundle.pem --set proxy.existingSecret=corp-proxy --set proxy.noProxy=.svc"
 )
 for vs in "${VALUE_SETS[@]}"; do
   name="${vs%%|*}"; args="${vs#*|}"
@@ -68,6 +70,9 @@ for vs in "${VALUE_SETS[@]}"; do
 done
 # A bad value is refused by values.schema.json.
 if helm lint "$CHART" --set concurrency=0 >/dev/null 2>&1; then die "values.schema.json accepted concurrency=0"; fi
+if helm template x "$CHART" --set outbound.caBundle.configMap=a --set outbound.caBundle.secret=b >/dev/null 2>&1; then
+  die "the chart accepted a CA bundle from both a ConfigMap and a Secret"
+fi
 say "helm lint: ${#VALUE_SETS[@]} value sets pass, a bad value is refused"
 
 # --- 3. kubeconform --------------------------------------------------------------------------------------------
@@ -145,6 +150,30 @@ for vs in "${VALUE_SETS[@]}"; do
   "${KC[@]}" "$WORK/$name.yaml" >"$WORK/kc.out" 2>&1 || { cat "$WORK/kc.out" >&2; die "kubeconform ($name)"; }
   say "kubeconform ($name): $(tail -1 "$WORK/kc.out")"
 done
+# The outbound value sets put the CA bundle and the proxy where the operator reads them.
+python3 - "$WORK/outbound-configmap.yaml" "$WORK/outbound-secret.yaml" "$WORK/default.yaml" <<'EOF' || die "the rendered Deployment lacks the CA bundle or proxy settings"
+import sys, yaml
+def operator(p):
+    dep = [d for d in yaml.safe_load_all(open(p)) if d and d["kind"] == "Deployment"][0]
+    pod = dep["spec"]["template"]["spec"]; c = pod["containers"][0]
+    return pod, c, {e["name"]: e for e in c.get("env", [])}
+def check(cond, what):
+    if not cond: print(f"  {what}", file=sys.stderr); sys.exit(1)
+pod, c, env = operator(sys.argv[1])
+check(env["LATCHKEY_CA_BUNDLE"]["value"] == "/etc/latchkey/ca/ca.crt", "LATCHKEY_CA_BUNDLE (configMap)")
+check({"name": "ca-bundle", "mountPath": "/etc/latchkey/ca", "readOnly": True} in c["volumeMounts"], "the CA bundle's mount")
+check({"name": "ca-bundle", "configMap": {"name": "corp-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}} in pod["volumes"], "the ConfigMap volume")
+check(env["HTTPS_PROXY"]["value"] == "http://proxy.corp.example:3128" and env["HTTP_PROXY"]["value"] == "http://proxy.corp.example:3128", "HTTPS_PROXY/HTTP_PROXY")
+check(env["NO_PROXY"]["value"] == ".corp.example,10.0.0.0/8", "NO_PROXY")
+pod, c, env = operator(sys.argv[2])
+check(env["LATCHKEY_CA_BUNDLE"]["value"] == "/etc/latchkey/ca/bundle.pem", "LATCHKEY_CA_BUNDLE (secret)")
+check({"name": "ca-bundle", "secret": {"secretName": "corp-ca", "items": [{"key": "bundle.pem", "path": "bundle.pem"}]}} in pod["volumes"], "the Secret volume")
+for var in ("HTTPS_PROXY", "HTTP_PROXY"):
+    check(env[var].get("valueFrom", {}).get("secretKeyRef") == {"name": "corp-proxy", "key": var, "optional": True}, f"{var} from the Secret")
+pod, c, env = operator(sys.argv[3])
+check(not ({"LATCHKEY_CA_BUNDLE", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"} & set(env)) and "volumes" not in pod, "defaults add no CA bundle or proxy")
+EOF
+say "outbound: the CA bundle is mounted; LATCHKEY_CA_BUNDLE, HTTPS_PROXY, HTTP_PROXY and NO_PROXY are set"
 # The examples are custom resources: validate them against the CRD schemas too.
 if [[ -d "$ROOT/examples" ]]; then
   "${KC[@]}" -ignore-filename-pattern 'kustomization\.yaml$' "$ROOT/examples" >"$WORK/kc.out" 2>&1 || { cat "$WORK/kc.out" >&2; die "kubeconform (examples)"; }
@@ -177,6 +206,8 @@ helm install "$REL" "$CHART" --namespace "$NS" --set crds.install=false --wait -
 grep -q "kubectl get useractivations" "$WORK/install.out" || die "NOTES.txt missing from helm install's output"
 kubectl auth can-i list useractivations.latchkey.dev --all-namespaces \
   --as "system:serviceaccount:$NS:$REL-latchkey" | grep -qx yes || die "the installed ServiceAccount cannot list activations"
-helm upgrade "$REL" "$CHART" --namespace "$NS" --set crds.install=false --set 'watchNamespaces={'"$NS"'}' --wait --timeout 120s >/dev/null \
-  || die "helm upgrade to namespaced values"
+kubectl -n "$NS" create configmap corp-ca --from-file=ca.crt="$BED/pki/ca.crt" >/dev/null
+helm upgrade "$REL" "$CHART" --namespace "$NS" --set crds.install=false --set 'watchNamespaces={'"$NS"'}' \
+  --set outbound.caBundle.configMap=corp-ca --set proxy.httpsProxy=http://proxy.corp.example:3128 --wait --timeout 120s >/dev/null \
+  || die "helm upgrade to namespaced values with a CA bundle and a proxy"
 say "helm install, upgrade (namespaced) and uninstall into the bed: ok"
