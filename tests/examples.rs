@@ -77,6 +77,7 @@ async fn the_examples_apply_and_the_oauth_activation_waits_for_its_user() {
     let applied = kubectl(&bed.kubeconfig, &["apply", "-f", d]);
     for obj in [
         "connector.latchkey.dev/acme-api",
+        "connector.latchkey.dev/billing",
         "connector.latchkey.dev/github",
         "connector.latchkey.dev/legacy-crm",
         "connector.latchkey.dev/open-data",
