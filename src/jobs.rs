@@ -357,24 +357,12 @@ fn token_response_env(secret: &str, fields: &[String], prefix: Option<&str>) -> 
         .collect()
 }
 
-/// The outcome of a Job from its status.
+/// The outcome of a Job from its status (see [`crate::job_record::JobRecord::outcome`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Running,
     Succeeded,
     Failed,
-}
-
-pub fn outcome(job: &Job) -> Outcome {
-    let conds = job.status.as_ref().and_then(|s| s.conditions.as_ref());
-    let has = |t: &str| conds.is_some_and(|c| c.iter().any(|c| c.type_ == t && c.status == "True"));
-    if has("Complete") {
-        Outcome::Succeeded
-    } else if has("Failed") {
-        Outcome::Failed
-    } else {
-        Outcome::Running
-    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod connect;
 pub mod controller;
 pub mod credentials;
 pub mod instance;
+pub mod job_record;
 pub mod jobs;
 pub mod leader;
 pub mod memory;

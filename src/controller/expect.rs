@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::batch::v1::Job;
+use crate::job_record::JobRecord;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -97,7 +97,7 @@ impl Expectations {
 
     /// Whether the stores still lag behind a write this process made for `ua` (the copy handed to the reconcile
     /// comes from the activation store). Forgets what the stores show, and everything after [`GIVE_UP`].
-    pub fn pending(&self, ua: &UserActivation, secrets: &Store<PartialObjectMeta<Secret>>, jobs: &Store<Job>) -> bool {
+    pub fn pending(&self, ua: &UserActivation, secrets: &Store<PartialObjectMeta<Secret>>, jobs: &Store<JobRecord>) -> bool {
         let Ok(mut m) = self.inner.lock() else { return false };
         let k = key(ua);
         let Some(p) = m.get_mut(&k) else { return false };

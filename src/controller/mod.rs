@@ -14,8 +14,8 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::job_record::JobRecord;
 use futures::StreamExt;
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, ReconcileRequest};
@@ -64,7 +64,7 @@ pub struct Stores {
     /// Application-written Secrets labelled `latchkey.dev/source=true`, metadata only.
     pub source_secrets: Store<PartialObjectMeta<Secret>>,
     /// Jobs the operator created, without their spec.
-    pub jobs: Store<Job>,
+    pub jobs: Store<JobRecord>,
     /// Indexes from referenced objects to referrers (and Jobs by activation), so a reconcile never scans a store.
     pub relations: Arc<Relations>,
 }
@@ -276,7 +276,7 @@ pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores,
     };
     let jobs = {
         let (t, r) = (triggers.clone(), relations.clone());
-        reflect("Job", full_watches::<Job>(client, namespaces, &managed), watch::prune_job, move |j, change| {
+        reflect("Job", full_watches::<JobRecord>(client, namespaces, &managed), watch::prune_job, move |j, change| {
             r.job_changed(&j.metadata, change);
             t.owner_of(&j.metadata)
         })

@@ -1,6 +1,6 @@
 //! Who triggers whom: indexes from a referenced object to its referrers, and the channels that queue reconciles.
 use std::collections::{HashMap, HashSet};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
@@ -11,6 +11,8 @@ use super::watch::Change;
 use crate::api::{Connector, EmbeddedConnection, UserActivation};
 
 type Key = (String, String);
+/// One activation, shared by every index that lists it (name and namespace only: no resourceVersion or uid).
+type Ref = Arc<ObjectRef<UserActivation>>;
 
 /// Indexes kept up to date by the activation watch.
 #[derive(Default)]
@@ -20,22 +22,23 @@ pub struct Relations {
 
 #[derive(Default)]
 struct Index {
-    by_connection: HashMap<Key, HashSet<ObjectRef<UserActivation>>>,
-    by_secret: HashMap<Key, HashSet<ObjectRef<UserActivation>>>,
-    by_namespace: HashMap<String, HashSet<ObjectRef<UserActivation>>>,
+    by_connection: HashMap<Key, HashSet<Ref>>,
+    by_secret: HashMap<Key, HashSet<Ref>>,
+    by_namespace: HashMap<String, HashSet<Ref>>,
     /// (connection namespace, connection name, user id) → activations: for the DuplicateUser check.
-    by_user: HashMap<(String, String, String), HashSet<ObjectRef<UserActivation>>>,
+    by_user: HashMap<(String, String, String), HashSet<Ref>>,
     /// (namespace, user id) → activations: a user's other connections, for Jobs that need several.
-    by_tenant_user: HashMap<Key, HashSet<ObjectRef<UserActivation>>>,
+    by_tenant_user: HashMap<Key, HashSet<Ref>>,
     /// What each activation was indexed under, to unindex it.
-    entries: HashMap<ObjectRef<UserActivation>, (Key, Option<Key>, (String, String, String))>,
+    entries: HashMap<Ref, (Key, Option<Key>, (String, String, String))>,
     /// (namespace, activation uid) → names of its Jobs.
     jobs: HashMap<Key, HashSet<String>>,
 }
 
 impl Relations {
     pub fn activation_changed(&self, ua: &UserActivation, change: Change) {
-        let r = ObjectRef::from_obj(ua);
+        let ns = ua.namespace().unwrap_or_default();
+        let r: Ref = Arc::new(ObjectRef::new(&ua.name_any()).within(&ns));
         let Ok(mut idx) = self.inner.write() else { return };
         if let Some((conn, secret, user)) = idx.entries.remove(&r) {
             remove(&mut idx.by_connection, &conn, &r);
@@ -51,7 +54,6 @@ impl Relations {
             let tu = (r.namespace.clone().unwrap_or_default(), user.2.clone());
             remove(&mut idx.by_tenant_user, &tu, &r);
         }
-        let ns = ua.namespace().unwrap_or_default();
         if change == Change::Deleted {
             if let Some(set) = idx.by_namespace.get_mut(&ns) {
                 set.remove(&r);
@@ -79,7 +81,7 @@ impl Relations {
     /// Activations of the same connection with the same user id (including `ua` itself).
     pub fn activations_of_user(&self, ua: &UserActivation) -> Vec<ObjectRef<UserActivation>> {
         let key = (ua.connection_namespace().unwrap_or_default(), ua.spec.connection_ref.name.clone(), ua.spec.user.id.clone());
-        self.inner.read().ok().and_then(|i| i.by_user.get(&key).map(|s| s.iter().cloned().collect())).unwrap_or_default()
+        self.inner.read().ok().and_then(|i| i.by_user.get(&key).map(|s| s.iter().map(|r| (**r).clone()).collect())).unwrap_or_default()
     }
 
     /// Keeps the index of Jobs by owning activation (label `latchkey.dev/activation-uid`).
@@ -121,16 +123,16 @@ impl Relations {
         self.get(|i| i.by_namespace.get(ns))
     }
 
-    fn get(&self, f: impl FnOnce(&Index) -> Option<&HashSet<ObjectRef<UserActivation>>>) -> Vec<ObjectRef<UserActivation>> {
-        self.inner.read().ok().and_then(|i| f(&i).map(|s| s.iter().cloned().collect())).unwrap_or_default()
+    fn get(&self, f: impl FnOnce(&Index) -> Option<&HashSet<Ref>>) -> Vec<ObjectRef<UserActivation>> {
+        self.inner.read().ok().and_then(|i| f(&i).map(|s| s.iter().map(|r| (**r).clone()).collect())).unwrap_or_default()
     }
 }
 
-fn ns_of(r: &ObjectRef<UserActivation>) -> String {
+fn ns_of(r: &Ref) -> String {
     r.namespace.clone().unwrap_or_default()
 }
 
-fn remove(map: &mut HashMap<Key, HashSet<ObjectRef<UserActivation>>>, key: &Key, r: &ObjectRef<UserActivation>) {
+fn remove(map: &mut HashMap<Key, HashSet<Ref>>, key: &Key, r: &Ref) {
     if let Some(set) = map.get_mut(key) {
         set.remove(r);
         if set.is_empty() {

@@ -126,27 +126,14 @@ pub fn prune_meta<K: Resource>(obj: &mut K) {
     }
 }
 
-/// What the Job store keeps: the metadata the relations and the history limits read (name, owner, creation time,
-/// the activation label) and the status the outcome is read from (condition types and statuses, start and
-/// completion time). The spec, the pod counters and the conditions' messages are dropped.
-pub fn prune_job(job: &mut k8s_openapi::api::batch::v1::Job) {
+/// What the Job store keeps of a [`JobRecord`] (already without spec or pod counters): the metadata the relations
+/// and the history limits read (name, owner, creation time, the activation label); managed fields, annotations and
+/// the other labels are dropped.
+pub fn prune_job(job: &mut crate::job_record::JobRecord) {
     prune_meta(job);
-    job.spec = None;
     job.metadata.annotations = None;
     if let Some(l) = job.metadata.labels.as_mut() {
         l.retain(|k, _| k == crate::naming::ACTIVATION_UID_LABEL);
-    }
-    if let Some(s) = job.status.take() {
-        job.status = Some(k8s_openapi::api::batch::v1::JobStatus {
-            start_time: s.start_time,
-            completion_time: s.completion_time,
-            conditions: s.conditions.map(|cs| {
-                cs.into_iter()
-                    .map(|c| k8s_openapi::api::batch::v1::JobCondition { type_: c.type_, status: c.status, ..Default::default() })
-                    .collect()
-            }),
-            ..Default::default()
-        });
     }
 }
 

@@ -1,6 +1,5 @@
 //! Pure decisions for an activation: may it use its connection, which run is due, and its phase and conditions.
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
@@ -9,7 +8,8 @@ use crate::api::connector::AuthMethod;
 use crate::api::embedded_connection::{ConcurrencyPolicy, JobSpec};
 use crate::api::user_activation::Phase;
 use crate::api::{Connector, EmbeddedConnection, UserActivation};
-use crate::jobs::{self, Outcome};
+use crate::job_record::JobRecord;
+use crate::jobs::Outcome;
 
 /// Why an activation cannot use its connection: a reason constant and a message naming what to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,7 +192,7 @@ pub fn plan_run(
 }
 
 /// The newest Job of the activation, for `status.lastRun`.
-pub fn newest(jobs: &[std::sync::Arc<Job>]) -> Option<&Job> {
+pub fn newest(jobs: &[std::sync::Arc<JobRecord>]) -> Option<&JobRecord> {
     jobs.iter().map(|j| j.as_ref()).max_by(|a, b| {
         a.metadata
             .creation_timestamp
@@ -203,15 +203,15 @@ pub fn newest(jobs: &[std::sync::Arc<Job>]) -> Option<&Job> {
     })
 }
 
-pub fn any_active(jobs: &[std::sync::Arc<Job>]) -> bool {
-    jobs.iter().any(|j| jobs::outcome(j) == Outcome::Running)
+pub fn any_active(jobs: &[std::sync::Arc<JobRecord>]) -> bool {
+    jobs.iter().any(|j| j.outcome() == Outcome::Running)
 }
 
 /// Finished Jobs beyond the history limits, oldest first.
-pub fn beyond_history(jobs: &[std::sync::Arc<Job>], spec: &JobSpec) -> Vec<String> {
+pub fn beyond_history(jobs: &[std::sync::Arc<JobRecord>], spec: &JobSpec) -> Vec<String> {
     let mut out = Vec::new();
     for (outcome, limit) in [(Outcome::Succeeded, spec.successful_jobs_history_limit), (Outcome::Failed, spec.failed_jobs_history_limit)] {
-        let mut done: Vec<&Job> = jobs.iter().map(|j| j.as_ref()).filter(|j| jobs::outcome(j) == outcome).collect();
+        let mut done: Vec<&JobRecord> = jobs.iter().map(|j| j.as_ref()).filter(|j| j.outcome() == outcome).collect();
         done.sort_by_key(|j| std::cmp::Reverse(j.metadata.creation_timestamp.as_ref().map(|t| t.0)));
         out.extend(done.into_iter().skip(limit.max(0) as usize).map(|j| j.name_any()));
     }

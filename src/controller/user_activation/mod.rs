@@ -29,6 +29,7 @@ use crate::api::user_activation::{LastRun, Phase};
 use crate::api::{Connector, EmbeddedConnection, UserActivation, UserActivationStatus};
 use crate::credentials::{self, Credential, verify};
 use crate::instance;
+use crate::job_record::JobRecord;
 use crate::jobs;
 use crate::naming::{self, DATA_HASH_ANNOTATION, GENERATION_ANNOTATION, SOURCE_VERSION_ANNOTATION};
 use decide::{Admitted, Gate, Run};
@@ -244,7 +245,7 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
 
     // Jobs.
     let uid = ua.uid().unwrap_or_default();
-    let own_jobs: Vec<Arc<Job>> =
+    let own_jobs: Vec<Arc<JobRecord>> =
         ctx.stores.relations.jobs_of(&ns, &uid).iter().filter_map(|name| ctx.stores.jobs.get(&ObjectRef::new(name).within(&ns))).collect();
     if let Some(job_spec) = &adm.connection.spec.job {
         if ready && !ua.spec.suspend {
@@ -346,7 +347,7 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
         w.send(&ctx, &ua).await?;
     }
     let newest = decide::newest(&own_jobs).map(|job| {
-        let outcome = jobs::outcome(job);
+        let outcome = job.outcome();
         let st = job.status.as_ref();
         let mut run = LastRun {
             job: job.name_any(),
@@ -902,7 +903,7 @@ async fn start_run(
     }
 }
 
-async fn prune_history(ctx: &Context, ns: &str, jobs: &[Arc<Job>], spec: &crate::api::embedded_connection::JobSpec) -> Result<()> {
+async fn prune_history(ctx: &Context, ns: &str, jobs: &[Arc<JobRecord>], spec: &crate::api::embedded_connection::JobSpec) -> Result<()> {
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     for name in decide::beyond_history(jobs, spec) {
         match api.delete(&name, &DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() }).await {
