@@ -84,10 +84,12 @@ impl Relations {
         self.inner.read().ok().and_then(|i| i.by_user.get(&key).map(|s| s.iter().map(|r| (**r).clone()).collect())).unwrap_or_default()
     }
 
-    /// Keeps the index of Jobs by owning activation (label `latchkey.dev/activation-uid`).
+    /// Keeps the index of Jobs by owning activation: the uid of its controlling UserActivation owner (the Job's
+    /// `latchkey.dev/activation-uid` label says the same; the store does not keep labels).
     pub fn job_changed(&self, meta: &ObjectMeta, change: Change) {
         let (Some(ns), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else { return };
-        let Some(uid) = meta.labels.as_ref().and_then(|l| l.get(crate::naming::ACTIVATION_UID_LABEL)).cloned() else { return };
+        let owner = meta.owner_references.iter().flatten().find(|o| o.kind == "UserActivation" && o.controller == Some(true));
+        let Some(uid) = owner.map(|o| o.uid.clone()) else { return };
         let Ok(mut idx) = self.inner.write() else { return };
         let key = (ns, uid);
         if change == Change::Deleted {

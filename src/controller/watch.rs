@@ -9,6 +9,8 @@ use std::fmt::Debug;
 use std::hash::Hash;
 
 use futures::{Stream, StreamExt, stream::BoxStream};
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
 use kube::{
     Resource, ResourceExt,
     runtime::{
@@ -127,28 +129,33 @@ pub fn prune_meta<K: Resource>(obj: &mut K) {
 }
 
 /// What the Job store keeps of a [`JobRecord`] (already without spec or pod counters): the metadata the relations
-/// and the history limits read (name, owner, creation time, the activation label); managed fields, annotations and
-/// the other labels are dropped.
+/// and the history limits read (name, owner, creation time); managed fields, annotations, labels (the relations
+/// index a Job by its controlling owner's uid, the same as its activation-uid label) and its own uid are dropped.
 pub fn prune_job(job: &mut crate::job_record::JobRecord) {
     prune_meta(job);
     job.metadata.annotations = None;
-    if let Some(l) = job.metadata.labels.as_mut() {
-        l.retain(|k, _| k == crate::naming::ACTIVATION_UID_LABEL);
-    }
+    job.metadata.labels = None;
+    job.metadata.uid = None;
 }
 
 /// What the owned-Secret store keeps: the annotations (data hash, source version, generation, token timing) and
-/// the owner reference; the labels served the selector and are dropped.
-pub fn prune_owned_secret<K: Resource>(obj: &mut K) {
+/// the owner reference; the labels served the selector and are dropped, and so is the type (every object of a
+/// store is a Secret).
+pub fn prune_owned_secret(obj: &mut PartialObjectMeta<Secret>) {
     prune_meta(obj);
-    obj.meta_mut().labels = None;
+    obj.types = None;
+    obj.metadata.labels = None;
 }
 
 /// What the source-Secret store keeps: name and resourceVersion (whether the data changed).
-pub fn prune_source_secret<K: Resource>(obj: &mut K) {
-    let meta = obj.meta_mut();
+pub fn prune_source_secret(obj: &mut PartialObjectMeta<Secret>) {
+    obj.types = None;
+    let meta = &mut obj.metadata;
     meta.managed_fields = None;
     meta.annotations = None;
     meta.labels = None;
     meta.owner_references = None;
+    meta.uid = None;
+    meta.creation_timestamp = None;
+    meta.generation = None;
 }
