@@ -42,8 +42,14 @@ const PROVIDER_CALLS: usize = 32;
 /// How long a `state` stays valid: the user's time at the provider's consent page.
 const STATE_TTL: chrono::Duration = chrono::Duration::minutes(15);
 
+/// What every handler and middleware reads, behind one `Arc`: axum clones the state for each layer and the handler
+/// of every request, and a field-wise clone (the kube client's buffer, every reflector store, the HTTP client) cost
+/// a fifth of the CPU of a refused request.
 #[derive(Clone)]
-pub struct ConnectState {
+pub struct ConnectState(Arc<Shared>);
+
+#[derive(Clone)]
+pub struct Shared {
     /// The activations, connections, connectors and OAuth apps links point at.
     pub lookup: Lookup,
     pub http: reqwest::Client,
@@ -59,9 +65,16 @@ pub struct ConnectState {
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
+impl std::ops::Deref for ConnectState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
 impl ConnectState {
     pub fn new(lookup: Lookup, http: reqwest::Client, config: Arc<ConnectConfig>) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             lookup,
             http,
             config,
@@ -70,18 +83,23 @@ impl ConnectState {
             brand: Arc::new(Branding::default()),
             prefix: Arc::from(""),
             metrics: None,
-        }
+        }))
+    }
+
+    /// The settings, to change before serving (a copy if the state is already shared).
+    fn settings(&mut self) -> &mut Shared {
+        Arc::make_mut(&mut self.0)
     }
 
     /// Pages in this brand (see [`ConnectState::with_brand`]).
     pub fn with_brand(mut self, brand: Branding) -> Self {
-        self.brand = Arc::new(brand);
+        self.settings().brand = Arc::new(brand);
         self
     }
 
     /// Serves the routes under `prefix` (`""` or `/a[/b...]`) and nothing outside it.
     pub fn with_prefix(mut self, prefix: &str) -> Self {
-        self.prefix = Arc::from(prefix.trim_end_matches('/'));
+        self.settings().prefix = Arc::from(prefix.trim_end_matches('/'));
         self
     }
 
@@ -94,12 +112,12 @@ impl ConnectState {
     }
 
     pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
-        self.limiter = Arc::new(Limiter::new(limit));
+        self.settings().limiter = Arc::new(Limiter::new(limit));
         self
     }
 
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
-        self.metrics = Some(metrics);
+        self.settings().metrics = Some(metrics);
         self
     }
 }
