@@ -226,6 +226,19 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
     let k = forged_tok.len() - 3;
     forged_tok[k] = if forged_tok[k] == b'A' { b'B' } else { b'A' };
     let forged = format!("{base}/connect/{}", String::from_utf8_lossy(&forged_tok));
+    if std::env::var_os("BENCH_CONNECT_HOLD").is_some() {
+        // A profiling aid: the server stays up, its targets in <work>/connect-hold.txt, until this process is killed.
+        let refuse_link = links(&bed, &ns, "bench-oauth-refuse", "refuse", 1).await?;
+        let refuse_cb = callback_urls(&refuse_link, &base).await?.remove(0);
+        let ok_links = links(&bed, &ns, "bench-oauth-ok", "e2e", 2000).await?;
+        std::fs::write(o.work.join("connect-hold-e2e.txt"), callback_urls(&ok_links, &base).await?.join("\n"))?;
+        let file = o.work.join("connect-hold.txt");
+        std::fs::write(&file, format!("pid {}\nvalid {valid}\nforged {forged}\ncallback {refuse_cb}\n", p.pid))?;
+        eprintln!("bench: holding the connect server (pid {}); targets in {}", p.pid, file.display());
+        loop {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    }
     let step = match o.scale.as_str() {
         "full" => 10.0,
         "small" => 5.0,
