@@ -95,9 +95,13 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
         Ok(a) => a,
     };
     let kind = adm.method.kind();
-    if needs_finalizer(&adm) && !ua.finalizers().iter().any(|f| f == naming::FINALIZER) {
-        add_finalizer(&ctx, &ua).await?;
-    }
+    // The status write below carries the resourceVersion the finalizer patch produced (the patch had the read one
+    // as precondition, so nothing else changed), or it would fail as a conflict when it needs a precondition.
+    let ua = if needs_finalizer(&adm) && !ua.finalizers().iter().any(|f| f == naming::FINALIZER) {
+        Arc::new(add_finalizer(&ctx, &ua).await?)
+    } else {
+        ua
+    };
 
     // Credentials into the owned Secret (a method that takes none has no Secret: it is ready as it is). The first
     // write of a new owned Secret may wait for the first Job, to go out with its create (below).
@@ -417,13 +421,13 @@ fn needs_finalizer(adm: &Admitted<'_>) -> bool {
     adm.connection.spec.secret_deletion_policy == SecretDeletionPolicy::Retain || oauth::revocable(adm)
 }
 
-async fn add_finalizer(ctx: &Context, ua: &UserActivation) -> Result<()> {
+/// Adds the finalizer over the version read; returns the activation as written.
+async fn add_finalizer(ctx: &Context, ua: &UserActivation) -> Result<UserActivation> {
     let api: Api<UserActivation> = Api::namespaced(ctx.client.clone(), &ua.namespace().unwrap_or_default());
     let mut finalizers = ua.finalizers().to_vec();
     finalizers.push(naming::FINALIZER.into());
     let patch = serde_json::json!({ "metadata": { "finalizers": finalizers, "resourceVersion": ua.resource_version() } });
-    api.patch(&ua.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::kube("adding the finalizer"))?;
-    Ok(())
+    api.patch(&ua.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::kube("adding the finalizer"))
 }
 
 /// The owned Secret of an activation: its labels, owner reference (so the garbage collector removes it with the
