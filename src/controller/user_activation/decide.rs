@@ -3,7 +3,8 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
-use crate::api::conditions::reasons;
+use crate::api::UserActivationStatus;
+use crate::api::conditions::{self, reasons, types};
 use crate::api::connector::AuthMethod;
 use crate::api::embedded_connection::{ConcurrencyPolicy, JobSpec};
 use crate::api::user_activation::Phase;
@@ -233,6 +234,22 @@ pub fn phase(ready: bool, suspended: bool, awaiting_user: bool, needs_reauth: bo
     }
 }
 
+/// Whether a phase change is one of the expected first steps of an activation: from nothing to Active or to
+/// awaiting the user's connect link, and from awaiting the user to Active with the first credentials ever stored.
+/// A change after that (a failure, a dead grant, a re-consent, a suspension) gets an Event.
+pub fn first_steps(prev: &UserActivationStatus, status: &UserActivationStatus) -> bool {
+    let awaiting_link = |s: &UserActivationStatus| {
+        s.phase == Some(Phase::AwaitingUser)
+            && conditions::find(&s.conditions, types::READY).is_some_and(|c| c.reason == reasons::AWAITING_USER)
+    };
+    match (prev.phase, status.phase) {
+        (None, Some(Phase::Active)) => true,
+        (None, Some(Phase::AwaitingUser)) => awaiting_link(status),
+        (Some(Phase::AwaitingUser), Some(Phase::Active)) => prev.credential_generation == 0 && awaiting_link(prev),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +263,29 @@ mod tests {
     }
     fn t(h: u32, m: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 26, h, m, 0).unwrap()
+    }
+
+    fn st(phase: Option<Phase>, ready_reason: &str, credential_generation: u32) -> UserActivationStatus {
+        let ready = conditions::Condition::new(types::READY, "False", ready_reason, "", None, t(1, 0));
+        UserActivationStatus { phase, credential_generation, conditions: vec![ready], ..Default::default() }
+    }
+
+    #[test]
+    fn the_expected_first_steps_are_quiet_and_later_changes_are_not() {
+        let none = UserActivationStatus::default();
+        let awaiting = st(Some(Phase::AwaitingUser), reasons::AWAITING_USER, 0);
+        let active = st(Some(Phase::Active), reasons::ACTIVE, 1);
+        assert!(first_steps(&none, &active), "Active at once");
+        assert!(first_steps(&none, &awaiting), "a link for the user");
+        assert!(first_steps(&awaiting, &active), "the first consent");
+        let missing_source = st(Some(Phase::AwaitingUser), reasons::SOURCE_SECRET_NOT_FOUND, 0);
+        assert!(!first_steps(&none, &missing_source), "a Secret to fix is news");
+        let reconsent = st(Some(Phase::AwaitingUser), reasons::AWAITING_USER, 1);
+        assert!(!first_steps(&reconsent, &active), "credentials again after earlier ones");
+        let declined = st(Some(Phase::AwaitingUser), "ConsentDeclined", 0);
+        assert!(!first_steps(&declined, &active));
+        assert!(!first_steps(&active, &st(Some(Phase::NeedsReauthorization), reasons::INVALID_GRANT, 1)));
+        assert!(!first_steps(&none, &st(Some(Phase::Failing), reasons::CONNECTION_NOT_FOUND, 0)));
     }
 
     #[test]

@@ -485,9 +485,10 @@ async fn finish_keeping_failures(
     let written = apply_status_checked(&api, ua, ua.status.as_ref(), &status, link_changed).await?;
     let wrote = written.is_some();
     ctx.expect.status_written(ua, written);
-    // Events on transitions; a new activation that is Active at once (the common case) has its status to say so,
-    // which keeps its write budget at the Secret, the first Job and one status write.
-    let first_and_fine = prev.phase.is_none() && status.phase == Some(Phase::Active);
+    // Events on transitions, except the expected steps of a new activation, which its status tells: Active at
+    // once, or awaiting the user with a link and then Active with the first credentials. That keeps its write
+    // budget at the Secret, the first Job and its status writes.
+    let first_and_fine = decide::first_steps(&prev, &status);
     if wrote && prev.phase != status.phase {
         let ready = conditions::find(&status.conditions, types::READY);
         let (reason, note) = ready.map(|c| (c.reason.clone(), c.message.clone())).unwrap_or_default();
