@@ -70,7 +70,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     let namespaces = cfg.watched_namespaces();
     let (stores, receivers) = controller::start_watches(&client, &namespaces);
     let lookup = crate::connect::lookup::Lookup::new(client.clone(), stores.clone(), ready.clone());
-    let connect = start_connect_server(&cfg, &client, lookup, &http, metrics.clone(), stop_rx.clone()).await?;
+    let expect = Arc::new(controller::expect::Expectations::default());
+    let connect = start_connect_server(&cfg, &client, lookup, expect.clone(), &http, metrics.clone(), stop_rx.clone()).await?;
     let ctx = Arc::new(Context {
         client: client.clone(),
         stores: stores.clone(),
@@ -80,7 +81,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         connect: Some(connect),
         failures: Default::default(),
         not_before: Default::default(),
-        expect: Default::default(),
+        expect,
         rescued: Default::default(),
     });
     let started = std::time::Instant::now();
@@ -140,6 +141,7 @@ async fn start_connect_server(
     cfg: &RunConfig,
     client: &kube::Client,
     lookup: crate::connect::lookup::Lookup,
+    expect: Arc<controller::expect::Expectations>,
     http: &reqwest::Client,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
@@ -160,6 +162,7 @@ async fn start_connect_server(
     let prefix = cfg.connect_path_prefix();
     let state = crate::connect::routes::ConnectState::new(lookup, http.clone(), connect.clone())
         .with_metrics(metrics)
+        .with_expectations(expect)
         .with_rate_limit(limit)
         .with_brand(brand)
         .with_prefix(&prefix);

@@ -2,9 +2,11 @@
 //!
 //! Every handler checks the signed token or sealed `state` in memory first; only a valid one leads to I/O.
 //! Opening a link (GET) changes nothing. Completing one (form POST, OAuth callback) needs the nonce in the
-//! activation's status to still match; the nonce is then rotated with a compare-and-swap on the activation's
-//! resourceVersion, so a link or `state` works once across all replicas. The replica that completes the link
-//! writes the owned Secret itself (field manager `latchkey-connect`); the leader's reconcile takes it from there.
+//! activation's status to still match; the nonce is then removed with a compare-and-swap on the activation's
+//! resourceVersion, so a link or `state` works once across all replicas (the reconcile publishes a new link with a
+//! new nonce only if one is needed). The replica that completes the link writes the owned Secret itself (field
+//! manager `latchkey-connect`); the leader's reconcile takes it from there. The claim and the read of the Secret's
+//! name go out together, then the Secret write: two round trips to the apiserver per completed link.
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use axum::routing::get;
 use chrono::Utc;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::{Api, ResourceExt};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
@@ -63,6 +66,8 @@ pub struct Shared {
     pub prefix: Arc<str>,
     /// Counts requests by route and status (never by token or activation).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The writes completing a link, told to this process's reconciler so that it waits until its stores show them.
+    pub expect: Arc<crate::controller::expect::Expectations>,
 }
 
 impl std::ops::Deref for ConnectState {
@@ -83,12 +88,19 @@ impl ConnectState {
             brand: Arc::new(Branding::default()),
             prefix: Arc::from(""),
             metrics: None,
+            expect: Default::default(),
         }))
     }
 
     /// The settings, to change before serving (a copy if the state is already shared).
     fn settings(&mut self) -> &mut Shared {
         Arc::make_mut(&mut self.0)
+    }
+
+    /// Shares the reconciler's expectations (see [`Shared::expect`]).
+    pub fn with_expectations(mut self, expect: Arc<crate::controller::expect::Expectations>) -> Self {
+        self.settings().expect = expect;
+        self
     }
 
     /// Pages in this brand (see [`ConnectState::with_brand`]).
@@ -595,7 +607,9 @@ fn short_code(s: &str) -> String {
     s.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect()
 }
 
-/// Claims the link (nonce compare-and-swap), stores the credential, and sends the user back.
+/// Claims the link (nonce compare-and-swap), stores the credential, and sends the user back. The claim and the
+/// read of what holds the Secret's name go out together: the read changes nothing, and its answer is used only
+/// once the claim has succeeded.
 async fn complete(
     st: &ConnectState,
     r: &Resolved,
@@ -604,13 +618,15 @@ async fn complete(
     instance: &BTreeMap<String, String>,
     redirect_status: StatusCode,
 ) -> Response {
-    match claim_link(st, &r.ua, None, Some(instance).filter(|i| !i.is_empty())).await {
+    let (claimed, existing) =
+        tokio::join!(claim_link(st, &r.ua, None, Some(instance).filter(|i| !i.is_empty())), secret_holding_the_name(st, &r.ua));
+    match claimed {
         Ok(true) => {}
         Ok(false) => return used().into_response(),
         Err(e) => return e.into_response(),
     }
     let timing = r.oauth2().zip(lifetime);
-    let generation = match store(st, &r.ua, credential, timing).await {
+    let generation = match async { store(st, &r.ua, existing?, credential, timing).await }.await {
         Ok(g) => g,
         Err(e) => return e.into_response(),
     };
@@ -625,8 +641,10 @@ async fn complete(
     }
 }
 
-/// Rotates the activation's connect nonce if it is still the one the link carries, dropping the spent link: a
-/// merge patch with the read resourceVersion as precondition. The copy read may come from a store that lags; when
+/// Removes the activation's connect nonce if it is still the one the link carries, dropping the spent link: a
+/// merge patch with the read resourceVersion as precondition. Removed, not replaced: a field this writer set would
+/// stay after the reconciler's server-side apply of status leaves it out, and no link is valid until the reconciler
+/// publishes a new one. The copy read may come from a store that lags; when
 /// the precondition fails the activation is read again and, if the nonce still matches, the swap is retried on
 /// the fresh version. `Ok(false)`: another request completed the link first.
 /// `instance`: the instance parameters the user entered or the token response gave, kept in status.
@@ -642,14 +660,17 @@ async fn claim_link(
     for _ in 0..3 {
         let mut patch = serde_json::json!({
             "metadata": { "resourceVersion": rv },
-            "status": { "connectNonce": token::new_nonce(), "connectUrl": null, "connectUrlExpiresAt": null, "connectError": connect_error },
+            "status": { "connectNonce": null, "connectUrl": null, "connectUrlExpiresAt": null, "connectError": connect_error },
         });
         if let Some(i) = instance {
             patch["status"]["instanceParameters"] = serde_json::json!(i);
         }
         let pp = PatchParams { field_manager: Some(naming::CONNECT_FIELD_MANAGER.into()), ..Default::default() };
         match api.patch_status(&ua.name_any(), &pp, &Patch::Merge(&patch)).await {
-            Ok(_) => return Ok(true),
+            Ok(claimed) => {
+                st.expect.status_written(ua, claimed.metadata.resource_version);
+                return Ok(true);
+            }
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {
                 return Err(Refusal(StatusCode::NOT_FOUND, "This connection no longer exists", "The application removed it.".into()));
@@ -677,18 +698,28 @@ async fn claim_link(
     Ok(false)
 }
 
+/// The metadata of the Secret holding the activation's credentials' name, if any (read from the apiserver: a store
+/// may not show a foreign Secret created just now).
+async fn secret_holding_the_name(st: &ConnectState, ua: &UserActivation) -> Result<Option<PartialObjectMeta<Secret>>, Refusal> {
+    let api: Api<Secret> = Api::namespaced(st.lookup.client().clone(), &ua.namespace().unwrap_or_default());
+    api.get_metadata_opt(&naming::credentials_secret_name(ua))
+        .await
+        .map_err(|_| unavailable("The connect service could not reach its storage."))
+}
+
 /// Writes the credential into the activation's owned Secret (server-side apply, `latchkey-connect`) as the next
-/// credential generation. Never touches a Secret of that name that the activation does not own.
+/// credential generation after `existing` (the Secret's metadata read before). Never touches a Secret of that name
+/// that the activation does not own.
 async fn store(
     st: &ConnectState,
     ua: &UserActivation,
+    existing: Option<PartialObjectMeta<Secret>>,
     credential: &Credential,
     timing: Option<(&OAuth2Method, std::time::Duration)>,
 ) -> Result<u32, Refusal> {
     let ns = ua.namespace().unwrap_or_default();
     let name = naming::credentials_secret_name(ua);
     let api: Api<Secret> = Api::namespaced(st.lookup.client().clone(), &ns);
-    let existing = api.get_metadata_opt(&name).await.map_err(|_| unavailable("The connect service could not reach its storage."))?;
     let uid = ua.uid().unwrap_or_default();
     if let Some(m) = &existing {
         if !naming::owned_by(m.metadata.owner_references.as_ref(), &uid) {
@@ -708,10 +739,12 @@ async fn store(
         .unwrap_or(0);
     let generation = prev + 1;
     let secret = owned_secret(ua, &name, credential, generation, timing);
-    api.patch(&name, &PatchParams::apply(naming::CONNECT_FIELD_MANAGER).force(), &Patch::Apply(&secret)).await.map_err(|e| {
-        warn!(error = %e, secret = %name, namespace = %ns, "writing the credentials Secret failed");
-        unavailable("Your credentials could not be saved.")
-    })?;
+    let written =
+        api.patch(&name, &PatchParams::apply(naming::CONNECT_FIELD_MANAGER).force(), &Patch::Apply(&secret)).await.map_err(|e| {
+            warn!(error = %e, secret = %name, namespace = %ns, "writing the credentials Secret failed");
+            unavailable("Your credentials could not be saved.")
+        })?;
+    st.expect.secret_written(ua, &name, written.metadata.resource_version);
     Ok(generation)
 }
 

@@ -6,6 +6,12 @@
 //! write is remembered with the resourceVersion it produced, and a reconcile waits until the stores show every
 //! one of them (the watch event that brings the last one triggers the reconcile). An expectation older than
 //! [`GIVE_UP`] is dropped: the watch may have skipped an intermediate version, and the next reconcile proceeds.
+//! The connect server of the same process records its writes here too (the claim of a link, the owned Secret).
+//!
+//! A link just completed is claimed before its credentials are stored (the claim is the compare-and-swap that makes
+//! it single use): a reconcile that sees the claim and no credentials yet waits for them up to [`CLAIM_GRACE`]
+//! (remembered here from the first such reconcile) before it publishes a new link, instead of publishing one
+//! that the arriving credentials would withdraw a moment later.
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -20,6 +26,10 @@ use crate::api::UserActivation;
 
 /// How long a reconcile waits at most for the stores to show the operator's own writes.
 pub const GIVE_UP: Duration = Duration::from_secs(5);
+
+/// How long a claimed link waits for its credentials before a new link is published (the completing request
+/// failed or its replica died between the claim and the Secret write).
+pub const CLAIM_GRACE: Duration = Duration::from_secs(30);
 
 /// One write the stores must show.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +53,8 @@ struct Pending {
 pub struct Expectations {
     inner: Mutex<HashMap<(String, String), Pending>>,
     added: std::sync::atomic::AtomicUsize,
+    /// Activations seen with a claimed link and no credentials yet: since when.
+    claimed: Mutex<HashMap<(String, String), Instant>>,
 }
 
 fn key(ua: &UserActivation) -> (String, String) {
@@ -93,6 +105,31 @@ impl Expectations {
         if let Ok(mut m) = self.inner.lock() {
             m.remove(&key(ua));
         }
+        self.claim_settled(ua);
+    }
+
+    /// The activation shows a claimed link and no credentials yet: how much longer to wait for them, counted from
+    /// the first call; `None` once [`CLAIM_GRACE`] has passed (then a new link is due).
+    pub fn claim_wait(&self, ua: &UserActivation, now: Instant) -> Option<Duration> {
+        let Ok(mut m) = self.claimed.lock() else { return None };
+        if m.len() >= 4096 {
+            m.retain(|_, since| now.saturating_duration_since(*since) <= CLAIM_GRACE);
+        }
+        let since = *m.entry(key(ua)).or_insert(now);
+        let left = CLAIM_GRACE.checked_sub(now.saturating_duration_since(since)).filter(|d| !d.is_zero());
+        if left.is_none() {
+            m.remove(&key(ua));
+        }
+        left
+    }
+
+    /// The activation no longer waits on a claimed link (its credentials arrived, or a new link is out).
+    pub fn claim_settled(&self, ua: &UserActivation) {
+        if let Ok(mut m) = self.claimed.lock()
+            && !m.is_empty()
+        {
+            m.remove(&key(ua));
+        }
     }
 
     /// Whether the stores still lag behind a write this process made for `ua` (the copy handed to the reconcile
@@ -133,6 +170,28 @@ impl Expectations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn activation(name: &str) -> UserActivation {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": name, "namespace": "t"},
+            "spec": {"connectionRef": {"name": "c"}, "user": {"id": name}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_claimed_link_waits_for_its_credentials_for_the_grace_then_not() {
+        let e = Expectations::default();
+        let (a, b) = (activation("a"), activation("b"));
+        let t0 = Instant::now();
+        assert_eq!(e.claim_wait(&a, t0), Some(CLAIM_GRACE));
+        assert_eq!(e.claim_wait(&a, t0 + Duration::from_secs(10)), Some(CLAIM_GRACE - Duration::from_secs(10)));
+        assert_eq!(e.claim_wait(&b, t0 + Duration::from_secs(10)), Some(CLAIM_GRACE), "counted per activation");
+        assert_eq!(e.claim_wait(&a, t0 + CLAIM_GRACE), None, "then a new link is due");
+        assert_eq!(e.claim_wait(&a, t0 + CLAIM_GRACE), Some(CLAIM_GRACE), "a later claim waits afresh");
+        e.claim_settled(&b);
+        assert_eq!(e.claim_wait(&b, t0 + CLAIM_GRACE), Some(CLAIM_GRACE), "settled: forgotten");
+    }
 
     #[test]
     fn resource_versions_compare_as_numbers_where_they_are_numbers() {

@@ -46,8 +46,9 @@ pub struct Context {
     pub failures: Mutex<HashMap<String, u32>>,
     /// When each failing object may try again: a watch event before then does not repeat the failed request.
     pub not_before: Mutex<HashMap<String, std::time::Instant>>,
-    /// Per activation: the writes of its last reconcile that the stores do not show yet (a reconcile waits for them).
-    pub expect: expect::Expectations,
+    /// Per activation: the writes of its last reconcile (and of this process's connect server) that the stores do
+    /// not show yet (a reconcile waits for them).
+    pub expect: Arc<expect::Expectations>,
     /// Rotated tokens a refresh got whose write failed: written by the next reconcile instead of refreshing again.
     pub rescued: rescued::Rescued,
 }

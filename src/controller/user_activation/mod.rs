@@ -480,9 +480,11 @@ async fn finish_keeping_failures(
 ) -> Result<Action> {
     status.conditions = conditions::merge(&prev.conditions, desired);
     let api: Api<UserActivation> = Api::namespaced(ctx.client.clone(), &ua.namespace().unwrap_or_default());
-    // A change of the connect link races with the connect server's nonce rotation: write it only over what was read.
+    // The connect server claims a link by removing its nonce (compare-and-swap): a status that changes the link, or
+    // carries a live one, is written only over the version read, so a stale copy never brings a spent nonce back.
     let link_changed = prev.connect_nonce != status.connect_nonce || prev.connect_url != status.connect_url;
-    let written = apply_status_checked(&api, ua, ua.status.as_ref(), &status, link_changed).await?;
+    let over_read = link_changed || prev.connect_nonce.is_some();
+    let written = apply_status_checked(&api, ua, ua.status.as_ref(), &status, over_read).await?;
     let wrote = written.is_some();
     ctx.expect.status_written(ua, written);
     // Events on transitions, except the expected steps of a new activation, which its status tells: Active at

@@ -1,7 +1,9 @@
 //! The activation's side of the connect flow and of the OAuth2 token lifecycle.
 //!
 //! - While credentials are awaited from the user (or a dead grant needs consent again), `status.connectUrl`
-//!   carries a signed link with a fresh nonce; it is renewed when it expires, with a requeue at that time.
+//!   carries a signed link with a fresh nonce; it is renewed when it expires, with a requeue at that time. A link
+//!   the connect server has just claimed (link and nonce removed, no error) is not replaced while its credentials
+//!   are on their way to the owned Secret, for up to [`CLAIM_GRACE`](crate::controller::expect::CLAIM_GRACE).
 //! - Stored OAuth2 tokens are refreshed at the `latchkey.dev/refresh-at` annotation of the owned Secret (set when
 //!   the tokens were written: `expiresAt − min(refreshBefore, lifetime/2) − jitter`), requeued exactly then. The
 //!   store holds Secret metadata only: the Secret's data is read at refresh time only. The rotated tokens are
@@ -86,6 +88,15 @@ pub(super) async fn lifecycle(
         Creds::Awaiting { reason, .. }
             if *reason == reasons::AWAITING_USER || *reason == reasons::INVALID_GRANT || *reason == reasons::SCOPES_ADDED =>
         {
+            // The user has just completed the link: the Secret write that follows the claim triggers the next
+            // reconcile; a new link now would be withdrawn a moment later (two status writes).
+            if link_claimed(ctx, ua)
+                && let Some(wait) = ctx.expect.claim_wait(ua, std::time::Instant::now())
+            {
+                *requeue = min(*requeue, wait);
+                return Ok(creds);
+            }
+            ctx.expect.claim_settled(ua);
             if let Some(at) = publish_link(ctx, ua, adm, status, now) {
                 *requeue = min(*requeue, until(at, now));
             }
@@ -101,6 +112,7 @@ pub(super) async fn lifecycle(
             }
         }
         Creds::Stored { .. } => {
+            ctx.expect.claim_settled(ua);
             status.connect_url = None;
             status.connect_url_expires_at = None;
             status.connect_nonce = None;
@@ -109,6 +121,19 @@ pub(super) async fn lifecycle(
         _ => {}
     }
     Ok(creds)
+}
+
+/// Whether the activation, as read, shows a link the connect server has just claimed: awaiting the user, without a
+/// link, a nonce or an error (the claim removes the first two; a failed attempt sets the error; the reconciler never
+/// leaves an activation awaiting the user without a link when it can sign one).
+fn link_claimed(ctx: &Context, ua: &UserActivation) -> bool {
+    ctx.connect.is_some()
+        && ua.status.as_ref().is_some_and(|s| {
+            matches!(s.phase, Some(Phase::AwaitingUser | Phase::NeedsReauthorization))
+                && s.connect_url.is_none()
+                && s.connect_nonce.is_none()
+                && s.connect_error.is_none()
+        })
 }
 
 fn min(a: Option<Duration>, b: Duration) -> Option<Duration> {
