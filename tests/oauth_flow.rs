@@ -504,3 +504,93 @@ async fn a_callback_for_an_activation_deleted_since_is_refused_and_writes_nothin
     let ua = s.activations().get("acme").await.unwrap();
     assert_eq!(ua.status.unwrap().phase.map(|p| format!("{p:?}")).as_deref(), Some("AwaitingUser"));
 }
+
+/// The write budget of an OAuth2 activation completed through the hosted connect flow, counted by the apiserver's
+/// audit log (the connect server writes as the operator's user too). Per activation, from its creation until it is
+/// Active with its first Job's outcome, the honest minimum is:
+///
+/// - 1 status write publishing the connect link (the application reads it from status);
+/// - 1 status write claiming the link: the compare-and-swap that rotates the nonce, so that a link or `state`
+///   completes once across all replicas (the connect server, before it stores anything);
+/// - 1 Secret write: the tokens (the connect server);
+/// - 1 Job create: the first run;
+/// - 1 status write making it Active, with the Job shown running (the reconcile that sees the Secret);
+/// - 1 status write with the Job's outcome;
+/// - 1 finalizer patch, because this connector can revoke (deletion revokes the grant first).
+///
+/// No Event: awaiting the user and becoming Active on the first consent are the expected steps, and the Ready
+/// condition tells both. Four activations at once, so that the watches lag behind the writes as under load.
+#[tokio::test]
+async fn an_oauth_activation_costs_its_link_its_claim_its_secret_its_first_job_and_its_status() {
+    let s = setup("oauth-writes", |c| c.access_ttl(3600)).await;
+    let job = json!({"template": {"spec": {"containers": [{"name": "sync", "image": "busybox", "command": ["sh", "-c", "echo sync"]}]}}});
+    create_connection_with(&s, "AuthorizationCode", json!({}), json!({"job": job})).await;
+    let bed = support::bed().await;
+    let mark = bed.audit_mark();
+    let names: Vec<String> = (0..4).map(|i| format!("user{i}")).collect();
+    for name in &names {
+        create_activation(&s, name, None).await;
+    }
+    for name in &names {
+        connect(&s, name).await;
+    }
+    for name in &names {
+        phase(&s, name, "Active", Duration::from_secs(30)).await;
+        wait_for_value("lastRun finished", Duration::from_secs(30), || async {
+            let ua = s.activations().get(name).await.map_err(|e| e.to_string())?;
+            match ua.status.and_then(|s| s.last_run).and_then(|r| r.succeeded) {
+                Some(true) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writes: Vec<serde_json::Value> = bed
+        .audit_writes_by(support::OPERATOR_USER, mark)
+        .into_iter()
+        .filter(|e| e["objectRef"]["namespace"].as_str() == Some(s.ns.name()))
+        .collect();
+    let what = |e: &serde_json::Value| {
+        let sub = e["objectRef"]["subresource"].as_str().map(|s| format!("/{s}")).unwrap_or_default();
+        format!("{} {}{} {} -> {}", e["verb"], e["objectRef"]["resource"], sub, e["objectRef"]["name"], e["responseStatus"]["code"])
+    };
+    let all: Vec<String> = writes.iter().map(what).collect();
+    for name in &names {
+        let secret = format!("{name}-sync-credentials");
+        let count = |resource: &str, sub: Option<&str>, verb: &str, object: &dyn Fn(&str) -> bool| {
+            writes
+                .iter()
+                .filter(|e| {
+                    e["objectRef"]["resource"] == resource
+                        && e["objectRef"]["subresource"].as_str() == sub
+                        && e["verb"] == verb
+                        && object(e["objectRef"]["name"].as_str().unwrap_or(""))
+                })
+                .count()
+        };
+        assert_eq!(count("secrets", None, "patch", &|n| n == secret), 1, "{name}: one write of its Secret; all writes: {all:#?}");
+        assert_eq!(count("jobs", None, "create", &|n| n.starts_with(&format!("{name}-"))), 1, "{name}: one Job create; {all:#?}");
+        assert_eq!(count("useractivations", None, "patch", &|n| n == name), 1, "{name}: the finalizer; {all:#?}");
+        assert_eq!(
+            count("useractivations", Some("status"), "patch", &|n| n == name),
+            4,
+            "{name}: the link, its claim, Active, then the outcome; {all:#?}"
+        );
+    }
+    // Nothing else for an activation: no Event (`<name>.<suffix>`), no second Secret or Job, no refused write. What
+    // is left is the connection's own (its connector's status, the app Secret's label, the coalesced user count).
+    for name in &names {
+        let mine: Vec<&String> = writes
+            .iter()
+            .zip(&all)
+            .filter(|(e, _)| {
+                let n = e["objectRef"]["name"].as_str().unwrap_or("");
+                n == name || n.starts_with(&format!("{name}-")) || n.starts_with(&format!("{name}."))
+            })
+            .map(|(_, w)| w)
+            .collect();
+        assert_eq!(mine.len(), 7, "{name}: exactly the set above (no Event): {mine:#?}");
+    }
+    eprintln!("measured: {} writes by the operator for {} OAuth activations: {all:#?}", all.len(), names.len());
+}
