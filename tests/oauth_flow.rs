@@ -594,3 +594,30 @@ async fn an_oauth_activation_costs_its_link_its_claim_its_secret_its_first_job_a
     }
     eprintln!("measured: {} writes by the operator for {} OAuth activations: {all:#?}", all.len(), names.len());
 }
+
+/// The replica completing a link dies between its claim (the nonce removed) and the Secret write: the activation is
+/// left without a link and without credentials. A new link is published after the grace (30 s), and it works.
+#[tokio::test]
+async fn a_link_claimed_by_a_request_that_never_stored_anything_is_replaced_after_the_grace() {
+    let s = setup("oauth-claimed", |c| c).await;
+    create_connection(&s, "AuthorizationCode", json!({})).await;
+    create_activation(&s, "acme", None).await;
+    let first = connect_url(&s, "acme", None).await;
+    // What the connect server's claim writes, with nothing after it.
+    let claim = json!({"status": {"connectNonce": null, "connectUrl": null, "connectUrlExpiresAt": null}});
+    s.activations().patch_status("acme", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&claim)).await.unwrap();
+    let claimed_at = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let st = s.activations().get("acme").await.unwrap().status.unwrap();
+    assert!(st.connect_url.is_none(), "no new link while the credentials may still arrive: {st:?}");
+    let second = wait_for_value("a new link after the grace", Duration::from_secs(60), || async {
+        let st = s.activations().get("acme").await.map_err(|e| e.to_string())?.status.unwrap_or_default();
+        st.connect_url.ok_or_else(|| format!("phase {:?}, no link", st.phase))
+    })
+    .await;
+    eprintln!("measured: a new link {:?} after the claim", claimed_at.elapsed());
+    assert_ne!(second, first);
+    assert_eq!(http().get(&first).send().await.unwrap().status(), 410, "the claimed link stays spent");
+    connect(&s, "acme").await;
+    phase(&s, "acme", "Active", Duration::from_secs(30)).await;
+}
