@@ -104,15 +104,15 @@ pub fn referenced_objects(t: &PodTemplateSpec) -> (BTreeSet<String>, BTreeSet<St
     let (mut cms, mut secrets) = (BTreeSet::new(), BTreeSet::new());
     let Some(pod) = &t.spec else { return (cms, secrets) };
     for v in pod.volumes.iter().flatten() {
-        if let Some(c) = &v.config_map {
-            if c.optional != Some(true) {
-                cms.insert(c.name.clone());
-            }
+        if let Some(c) = &v.config_map
+            && c.optional != Some(true)
+        {
+            cms.insert(c.name.clone());
         }
-        if let Some(s) = &v.secret {
-            if s.optional != Some(true) {
-                secrets.extend(s.secret_name.clone());
-            }
+        if let Some(s) = &v.secret
+            && s.optional != Some(true)
+        {
+            secrets.extend(s.secret_name.clone());
         }
     }
     for s in pod.image_pull_secrets.iter().flatten() {

@@ -171,12 +171,11 @@ impl Lookup {
         let name = m.client_secret_ref.as_ref().map(|r| r.name.clone()).ok_or(AppClientError::NoRef)?;
         let seen = self.stores.source_secrets.get(&ObjectRef::new(&name).within(&ns)).and_then(|s| s.metadata.resource_version.clone());
         let key = (ns.clone(), name.clone());
-        if let Some(rv) = &seen {
-            if let Some((at, id, secret)) = self.apps.lock().ok().and_then(|a| a.get(&key).cloned()) {
-                if &at == rv {
-                    return Ok(OAuthClient::for_method(m, id, secret, Some(redirect)));
-                }
-            }
+        if let Some(rv) = &seen
+            && let Some((at, id, secret)) = self.apps.lock().ok().and_then(|a| a.get(&key).cloned())
+            && &at == rv
+        {
+            return Ok(OAuthClient::for_method(m, id, secret, Some(redirect)));
         }
         let secret = Api::<Secret>::namespaced(self.client.clone(), &ns)
             .get_opt(&name)

@@ -206,21 +206,21 @@ impl Look {
 pub fn problems(b: &Branding) -> Vec<String> {
     let mut out = Vec::new();
     for (flag, v) in [("primary colour", &b.primary_color), ("background colour", &b.background_color)] {
-        if let Some(v) = v {
-            if color(Some(v)).is_none() {
-                out.push(format!("the brand's {flag} {v:?} is not #rrggbb"));
-            }
+        if let Some(v) = v
+            && color(Some(v)).is_none()
+        {
+            out.push(format!("the brand's {flag} {v:?} is not #rrggbb"));
         }
     }
-    if let Some(v) = &b.logo_url {
-        if link(Some(v), false).is_none() {
-            out.push(format!("the brand's logo URL {v:?} is not an http(s) URL"));
-        }
+    if let Some(v) = &b.logo_url
+        && link(Some(v), false).is_none()
+    {
+        out.push(format!("the brand's logo URL {v:?} is not an http(s) URL"));
     }
-    if let Some(v) = &b.support_url {
-        if link(Some(v), true).is_none() {
-            out.push(format!("the brand's support URL {v:?} is not an http(s) or mailto: URL"));
-        }
+    if let Some(v) = &b.support_url
+        && link(Some(v), true).is_none()
+    {
+        out.push(format!("the brand's support URL {v:?} is not an http(s) or mailto: URL"));
     }
     out
 }

@@ -721,15 +721,15 @@ async fn store(
     let name = naming::credentials_secret_name(ua);
     let api: Api<Secret> = Api::namespaced(st.lookup.client().clone(), &ns);
     let uid = ua.uid().unwrap_or_default();
-    if let Some(m) = &existing {
-        if !naming::owned_by(m.metadata.owner_references.as_ref(), &uid) {
-            warn!(secret = %name, namespace = %ns, "a Secret of the credentials' name exists and is not owned by the activation; not written");
-            return Err(Refusal(
-                StatusCode::CONFLICT,
-                "This connection cannot be saved",
-                "A conflicting item exists on the application's side. Ask it to check its configuration.".into(),
-            ));
-        }
+    if let Some(m) = &existing
+        && !naming::owned_by(m.metadata.owner_references.as_ref(), &uid)
+    {
+        warn!(secret = %name, namespace = %ns, "a Secret of the credentials' name exists and is not owned by the activation; not written");
+        return Err(Refusal(
+            StatusCode::CONFLICT,
+            "This connection cannot be saved",
+            "A conflicting item exists on the application's side. Ask it to check its configuration.".into(),
+        ));
     }
     let prev: u32 = existing
         .as_ref()

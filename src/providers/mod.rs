@@ -121,15 +121,15 @@ pub fn resolve(spec: &mut ConnectorSpec) {
                 o.token_params.entry(k.to_string()).or_insert_with(|| v.to_string());
             }
         }
-        if let (Some(a), Some(f)) = (m.api_key.as_mut(), p.api_key.as_ref()) {
-            if a.name.is_empty() {
-                a.name = f.name.to_string();
-                if a.in_ == ApiKeyLocation::Header {
-                    a.in_ = f.location;
-                }
-                if a.prefix.is_none() {
-                    a.prefix = f.prefix.map(String::from);
-                }
+        if let (Some(a), Some(f)) = (m.api_key.as_mut(), p.api_key.as_ref())
+            && a.name.is_empty()
+        {
+            a.name = f.name.to_string();
+            if a.in_ == ApiKeyLocation::Header {
+                a.in_ = f.location;
+            }
+            if a.prefix.is_none() {
+                a.prefix = f.prefix.map(String::from);
             }
         }
     }
@@ -209,13 +209,10 @@ pub fn problem(spec: &ConnectorSpec) -> Option<(&'static str, String)> {
                 return Some((INCOMPLETE, tenant(&format!("authMethods {}: authorizationUrl", m.name))));
             }
         }
-        if let Some(a) = &m.api_key {
-            if a.name.is_empty() {
-                return Some((
-                    INCOMPLETE,
-                    format!("authMethods {}: provider {id} takes no API key in the catalogue; set apiKey.name", m.name),
-                ));
-            }
+        if let Some(a) = &m.api_key
+            && a.name.is_empty()
+        {
+            return Some((INCOMPLETE, format!("authMethods {}: provider {id} takes no API key in the catalogue; set apiKey.name", m.name)));
         }
     }
     None

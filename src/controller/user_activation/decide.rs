@@ -62,13 +62,13 @@ pub fn admit<'a>(
             ));
         }
     }
-    if let Some(url) = &ua.spec.return_url {
-        if !connection.spec.allowed_return_urls.iter().any(|p| url.starts_with(p.as_str())) {
-            return Err(gate(
-                reasons::RETURN_URL_NOT_ALLOWED,
-                format!("returnUrl {url} does not start with any of the connection's allowedReturnUrls"),
-            ));
-        }
+    if let Some(url) = &ua.spec.return_url
+        && !connection.spec.allowed_return_urls.iter().any(|p| url.starts_with(p.as_str()))
+    {
+        return Err(gate(
+            reasons::RETURN_URL_NOT_ALLOWED,
+            format!("returnUrl {url} does not start with any of the connection's allowedReturnUrls"),
+        ));
     }
     let Some(connector) = connector else {
         return Err(gate(
@@ -179,14 +179,14 @@ pub fn plan_run(
         return Ok(plan);
     }
     // A tick passed since the last handled one: run it (at most one catch-up run however many were missed).
-    if let Some(tick) = last_tick {
-        if last_schedule_time.is_none_or(|l| tick > l) {
-            plan.last_schedule_time = Some(tick);
-            if forbid && active {
-                plan.skipped_tick = true;
-            } else {
-                plan.run = Some(Run::Tick(tick));
-            }
+    if let Some(tick) = last_tick
+        && last_schedule_time.is_none_or(|l| tick > l)
+    {
+        plan.last_schedule_time = Some(tick);
+        if forbid && active {
+            plan.skipped_tick = true;
+        } else {
+            plan.run = Some(Run::Tick(tick));
         }
     }
     Ok(plan)

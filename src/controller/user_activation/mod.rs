@@ -579,11 +579,12 @@ async fn sync_credentials(
     // Unchanged source (as the metadata watch sees it): nothing to read.
     let watched = source::watched_version(ctx, &ns, &source.name);
     if let Some(v) = &watched {
-        if owned_is_ours && annotation(owned, SOURCE_VERSION_ANNOTATION) == Some(v) {
-            if let Some(g) = stored_generation {
-                let verified = annotation(owned, naming::VERIFIED_ANNOTATION).map(|v| v == "true");
-                return Ok(Creds::Stored { generation: g, verified: verified.filter(|v| *v) });
-            }
+        if owned_is_ours
+            && annotation(owned, SOURCE_VERSION_ANNOTATION) == Some(v)
+            && let Some(g) = stored_generation
+        {
+            let verified = annotation(owned, naming::VERIFIED_ANNOTATION).map(|v| v == "true");
+            return Ok(Creds::Stored { generation: g, verified: verified.filter(|v| *v) });
         }
         if status.source_resource_version.as_ref() == Some(v) {
             let permanent = [reasons::CREDENTIALS_REJECTED, reasons::SOURCE_SECRET_INVALID];
@@ -602,15 +603,13 @@ async fn sync_credentials(
 
     // A failed verification of this same version: wait out the backoff (a watch event, such as our own status
     // write, must not repeat the request).
-    if let (Some(wait), Some(v)) = (ctx.wait_remaining(ua), &watched) {
-        if status.source_resource_version.as_ref() == Some(v) {
-            if let Some(c) =
-                conditions::find(&status.conditions, types::CREDENTIALS_VALID).filter(|c| c.reason == reasons::VERIFICATION_UNAVAILABLE)
-            {
-                let stored = owned_is_ours.then_some(stored_generation).flatten();
-                return Ok(Creds::Unverified { message: c.message.clone(), stored_generation: stored, retry_in: Some(wait) });
-            }
-        }
+    if let (Some(wait), Some(v)) = (ctx.wait_remaining(ua), &watched)
+        && status.source_resource_version.as_ref() == Some(v)
+        && let Some(c) =
+            conditions::find(&status.conditions, types::CREDENTIALS_VALID).filter(|c| c.reason == reasons::VERIFICATION_UNAVAILABLE)
+    {
+        let stored = owned_is_ours.then_some(stored_generation).flatten();
+        return Ok(Creds::Unverified { message: c.message.clone(), stored_generation: stored, retry_in: Some(wait) });
     }
 
     // The source's data and, when the store has no owned Secret of that name, whether a foreign one holds the name:
@@ -647,29 +646,29 @@ async fn sync_credentials(
     let hash = credentials::data_hash(&data);
 
     // A Secret of that name that the operator does not own is never overwritten.
-    if let Some(m) = &owned_meta {
-        if !naming::owned_by(m.owner_references.as_ref(), &uid) {
-            let _ = ctx
-                .recorder
-                .publish(
-                    &Event {
-                        type_: EventType::Warning,
-                        reason: reasons::SECRET_CONFLICT.into(),
-                        note: Some(format!("Secret {secret_name} exists and is not owned by this activation; it is left untouched")),
-                        action: "WriteSecret".into(),
-                        secondary: None,
-                    },
-                    &ua.object_ref(&()),
-                )
-                .await;
-            return Ok(Creds::Unusable {
-                reason: reasons::SECRET_CONFLICT,
-                message: format!(
-                    "Secret {ns}/{secret_name} exists and is not owned by this activation: delete or rename it; Latchkey never overwrites it"
-                ),
-                rejected: false,
-            });
-        }
+    if let Some(m) = &owned_meta
+        && !naming::owned_by(m.owner_references.as_ref(), &uid)
+    {
+        let _ = ctx
+            .recorder
+            .publish(
+                &Event {
+                    type_: EventType::Warning,
+                    reason: reasons::SECRET_CONFLICT.into(),
+                    note: Some(format!("Secret {secret_name} exists and is not owned by this activation; it is left untouched")),
+                    action: "WriteSecret".into(),
+                    secondary: None,
+                },
+                &ua.object_ref(&()),
+            )
+            .await;
+        return Ok(Creds::Unusable {
+            reason: reasons::SECRET_CONFLICT,
+            message: format!(
+                "Secret {ns}/{secret_name} exists and is not owned by this activation: delete or rename it; Latchkey never overwrites it"
+            ),
+            rejected: false,
+        });
     }
     let same_data = owned_meta.as_ref().and_then(|m| annotation(Some(m), DATA_HASH_ANNOTATION)) == Some(&hash);
     let prev_generation =

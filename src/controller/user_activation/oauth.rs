@@ -100,15 +100,15 @@ pub(super) async fn lifecycle(
             if let Some(at) = publish_link(ctx, ua, adm, status, now) {
                 *requeue = min(*requeue, until(at, now));
             }
-            if *reason == reasons::AWAITING_USER {
-                if let Some(e) = status.connect_error.clone() {
-                    // The connect server refused an address outside allowedHosts, or the user declined.
-                    let (reason, e) = match e.strip_prefix(&format!("{}: ", crate::instance::INVALID_BASE_URL)) {
-                        Some(rest) => (crate::instance::INVALID_BASE_URL, rest.to_string()),
-                        None => (CONSENT_DECLINED, e),
-                    };
-                    return Ok(Creds::Awaiting { reason, message: format!("{e}; a new link is in status.connectUrl") });
-                }
+            if *reason == reasons::AWAITING_USER
+                && let Some(e) = status.connect_error.clone()
+            {
+                // The connect server refused an address outside allowedHosts, or the user declined.
+                let (reason, e) = match e.strip_prefix(&format!("{}: ", crate::instance::INVALID_BASE_URL)) {
+                    Some(rest) => (crate::instance::INVALID_BASE_URL, rest.to_string()),
+                    None => (CONSENT_DECLINED, e),
+                };
+                return Ok(Creds::Awaiting { reason, message: format!("{e}; a new link is in status.connectUrl") });
             }
         }
         Creds::Stored { .. } => {
@@ -212,19 +212,19 @@ async fn tokens(
 ) -> Result<Creds> {
     let stored = Creds::Stored { generation, verified };
     // The connector asks for scopes this user's grant lacks: consent again; never run with less than asked.
-    if kind == AuthKind::OAuth2AuthorizationCode {
-        if let Some(granted) = annotation(owned, oauth::GRANTED_SCOPE_ANNOTATION) {
-            let missing = oauth::missing_scopes(m, granted);
-            if !missing.is_empty() {
-                status.next_refresh_time = None;
-                return Ok(Creds::Awaiting {
-                    reason: reasons::SCOPES_ADDED,
-                    message: format!(
-                        "the connector now asks for scope(s) {} that this user's grant lacks: the user has to connect again through status.connectUrl",
-                        missing.join(", ")
-                    ),
-                });
-            }
+    if kind == AuthKind::OAuth2AuthorizationCode
+        && let Some(granted) = annotation(owned, oauth::GRANTED_SCOPE_ANNOTATION)
+    {
+        let missing = oauth::missing_scopes(m, granted);
+        if !missing.is_empty() {
+            status.next_refresh_time = None;
+            return Ok(Creds::Awaiting {
+                reason: reasons::SCOPES_ADDED,
+                message: format!(
+                    "the connector now asks for scope(s) {} that this user's grant lacks: the user has to connect again through status.connectUrl",
+                    missing.join(", ")
+                ),
+            });
         }
     }
     // A grant already found dead stays dead until new credentials arrive (a new generation).
@@ -234,35 +234,35 @@ async fn tokens(
         return Ok(dead_grant(status));
     }
     // Backing off after a failed refresh: a watch event (our own status write among them) does not retry early.
-    if status.consecutive_failures > 0 {
-        if let Some(next) = status.next_refresh_time.filter(|t| *t > now) {
-            *requeue = min(*requeue, until(next, now));
-            return Ok(match timing(owned, generation).map(|(e, _)| e).or(status.expires_at) {
-                // Look again when the token expires, so that Ready turns False then, not at the next retry.
-                Some(e) if e > now => {
-                    *requeue = min(*requeue, until(e, now));
-                    stored
-                }
-                // Never had a token: keep saying what the provider answered last time.
-                None => {
-                    let last = crate::api::conditions::find(&status.conditions, crate::api::conditions::types::READY)
-                        .filter(|c| c.message.starts_with("no access token yet"));
-                    let (reason, message) = last.map(|c| (reasons_of(&c.reason), c.message.clone())).unwrap_or((
-                        reasons::PROVIDER_UNAVAILABLE,
-                        format!("no access token yet; fetching is retried with backoff ({} failures so far)", status.consecutive_failures),
-                    ));
-                    Creds::Unusable { reason, message, rejected: false }
-                }
-                _ => Creds::Unusable {
-                    reason: reasons::TOKEN_EXPIRED,
-                    message: format!(
-                        "the access token expired; refreshing is retried with backoff ({} failures so far): check that the connector's tokenUrl answers",
-                        status.consecutive_failures
-                    ),
-                    rejected: false,
-                },
-            });
-        }
+    if status.consecutive_failures > 0
+        && let Some(next) = status.next_refresh_time.filter(|t| *t > now)
+    {
+        *requeue = min(*requeue, until(next, now));
+        return Ok(match timing(owned, generation).map(|(e, _)| e).or(status.expires_at) {
+            // Look again when the token expires, so that Ready turns False then, not at the next retry.
+            Some(e) if e > now => {
+                *requeue = min(*requeue, until(e, now));
+                stored
+            }
+            // Never had a token: keep saying what the provider answered last time.
+            None => {
+                let last = crate::api::conditions::find(&status.conditions, crate::api::conditions::types::READY)
+                    .filter(|c| c.message.starts_with("no access token yet"));
+                let (reason, message) = last.map(|c| (reasons_of(&c.reason), c.message.clone())).unwrap_or((
+                    reasons::PROVIDER_UNAVAILABLE,
+                    format!("no access token yet; fetching is retried with backoff ({} failures so far)", status.consecutive_failures),
+                ));
+                Creds::Unusable { reason, message, rejected: false }
+            }
+            _ => Creds::Unusable {
+                reason: reasons::TOKEN_EXPIRED,
+                message: format!(
+                    "the access token expired; refreshing is retried with backoff ({} failures so far): check that the connector's tokenUrl answers",
+                    status.consecutive_failures
+                ),
+                rejected: false,
+            },
+        });
     }
     // A refresh asked for with the refresh-now annotation (a new value): due now, once.
     // Handled is recorded in status and on the owned Secret (whose store copy is fresh after a refresh wrote it).
@@ -272,22 +272,22 @@ async fn tokens(
         .get(naming::REFRESH_NOW_ANNOTATION)
         .filter(|v| status.refresh_now_handled.as_ref() != Some(*v) && handled_on_secret != Some(*v))
         .cloned();
-    if let (Some(v), None) = (handled_on_secret, &forced) {
-        if ua.annotations().get(naming::REFRESH_NOW_ANNOTATION) == Some(v) {
-            status.refresh_now_handled = Some(v.clone());
-        }
+    if let (Some(v), None) = (handled_on_secret, &forced)
+        && ua.annotations().get(naming::REFRESH_NOW_ANNOTATION) == Some(v)
+    {
+        status.refresh_now_handled = Some(v.clone());
     }
     if let Some(v) = &forced {
         status.refresh_now_handled = Some(v.clone());
         info!(activation = %ua.name_any(), namespace = %ua.namespace().unwrap_or_default(), "refresh requested by annotation");
     }
     // Not due by the store's metadata: nothing to read.
-    if let (None, Some((expires_at, refresh_at))) = (&forced, timing(owned, generation)) {
-        if refresh_at > now {
-            report(status, expires_at, refresh_at);
-            *requeue = min(*requeue, until(refresh_at, now));
-            return Ok(stored);
-        }
+    if let (None, Some((expires_at, refresh_at))) = (&forced, timing(owned, generation))
+        && refresh_at > now
+    {
+        report(status, expires_at, refresh_at);
+        *requeue = min(*requeue, until(refresh_at, now));
+        return Ok(stored);
     }
     // Due (or timing unknown): read the Secret itself, which also guards against a stale store.
     let ns = ua.namespace().unwrap_or_default();
@@ -295,12 +295,12 @@ async fn tokens(
     let Some(secret) = api.get_opt(secret_name).await.map_err(Error::kube("reading the credentials Secret for a refresh"))? else {
         return Ok(stored);
     };
-    if let (None, Some((expires_at, refresh_at))) = (&forced, timing(Some(&secret.metadata), generation)) {
-        if refresh_at > now {
-            report(status, expires_at, refresh_at);
-            *requeue = min(*requeue, until(refresh_at, now));
-            return Ok(stored);
-        }
+    if let (None, Some((expires_at, refresh_at))) = (&forced, timing(Some(&secret.metadata), generation))
+        && refresh_at > now
+    {
+        report(status, expires_at, refresh_at);
+        *requeue = min(*requeue, until(refresh_at, now));
+        return Ok(stored);
     }
     let data = secret.data.clone().unwrap_or_default();
     let current = match Credential::from_secret_data(kind, &data) {
