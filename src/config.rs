@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controllers, the connect server and the metrics/health endpoints.
-    Run(RunConfig),
+    Run(Box<RunConfig>),
     /// Print the CustomResourceDefinitions (the YAML that crds/ holds).
     Crds,
     /// List the provider catalogue: the names `spec.provider` takes on a Connector.

@@ -31,7 +31,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Run(cfg) => {
             latchkey::telemetry::init(cfg.log_format);
-            match latchkey::run::run(cfg).await {
+            match latchkey::run::run(*cfg).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

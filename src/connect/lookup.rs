@@ -82,6 +82,9 @@ fn storage() -> Refusal {
 }
 
 /// Reads links' targets from the stores; falls back to the apiserver only as described in the module docs.
+/// (namespace, clientSecretRef name) → (the Secret's resourceVersion, client id, client secret).
+type AppCache = HashMap<(String, String), (String, String, Option<Sensitive>)>;
+
 #[derive(Clone)]
 pub struct Lookup {
     client: kube::Client,
@@ -89,7 +92,7 @@ pub struct Lookup {
     /// Set once every store has listed; before that every link gets 503 (never a wrong 404).
     ready: Arc<std::sync::atomic::AtomicBool>,
     /// Per clientSecretRef: the Secret's resourceVersion and the credentials read at it.
-    apps: Arc<Mutex<HashMap<(String, String), (String, String, Option<Sensitive>)>>>,
+    apps: Arc<Mutex<AppCache>>,
 }
 
 /// Whether an activation matches a link's claims: same object (uid), not being deleted, the link's nonce current.

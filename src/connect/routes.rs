@@ -234,7 +234,7 @@ fn token_refusal(e: TokenError) -> Refusal {
 }
 
 /// 429 with `Retry-After` when the activation a verified link names has used its share of requests.
-fn limited(st: &ConnectState, claims: &Claims) -> Result<(), Response> {
+fn limited(st: &ConnectState, claims: &Claims) -> Result<(), Box<Response>> {
     let Err(wait) = st.limiter.check(&claims.uid, std::time::Instant::now()) else { return Ok(()) };
     let secs = (wait.as_secs_f64().ceil() as u64).max(1);
     let mut res = Refusal(
@@ -244,13 +244,13 @@ fn limited(st: &ConnectState, claims: &Claims) -> Result<(), Response> {
     )
     .into_response();
     res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    Err(res)
+    Err(Box::new(res))
 }
 
 /// Verifies a connect token (before any I/O) and resolves what it points at; the answer to send when either fails.
 async fn verify_and_resolve(st: &ConnectState, tok: &str) -> Result<(Claims, Resolved), Response> {
     let claims = st.config.keys.verify(tok, Utc::now()).map_err(|e| token_refusal(e).into_response())?;
-    limited(st, &claims)?;
+    limited(st, &claims).map_err(|res| *res)?;
     let r = st.lookup.resolve(&claims).await.map_err(IntoResponse::into_response)?;
     Ok((claims, r))
 }
@@ -499,7 +499,7 @@ async fn callback(State(st): State<ConnectState>, Query(q): Query<CallbackQuery>
         Err(e) => return token_refusal(e).into_response(),
     };
     if let Err(res) = limited(&st, &opened.claims) {
-        return res;
+        return *res;
     }
     let r = match st.lookup.resolve(&opened.claims).await {
         Ok(r) => r,

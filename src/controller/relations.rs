@@ -13,6 +13,8 @@ use crate::api::{Connector, EmbeddedConnection, UserActivation};
 type Key = (String, String);
 /// One activation, shared by every index that lists it (name and namespace only: no resourceVersion or uid).
 type Ref = Arc<ObjectRef<UserActivation>>;
+/// What one activation is indexed under: its connection, its source Secret (if any), its (connection, user) key.
+type Entry = (Key, Option<Key>, (String, String, String));
 
 /// Indexes kept up to date by the activation watch.
 #[derive(Default)]
@@ -30,7 +32,7 @@ struct Index {
     /// (namespace, user id) → activations: a user's other connections, for Jobs that need several.
     by_tenant_user: HashMap<Key, HashSet<Ref>>,
     /// What each activation was indexed under, to unindex it.
-    entries: HashMap<Ref, (Key, Option<Key>, (String, String, String))>,
+    entries: HashMap<Ref, Entry>,
     /// (namespace, activation uid) → names of its Jobs.
     jobs: HashMap<Key, HashSet<String>>,
 }

@@ -294,8 +294,7 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
     // The p99 at the highest rate that completed (nearly) everything offered (else at the first rate).
     let p99 = e2e
         .iter()
-        .filter(|r| r["completed_rps"].as_f64().unwrap_or(0.0) >= 0.9 * r["offered_rps"].as_f64().unwrap_or(f64::MAX))
-        .last()
+        .rfind(|r| r["completed_rps"].as_f64().unwrap_or(0.0) >= 0.9 * r["offered_rps"].as_f64().unwrap_or(f64::MAX))
         .or(e2e.first())
         .and_then(|r| r["p99_ms"].as_f64())
         .unwrap_or(f64::NAN);

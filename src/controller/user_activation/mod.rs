@@ -547,6 +547,8 @@ fn annotation<'a>(meta: Option<&'a ObjectMeta>, key: &str) -> Option<&'a String>
 
 /// Brings the owned Secret in line with the application's source Secret (or finds credentials the connect flow
 /// stored there).
+// Each argument is a distinct input or output of the sync; a struct bundling them would exist only for this call.
+#[allow(clippy::too_many_arguments)]
 async fn sync_credentials(
     ctx: &Context,
     ua: &UserActivation,
