@@ -5,7 +5,6 @@
 mod fault_support;
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fault_support::*;
@@ -16,14 +15,7 @@ use kube::api::{Api, ListParams};
 use latchkey::api::UserActivation;
 use serde_json::json;
 use support::operator::Operator;
-use support::{Bed, namespace, private_bed};
-
-/// Restarts one component of the bed with its own command line, after `down` seconds of absence.
-fn restart(bed: &Bed, component: &str, down: u64) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/testenv/restart.sh");
-    let out = Command::new("bash").arg(script).arg(&bed.dir).arg(component).arg(down.to_string()).output().expect("run restart.sh");
-    assert!(out.status.success(), "restart.sh {component} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-}
+use support::{namespace, private_bed};
 
 async fn ready_within(client: &Client, ns: &str, name: &str, timeout: Duration) -> Option<Duration> {
     let api: Api<UserActivation> = Api::namespaced(client.clone(), ns);
@@ -77,19 +69,11 @@ fn keep_bed_logs(bed_dir: &std::path::Path, to: &str) {
     let _ = std::fs::copy(bed_dir.join("audit.log"), dest.join("audit.log"));
 }
 
-/// Stops the private bed also when the test fails.
-struct Down(Bed);
-impl Drop for Down {
-    fn drop(&mut self) {
-        self.0.down();
-    }
-}
-
 #[tokio::test]
 async fn the_operator_recovers_from_apiserver_and_etcd_restarts_without_its_own() {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/faults/bed-{}", std::process::id()));
     let bed = private_bed(&dir).await;
-    let bed = Down(bed);
+    let bed = PrivateBed(bed);
     let client = bed.0.client();
     ensure_crds(&client).await;
     let p = provider().await;
@@ -112,7 +96,7 @@ async fn the_operator_recovers_from_apiserver_and_etcd_restarts_without_its_own(
     let mut failures = Vec::new();
     for (i, (component, down)) in [("kube-apiserver", 3u64), ("etcd", 3), ("kube-apiserver", 0)].into_iter().enumerate() {
         let mark = bed.0.audit_mark();
-        restart(&bed.0, component, down);
+        restart_component(&bed.0, component, down);
         // The operator must notice by itself: an activation created after the restart converges.
         let client = bed.0.client();
         let name = format!("after-{i}");

@@ -20,52 +20,6 @@ use support::oauth_server::{Login, OAuthClient, OAuthServer, OAuthServerConfig, 
 use support::operator::Operator;
 use support::{bed, namespace, wait_for_value};
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(15)).build().unwrap()
-}
-
-/// Connector `idp` (token requests to `token_url`) and EmbeddedConnection `sync` in `ns`.
-async fn oauth_connection(client: &Client, ns: &str, server: &OAuthServer, token_url: &str) {
-    let app: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "oauth-app"}, "stringData": {"client_id": "app", "client_secret": "app-secret"}}),
-    )
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &app).await.unwrap();
-    let connector: Connector = serde_json::from_value(json!({
-        "apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector", "metadata": {"name": "idp"},
-        "spec": {"baseUrl": server.issuer(), "authMethods": [{"name": "oauth", "oauth2": {
-            "flow": "AuthorizationCode", "authorizationUrl": server.authorize_url(), "tokenUrl": token_url,
-            "scopes": ["read"], "clientSecretRef": {"name": "oauth-app"}}}]}
-    }))
-    .unwrap();
-    Api::<Connector>::namespaced(client.clone(), ns).create(&PostParams::default(), &connector).await.unwrap();
-    let ec: EmbeddedConnection = serde_json::from_value(json!({
-        "apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection", "metadata": {"name": "sync"},
-        "spec": {"connectorRef": {"name": "idp"}, "authMethod": "oauth"}
-    }))
-    .unwrap();
-    Api::<EmbeddedConnection>::namespaced(client.clone(), ns).create(&PostParams::default(), &ec).await.unwrap();
-}
-
-/// Creates an activation and consents for its user; the callback goes to the replica that made the link.
-async fn connect(client: &Client, ns: &str, name: &str) {
-    let api: Api<UserActivation> = Api::namespaced(client.clone(), ns);
-    let ua: UserActivation =
-        serde_json::from_value(json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": name},
-        "spec": {"connectionRef": {"name": "sync"}, "user": {"id": name}}}))
-        .unwrap();
-    api.create(&PostParams::default(), &ua).await.unwrap();
-    let url = wait_for_value("status.connectUrl", Duration::from_secs(40), || async {
-        api.get(name).await.map_err(|e| e.to_string())?.status.and_then(|s| s.connect_url).ok_or_else(|| "no link yet".to_string())
-    })
-    .await;
-    let base = &url[..url.find("/connect/").unwrap()];
-    let callback = format!("{base}/oauth/callback");
-    let redirect = authorize_without_browser(&url, &callback, &Login::default()).await.expect("consent");
-    let res = http().get(redirect.url.to_string()).send().await.unwrap();
-    assert!(res.status() == 302 || res.status() == 200, "callback for {name}: {}", res.status());
-}
-
 async fn phase(api: &Api<UserActivation>, name: &str) -> (String, Option<(String, String, String)>, UserActivation) {
     let ua = api.get(name).await.unwrap();
     let p = ua.status.as_ref().and_then(|s| s.phase).map(|p| format!("{p:?}")).unwrap_or_default();

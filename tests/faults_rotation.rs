@@ -9,69 +9,59 @@
 mod fault_support;
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fault_support::*;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::{Api, PostParams};
-use latchkey::api::{Connector, EmbeddedConnection, UserActivation};
+use kube::api::Api;
+use latchkey::api::UserActivation;
 use serde_json::json;
-use support::oauth_server::{Login, OAuthClient, OAuthServer, OAuthServerConfig, authorize_without_browser};
+use support::oauth_server::{OAuthClient, OAuthServer, OAuthServerConfig};
 use support::operator::Operator;
 use support::{Bed, bed, namespace, private_bed, wait_for_value};
 
 /// The access tokens live 16 s: a refresh is due 4–8 s after each grant.
 const ACCESS_TTL_S: u64 = 16;
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(15)).build().unwrap()
-}
-
-/// Connector `idp` whose token requests go to `token_url`, and EmbeddedConnection `sync`, in `ns`.
-async fn oauth_connection(client: &Client, ns: &str, server: &OAuthServer, token_url: &str) {
-    let app: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "oauth-app"}, "stringData": {"client_id": "app", "client_secret": "app-secret"}}),
-    )
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &app).await.unwrap();
-    let connector: Connector = serde_json::from_value(json!({
-        "apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector", "metadata": {"name": "idp"},
-        "spec": {"baseUrl": server.issuer(), "authMethods": [{"name": "oauth", "oauth2": {
-            "flow": "AuthorizationCode", "authorizationUrl": server.authorize_url(), "tokenUrl": token_url,
-            "scopes": ["read"], "clientSecretRef": {"name": "oauth-app"}}}]}
-    }))
-    .unwrap();
-    Api::<Connector>::namespaced(client.clone(), ns).create(&PostParams::default(), &connector).await.unwrap();
-    let ec: EmbeddedConnection = serde_json::from_value(json!({
-        "apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection", "metadata": {"name": "sync"},
-        "spec": {"connectorRef": {"name": "idp"}, "authMethod": "oauth"}
-    }))
-    .unwrap();
-    Api::<EmbeddedConnection>::namespaced(client.clone(), ns).create(&PostParams::default(), &ec).await.unwrap();
-}
-
-/// Creates activation `name`, consents for its user through the hosted connect flow, waits until it is Active.
-async fn connect(client: &Client, ns: &str, name: &str) {
+/// An activation `acme` of `sync`, consented through the hosted connect flow, Active.
+async fn connected(client: &Client, ns: &str) {
+    connect(client, ns, "acme").await;
     let api: Api<UserActivation> = Api::namespaced(client.clone(), ns);
-    let ua: UserActivation = serde_json::from_value(json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation",
-        "metadata": {"name": name}, "spec": {"connectionRef": {"name": "sync"}, "user": {"id": name}}}))
-    .unwrap();
-    api.create(&PostParams::default(), &ua).await.unwrap();
-    let url = wait_for_value("status.connectUrl", Duration::from_secs(40), || async {
-        api.get(name).await.map_err(|e| e.to_string())?.status.and_then(|s| s.connect_url).ok_or_else(|| "no link yet".to_string())
-    })
-    .await;
-    let callback = format!("{}/oauth/callback", &url[..url.find("/connect/").unwrap()]);
-    let redirect = authorize_without_browser(&url, &callback, &Login::default()).await.expect("consent");
-    let res = http().get(redirect.url.to_string()).send().await.unwrap();
-    assert!(res.status() == 302 || res.status() == 200, "callback: {}", res.status());
     wait_for_value("Active", Duration::from_secs(30), || async {
-        let p = phase(&api, name).await;
+        let p = phase(&api, "acme").await;
         if p == "Active" { Ok(()) } else { Err(p) }
     })
     .await;
+}
+
+/// What both tests start from: an operator on `bed` for a fresh namespace, the real OAuth server with 16-second
+/// tokens behind the test's token front (case `case`), and activation `acme` Active. Returns the refresh token
+/// of the grant as first stored.
+struct Setup {
+    ns: support::TestNamespace,
+    op: Operator,
+    server: OAuthServer,
+    front: TokenFront,
+    granted: String,
+}
+
+async fn setup(bed: &Bed, test: &str, case: &str) -> Setup {
+    let client = bed.client();
+    ensure_crds(&client).await;
+    let ns = namespace(bed, test).await;
+    let op = Operator::start(bed, &format!("faults_{}", test.replace('-', "_")), &[ns.name()], &[]).await;
+    let callback = format!("{}/oauth/callback", op.connect_base_url);
+    let server = OAuthServer::start(
+        OAuthServerConfig::default()
+            .client(OAuthClient::confidential("app", "app-secret").redirect_uri(&callback))
+            .access_ttl(ACCESS_TTL_S),
+    );
+    let front = token_front(server.token_url()).await;
+    oauth_connection(&client, ns.name(), &server, &front.token_url(case)).await;
+    connected(&client, ns.name()).await;
+    let granted = stored_refresh_token(&client, ns.name()).await;
+    Setup { ns, op, server, front, granted }
 }
 
 async fn phase(api: &Api<UserActivation>, name: &str) -> String {
@@ -134,20 +124,8 @@ async fn the_grant_lives_on(client: &Client, ns: &str, server: &OAuthServer, fro
 async fn a_graceful_stop_during_a_refresh_writes_the_rotated_tokens_before_exiting() {
     let bed = bed().await;
     let client = bed.client();
-    ensure_crds(&client).await;
-    let ns = namespace(&bed, "rotation-stop").await;
+    let Setup { ns, mut op, server, front, granted } = setup(&bed, "rotation-stop", "stop").await;
     let n = ns.name().to_string();
-    let mut op = Operator::start(&bed, "faults_rotation_stop", &[&n], &[]).await;
-    let callback = format!("{}/oauth/callback", op.connect_base_url);
-    let server = OAuthServer::start(
-        OAuthServerConfig::default()
-            .client(OAuthClient::confidential("app", "app-secret").redirect_uri(&callback))
-            .access_ttl(ACCESS_TTL_S),
-    );
-    let front = token_front(server.token_url()).await;
-    oauth_connection(&client, &n, &server, &front.token_url("stop")).await;
-    connect(&client, &n, "acme").await;
-    let granted = stored_refresh_token(&client, &n).await;
 
     // The next refresh reaches the provider, which rotates; its answer is 3 s on the way when SIGTERM arrives.
     front.set("stop", TokenMode::SlowAnswer(3000));
@@ -174,44 +152,18 @@ async fn a_graceful_stop_during_a_refresh_writes_the_rotated_tokens_before_exiti
     ns.cleanup().await;
 }
 
-/// Stops the private bed also when the test fails.
-struct Down(Bed);
-impl Drop for Down {
-    fn drop(&mut self) {
-        self.0.down();
-    }
-}
-
 #[tokio::test]
 async fn rotated_tokens_that_arrive_while_the_apiserver_is_away_are_written_when_it_returns() {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/faults/bed-rotation-{}", std::process::id()));
-    let bed = Down(private_bed(&dir).await);
-    let client = bed.0.client();
-    ensure_crds(&client).await;
-    let ns = namespace(&bed.0, "rotation-away").await;
+    let bed = PrivateBed(private_bed(&dir).await);
+    let Setup { ns, op, server, front, granted } = setup(&bed.0, "rotation-away", "away").await;
     let n = ns.name().to_string();
-    let op = Operator::start(&bed.0, "faults_rotation_away", &[&n], &[]).await;
-    let callback = format!("{}/oauth/callback", op.connect_base_url);
-    let server = OAuthServer::start(
-        OAuthServerConfig::default()
-            .client(OAuthClient::confidential("app", "app-secret").redirect_uri(&callback))
-            .access_ttl(ACCESS_TTL_S),
-    );
-    let front = token_front(server.token_url()).await;
-    oauth_connection(&client, &n, &server, &front.token_url("away")).await;
-    connect(&client, &n, "acme").await;
-    let granted = stored_refresh_token(&client, &n).await;
 
     // The provider rotates at once; its answer arrives 4 s later, while kube-apiserver is down for 8 s.
     front.set("away", TokenMode::SlowAnswer(4000));
     refresh_out(&front, "away", front.requests("away")).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/testenv/restart.sh");
-    let bed_dir = bed.0.dir.clone();
-    let out = tokio::task::spawn_blocking(move || Command::new("bash").arg(script).arg(&bed_dir).arg("kube-apiserver").arg("8").output())
-        .await
-        .unwrap()
-        .expect("run restart.sh");
-    assert!(out.status.success(), "restart.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let b = bed.0.clone();
+    tokio::task::spawn_blocking(move || restart_component(&b, "kube-apiserver", 8)).await.unwrap();
     front.set("away", TokenMode::Pass);
     let client = bed.0.client();
 

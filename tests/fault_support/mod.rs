@@ -10,11 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event, Namespace};
+use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use latchkey::api::{Connector, EmbeddedConnection, UserActivation};
 use serde_json::{Value, json};
+
+use crate::support::oauth_server::{Login, OAuthServer, authorize_without_browser};
 
 /// How many of a thing a test makes: `$NAME` when set (make faults sets the long figures), else `default`.
 pub fn figure(name: &str, default: usize) -> usize {
@@ -267,6 +269,72 @@ pub async fn ensure_crds(client: &Client) {
     })
     .await;
     assert!(ok, "the Latchkey CRDs are not served");
+}
+
+/// An HTTP client that does not follow redirects (a callback's 302 is the answer looked at).
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(15)).build().unwrap()
+}
+
+/// Connector `idp` (token requests to `token_url`) and EmbeddedConnection `sync` in `ns`, with the organisation's
+/// OAuth app (`app` / `app-secret`) in Secret `oauth-app`.
+pub async fn oauth_connection(client: &Client, ns: &str, server: &OAuthServer, token_url: &str) {
+    let app: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "oauth-app"}, "stringData": {"client_id": "app", "client_secret": "app-secret"}}),
+    )
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &app).await.unwrap();
+    let connector: Connector = serde_json::from_value(json!({
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector", "metadata": {"name": "idp"},
+        "spec": {"baseUrl": server.issuer(), "authMethods": [{"name": "oauth", "oauth2": {
+            "flow": "AuthorizationCode", "authorizationUrl": server.authorize_url(), "tokenUrl": token_url,
+            "scopes": ["read"], "clientSecretRef": {"name": "oauth-app"}}}]}
+    }))
+    .unwrap();
+    Api::<Connector>::namespaced(client.clone(), ns).create(&PostParams::default(), &connector).await.unwrap();
+    let ec: EmbeddedConnection = serde_json::from_value(json!({
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "EmbeddedConnection", "metadata": {"name": "sync"},
+        "spec": {"connectorRef": {"name": "idp"}, "authMethod": "oauth"}
+    }))
+    .unwrap();
+    Api::<EmbeddedConnection>::namespaced(client.clone(), ns).create(&PostParams::default(), &ec).await.unwrap();
+}
+
+/// Creates an activation of `sync` and consents for its user; the callback goes to the replica that made the link.
+pub async fn connect(client: &Client, ns: &str, name: &str) {
+    let api: Api<UserActivation> = Api::namespaced(client.clone(), ns);
+    let ua: UserActivation =
+        serde_json::from_value(json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": name},
+        "spec": {"connectionRef": {"name": "sync"}, "user": {"id": name}}}))
+        .unwrap();
+    api.create(&PostParams::default(), &ua).await.unwrap();
+    let url = crate::support::wait_for_value("status.connectUrl", Duration::from_secs(40), || async {
+        api.get(name).await.map_err(|e| e.to_string())?.status.and_then(|s| s.connect_url).ok_or_else(|| "no link yet".to_string())
+    })
+    .await;
+    let base = &url[..url.find("/connect/").unwrap()];
+    let callback = format!("{base}/oauth/callback");
+    let redirect = authorize_without_browser(&url, &callback, &Login::default()).await.expect("consent");
+    let res = http().get(redirect.url.to_string()).send().await.unwrap();
+    assert!(res.status() == 302 || res.status() == 200, "callback for {name}: {}", res.status());
+}
+
+/// A private bed (its own control plane, for tests that stop parts of it), stopped also when the test fails.
+pub struct PrivateBed(pub crate::support::Bed);
+
+impl Drop for PrivateBed {
+    fn drop(&mut self) {
+        self.0.down();
+    }
+}
+
+/// Restarts one component of `bed` with its own command line after `down` seconds of absence
+/// (scripts/testenv/restart.sh; blocks until it is healthy again).
+pub fn restart_component(bed: &crate::support::Bed, component: &str, down: u64) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/testenv/restart.sh");
+    let out =
+        std::process::Command::new("bash").arg(script).arg(&bed.dir).arg(component).arg(down.to_string()).output().expect("run restart.sh");
+    assert!(out.status.success(), "restart.sh {component} failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// How a [`TokenFront`] answers one case's token requests.
