@@ -546,29 +546,12 @@ async fn an_oauth_activation_costs_its_link_its_claim_its_secret_its_first_job_a
         .await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let writes: Vec<serde_json::Value> = bed
-        .audit_writes_by(support::OPERATOR_USER, mark)
-        .into_iter()
-        .filter(|e| e["objectRef"]["namespace"].as_str() == Some(s.ns.name()))
-        .collect();
-    let what = |e: &serde_json::Value| {
-        let sub = e["objectRef"]["subresource"].as_str().map(|s| format!("/{s}")).unwrap_or_default();
-        format!("{} {}{} {} -> {}", e["verb"], e["objectRef"]["resource"], sub, e["objectRef"]["name"], e["responseStatus"]["code"])
-    };
-    let all: Vec<String> = writes.iter().map(what).collect();
+    let writes = bed.operator_writes_in(s.ns.name(), mark);
+    let all = writes.lines();
     for name in &names {
         let secret = format!("{name}-sync-credentials");
-        let count = |resource: &str, sub: Option<&str>, verb: &str, object: &dyn Fn(&str) -> bool| {
-            writes
-                .iter()
-                .filter(|e| {
-                    e["objectRef"]["resource"] == resource
-                        && e["objectRef"]["subresource"].as_str() == sub
-                        && e["verb"] == verb
-                        && object(e["objectRef"]["name"].as_str().unwrap_or(""))
-                })
-                .count()
-        };
+        let count =
+            |resource: &str, sub: Option<&str>, verb: &str, object: &dyn Fn(&str) -> bool| writes.count(resource, sub, verb, object);
         assert_eq!(count("secrets", None, "patch", &|n| n == secret), 1, "{name}: one write of its Secret; all writes: {all:#?}");
         assert_eq!(count("jobs", None, "create", &|n| n.starts_with(&format!("{name}-"))), 1, "{name}: one Job create; {all:#?}");
         assert_eq!(count("useractivations", None, "patch", &|n| n == name), 1, "{name}: the finalizer; {all:#?}");
@@ -582,6 +565,7 @@ async fn an_oauth_activation_costs_its_link_its_claim_its_secret_its_first_job_a
     // is left is the connection's own (its connector's status, the app Secret's label, the coalesced user count).
     for name in &names {
         let mine: Vec<&String> = writes
+            .0
             .iter()
             .zip(&all)
             .filter(|(e, _)| {

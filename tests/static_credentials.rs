@@ -327,29 +327,12 @@ async fn an_api_key_activation_costs_its_secret_its_first_job_and_its_status() {
         .await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let writes: Vec<serde_json::Value> = bed
-        .audit_writes_by(support::OPERATOR_USER, mark)
-        .into_iter()
-        .filter(|e| e["objectRef"]["namespace"].as_str() == Some(t.name()))
-        .collect();
-    let what = |e: &serde_json::Value| {
-        let sub = e["objectRef"]["subresource"].as_str().map(|s| format!("/{s}")).unwrap_or_default();
-        format!("{} {}{} {} -> {}", e["verb"], e["objectRef"]["resource"], sub, e["objectRef"]["name"], e["responseStatus"]["code"])
-    };
-    let all: Vec<String> = writes.iter().map(what).collect();
+    let writes = bed.operator_writes_in(t.name(), mark);
+    let all = writes.lines();
     for name in &names {
         let secret = format!("{name}-acme-sync-credentials");
-        let count = |resource: &str, sub: Option<&str>, verb: &str, object: &dyn Fn(&str) -> bool| {
-            writes
-                .iter()
-                .filter(|e| {
-                    e["objectRef"]["resource"] == resource
-                        && e["objectRef"]["subresource"].as_str() == sub
-                        && e["verb"] == verb
-                        && object(e["objectRef"]["name"].as_str().unwrap_or(""))
-                })
-                .count()
-        };
+        let count =
+            |resource: &str, sub: Option<&str>, verb: &str, object: &dyn Fn(&str) -> bool| writes.count(resource, sub, verb, object);
         assert_eq!(count("secrets", None, "patch", &|n| n == secret), 1, "{name}: one write of its Secret; all writes: {all:#?}");
         assert_eq!(count("jobs", None, "create", &|n| n.starts_with(&format!("{name}-"))), 1, "{name}: one Job create; {all:#?}");
         assert_eq!(count("useractivations", Some("status"), "patch", &|n| n == name), 2, "{name}: Ready, then the outcome; {all:#?}");

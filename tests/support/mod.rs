@@ -333,11 +333,45 @@ impl Bed {
         self.audit_events_since(mark).into_iter().filter(|e| e["user"]["username"].as_str() == Some(user)).collect()
     }
 
+    /// The operator's writes in namespace `ns` after `mark`, from the audit log.
+    pub fn operator_writes_in(&self, ns: &str, mark: u64) -> Writes {
+        Writes(self.audit_writes_by(OPERATOR_USER, mark).into_iter().filter(|e| e["objectRef"]["namespace"].as_str() == Some(ns)).collect())
+    }
+
     /// Stops this bed (scripts/testenv/down.sh) and removes its state: for [`private_bed()`]s.
     pub fn down(&self) {
         let script = repo_dir().join("scripts/testenv/down.sh");
         let status = Command::new("bash").arg(&script).arg(&self.dir).status().expect("run down.sh");
         assert!(status.success(), "{} {} failed", script.display(), self.dir.display());
+    }
+}
+
+/// Write requests from the audit log, to count what a test's activations cost.
+pub struct Writes(pub Vec<serde_json::Value>);
+
+impl Writes {
+    /// One line per write: `verb resource[/subresource] name -> code`, for assertion messages.
+    pub fn lines(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|e| {
+                let sub = e["objectRef"]["subresource"].as_str().map(|s| format!("/{s}")).unwrap_or_default();
+                format!("{} {}{} {} -> {}", e["verb"], e["objectRef"]["resource"], sub, e["objectRef"]["name"], e["responseStatus"]["code"])
+            })
+            .collect()
+    }
+
+    /// How many writes `verb` hit `resource` (`subresource` or none) on an object whose name `object` accepts.
+    pub fn count(&self, resource: &str, subresource: Option<&str>, verb: &str, object: &dyn Fn(&str) -> bool) -> usize {
+        self.0
+            .iter()
+            .filter(|e| {
+                e["objectRef"]["resource"] == resource
+                    && e["objectRef"]["subresource"].as_str() == subresource
+                    && e["verb"] == verb
+                    && object(e["objectRef"]["name"].as_str().unwrap_or(""))
+            })
+            .count()
     }
 }
 
