@@ -76,6 +76,20 @@ impl OAuthServer {
     /// Starts `node tests/oauth-server/server.js` on a free loopback port and waits until it listens.
     /// Panics with one clear line when node or its modules are missing or the server does not come up.
     pub fn start(config: OAuthServerConfig) -> OAuthServer {
+        // A start that prints no ready line within READY_TIMEOUT is retried once (seen once in CI: node alive, no
+        // output for 30 s, while the next start took under a second); a server that exits or prints garbage is not.
+        match Self::try_start(&config) {
+            Ok(server) => server,
+            Err(first_log) => {
+                eprintln!("the test OAuth server printed no ready line within {READY_TIMEOUT:?}; starting it again. Its log:\n{first_log}");
+                Self::try_start(&config)
+                    .unwrap_or_else(|log| panic!("the test OAuth server did not start twice (Timeout); its log:\n{log}"))
+            }
+        }
+    }
+
+    /// Starts the server once; `Err(log)` when it printed no ready line within [`READY_TIMEOUT`].
+    fn try_start(config: &OAuthServerConfig) -> Result<OAuthServer, String> {
         let dir = server_dir();
         if !dir.join("node_modules/oidc-provider/package.json").exists() {
             panic!("the test OAuth server's modules are missing: run `npm ci --prefix tests/oauth-server`");
@@ -112,6 +126,9 @@ impl OAuthServer {
                 let _ = child.kill();
                 let _ = child.wait();
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                if matches!(outcome, Err(mpsc::RecvTimeoutError::Timeout)) {
+                    return Err(log);
+                }
                 panic!("the test OAuth server did not start ({outcome:?}); its log:\n{log}");
             }
         };
@@ -119,7 +136,7 @@ impl OAuthServer {
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("the test OAuth server printed {line:?} instead of its ready line: {e}"));
 
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("reqwest client");
-        OAuthServer { child, info, log_path, _dir: tmp, http }
+        Ok(OAuthServer { child, info, log_path, _dir: tmp, http })
     }
 
     pub fn info(&self) -> &ServerInfo {
