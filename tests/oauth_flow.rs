@@ -550,13 +550,11 @@ async fn an_oauth_activation_costs_its_link_its_claim_its_secret_its_first_job_a
     let all = writes.lines();
     for name in &names {
         let secret = format!("{name}-sync-credentials");
-        let count =
-            |resource: &str, sub: Option<&str>, verb: &str, object: &dyn Fn(&str) -> bool| writes.count(resource, sub, verb, object);
-        assert_eq!(count("secrets", None, "patch", &|n| n == secret), 1, "{name}: one write of its Secret; all writes: {all:#?}");
-        assert_eq!(count("jobs", None, "create", &|n| n.starts_with(&format!("{name}-"))), 1, "{name}: one Job create; {all:#?}");
-        assert_eq!(count("useractivations", None, "patch", &|n| n == name), 1, "{name}: the finalizer; {all:#?}");
+        assert_eq!(writes.count("secrets", None, "patch", &|n| n == secret), 1, "{name}: one write of its Secret; all writes: {all:#?}");
+        assert_eq!(writes.count("jobs", None, "create", &|n| n.starts_with(&format!("{name}-"))), 1, "{name}: one Job create; {all:#?}");
+        assert_eq!(writes.count("useractivations", None, "patch", &|n| n == name), 1, "{name}: the finalizer; {all:#?}");
         assert_eq!(
-            count("useractivations", Some("status"), "patch", &|n| n == name),
+            writes.count("useractivations", Some("status"), "patch", &|n| n == name),
             4,
             "{name}: the link, its claim, Active, then the outcome; {all:#?}"
         );

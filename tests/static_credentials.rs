@@ -331,11 +331,13 @@ async fn an_api_key_activation_costs_its_secret_its_first_job_and_its_status() {
     let all = writes.lines();
     for name in &names {
         let secret = format!("{name}-acme-sync-credentials");
-        let count =
-            |resource: &str, sub: Option<&str>, verb: &str, object: &dyn Fn(&str) -> bool| writes.count(resource, sub, verb, object);
-        assert_eq!(count("secrets", None, "patch", &|n| n == secret), 1, "{name}: one write of its Secret; all writes: {all:#?}");
-        assert_eq!(count("jobs", None, "create", &|n| n.starts_with(&format!("{name}-"))), 1, "{name}: one Job create; {all:#?}");
-        assert_eq!(count("useractivations", Some("status"), "patch", &|n| n == name), 2, "{name}: Ready, then the outcome; {all:#?}");
+        assert_eq!(writes.count("secrets", None, "patch", &|n| n == secret), 1, "{name}: one write of its Secret; all writes: {all:#?}");
+        assert_eq!(writes.count("jobs", None, "create", &|n| n.starts_with(&format!("{name}-"))), 1, "{name}: one Job create; {all:#?}");
+        assert_eq!(
+            writes.count("useractivations", Some("status"), "patch", &|n| n == name),
+            2,
+            "{name}: Ready, then the outcome; {all:#?}"
+        );
     }
     let others: Vec<&String> =
         all.iter().filter(|w| !w.contains("secrets") && !w.contains("jobs") && !w.contains("useractivations")).collect();

@@ -80,14 +80,6 @@ impl Rescued {
             m.remove(uid);
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.inner.lock().map(|m| m.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -108,7 +100,7 @@ mod tests {
         assert!(r.applicable("uid-1", Some(&Sensitive::new("rt-old"))).is_some());
         r.written("uid-1");
         assert!(r.applicable("uid-1", Some(&Sensitive::new("rt-old"))).is_none());
-        assert!(r.is_empty());
+        assert!(r.inner.lock().unwrap().is_empty());
     }
 
     #[test]
@@ -117,7 +109,7 @@ mod tests {
         r.keep("uid-1", Some(Sensitive::new("rt-old")), answer("at-new", "rt-new"), Duration::from_secs(60), chrono::Utc::now());
         // A new consent stored another refresh token: the kept answer must not overwrite it.
         assert!(r.applicable("uid-1", Some(&Sensitive::new("rt-from-new-consent"))).is_none());
-        assert!(r.is_empty(), "dropped once found moot");
+        assert!(r.inner.lock().unwrap().is_empty(), "dropped once found moot");
         assert!(r.applicable("uid-2", None).is_none());
     }
 
