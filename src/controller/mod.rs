@@ -3,6 +3,7 @@
 pub mod connector;
 pub mod embedded_connection;
 pub mod expect;
+pub mod inflight;
 pub mod relations;
 pub mod rescued;
 pub mod status;

@@ -1,8 +1,9 @@
-//! Rotated tokens the provider issued that the apiserver did not take.
+//! Rotated tokens the provider issued that are not in the Secret yet.
 //!
 //! A provider that rotates refresh tokens invalidates the stored one the moment it answers a refresh. If the write
-//! of the answer then fails (the apiserver is away, a timeout), refreshing again with the stored token would get
-//! `invalid_grant` and cost the user's grant. So the answer is kept here, in memory, by activation uid, together
+//! of the answer then fails (the apiserver is away, a timeout), or the answer arrives after the reconcile stopped
+//! waiting for it (see [`super::inflight`]), refreshing again with the stored token would get `invalid_grant` and
+//! cost the user's grant. So the answer is kept here, in memory, by activation uid, together
 //! with the refresh token it replaced; the next reconcile that finds the Secret still holding that refresh token
 //! writes the kept answer instead of asking the provider again. A Secret that changed meanwhile (a new consent,
 //! another writer) makes the kept answer moot, and it is dropped.
@@ -72,6 +73,12 @@ impl Rescued {
             return None;
         }
         Some(k.clone())
+    }
+
+    /// Whether an answer is kept for `uid` (the next reconcile writes it without waiting for the refresh time or a
+    /// backoff).
+    pub fn holds(&self, uid: &str) -> bool {
+        self.inner.lock().is_ok_and(|m| m.contains_key(uid))
     }
 
     /// The kept answer for `uid` is in the Secret now (or moot): forget it.
