@@ -68,7 +68,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
 
     let http = crate::outbound::http_client(cfg.ca_bundle.as_deref()).map_err(|e| RunError::Http(e.to_string()))?;
     let namespaces = cfg.watched_namespaces();
-    let (stores, receivers) = controller::start_watches(&client, &namespaces);
+    let (stores, triggers, receivers) = controller::start_watches(&client, &namespaces);
     let lookup = crate::connect::lookup::Lookup::new(client.clone(), stores.clone(), ready.clone());
     let expect = Arc::new(controller::expect::Expectations::default());
     let connect = start_connect_server(&cfg, &client, lookup, expect.clone(), &http, metrics.clone(), stop_rx.clone()).await?;
@@ -83,6 +83,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         not_before: Default::default(),
         expect,
         rescued: Default::default(),
+        inflight: Default::default(),
+        triggers,
     });
     let started = std::time::Instant::now();
     tokio::select! {

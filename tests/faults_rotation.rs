@@ -1,10 +1,12 @@
 //! The rotation window: a provider that rotates refresh tokens invalidates the stored one the moment it answers a
-//! refresh, so the answer must reach the credentials Secret or the user's grant is gone. Two ways to lose it are
+//! refresh, so the answer must reach the credentials Secret or the user's grant is gone. Three ways to lose it are
 //! closed here, against the real OAuth server (which rotates) with the test's token front holding its answer back:
 //! - a graceful stop (SIGTERM, as in every rolling update) while a refresh is out: the refresh finishes and writes;
-//! - the apiserver away when the answer arrives: the answer is kept in memory and written when it is back.
+//! - the apiserver away when the answer arrives: the answer is kept in memory and written when it is back;
+//! - the answer arriving after the reconcile stopped waiting for it (a slow provider): the request stays open, no
+//!   second refresh goes out meanwhile, and the late answer is written.
 //!
-//! Both end with a further refresh of the same grant succeeding: the refresh token the Secret holds is the live one.
+//! All end with a further refresh of the same grant succeeding: the refresh token the Secret holds is the live one.
 //! (A SIGKILL in that window cannot be covered by the operator alone; `make faults` counts those losses.)
 mod fault_support;
 mod support;
@@ -14,10 +16,10 @@ use std::time::{Duration, Instant};
 use fault_support::*;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use latchkey::api::UserActivation;
 use serde_json::json;
-use support::oauth_server::{OAuthClient, OAuthServer, OAuthServerConfig};
+use support::oauth_server::{OAuthClient, OAuthServer, OAuthServerConfig, fingerprint};
 use support::operator::Operator;
 use support::{Bed, bed, namespace, private_bed, wait_for_value};
 
@@ -189,6 +191,52 @@ async fn rotated_tokens_that_arrive_while_the_apiserver_is_away_are_written_when
     assert!(failed_write, "the refresh's write did not fail: the apiserver was not away when the answer arrived");
     assert!(written && rescued, "the kept answer was not written after the apiserver returned (written {written}, log {rescued})");
     assert!(problems.is_empty(), "{problems:?}");
+    assert!(leaks.places.is_empty(), "{:?}", leaks.places);
+    drop(op);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_late_answer_to_a_refresh_the_operator_stopped_waiting_for_is_written_and_the_grant_lives_on() {
+    let bed = bed().await;
+    let client = bed.client();
+    let Setup { ns, op, server, front, granted } = setup(&bed, "rotation-late", "late").await;
+    let n = ns.name().to_string();
+
+    // The connector gives token requests 2 s; the provider rotates at once and its answer takes 5 s to arrive.
+    let patch = json!({"spec": {"http": {"timeoutSeconds": 2}}});
+    Api::<latchkey::api::Connector>::namespaced(client.clone(), &n)
+        .patch("idp", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    front.set("late", TokenMode::SlowAnswer(5000));
+    refresh_out(&front, "late", front.requests("late")).await;
+    // The refresh token that request presented: the Secret holds it until the answer is written.
+    let presented = stored_refresh_token(&client, &n).await;
+    let rotated = eventually(Duration::from_secs(40), || async { stored_refresh_token(&client, &n).await != presented }).await;
+    front.set("late", TokenMode::Pass);
+    let log = op.log();
+    // The fault hit the window: the reconcile stopped waiting before the answer came.
+    let gave_up = log.contains("did not answer within 2000 ms");
+    let presentations = server
+        .refresh_events()
+        .await
+        .iter()
+        .filter(|e| e.refresh_token.as_ref().is_some_and(|t| t.fingerprint == fingerprint(&presented)))
+        .count();
+    let problems = the_grant_lives_on(&client, &n, &server, &front, "late").await;
+    let secrets = vec![stored_refresh_token(&client, &n).await, granted, presented, "app-secret".into()];
+    let leaks = leak_scan(&client, &[&n], &[op.log_path.as_path()], "acme", &secrets).await;
+    record(
+        "faults_rotation_late",
+        json!({"lost_refresh_tokens": usize::from(!problems.is_empty()), "secret_leaks": leaks.places.len(),
+               "reconcile_stopped_waiting": gave_up, "presentations_of_the_rotated_out_token": presentations}),
+    );
+    assert!(rotated, "the late answer's refresh token was never written");
+    assert_eq!(presentations, 1, "the refresh token the slow request presented was presented {presentations} times");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(gave_up, "the answer came within the reconcile's budget: the fault missed the window");
     assert!(leaks.places.is_empty(), "{:?}", leaks.places);
     drop(op);
     ns.cleanup().await;

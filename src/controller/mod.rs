@@ -32,7 +32,8 @@ use tracing::{info, warn};
 
 use crate::api::{Connector, EmbeddedConnection, UserActivation};
 use crate::naming;
-use relations::{Relations, Triggers};
+use relations::Relations;
+pub use relations::Triggers;
 use watch::{Change, Watch, prune_meta, reflect};
 
 /// Everything a reconcile reads or writes through.
@@ -50,8 +51,13 @@ pub struct Context {
     /// Per activation: the writes of its last reconcile (and of this process's connect server) that the stores do
     /// not show yet (a reconcile waits for them).
     pub expect: Arc<expect::Expectations>,
-    /// Rotated tokens a refresh got whose write failed: written by the next reconcile instead of refreshing again.
-    pub rescued: rescued::Rescued,
+    /// Rotated tokens a refresh got whose write failed (or that came after the reconcile stopped waiting):
+    /// written by the next reconcile instead of refreshing again.
+    pub rescued: Arc<rescued::Rescued>,
+    /// Token requests out at the provider that no reconcile waits for: at most one per activation.
+    pub inflight: Arc<inflight::InFlight>,
+    /// Queues reconciles: a late answer to a token request reconciles its activation at once.
+    pub triggers: Triggers,
 }
 
 /// What the reflectors keep: pruned objects, Secrets and the namespaces' metadata only.
@@ -186,9 +192,10 @@ where
     apis::<K>(client, namespaces).into_iter().map(|(ns, api)| Watch::new(ns, metadata_watcher(api, wc.clone()).default_backoff())).collect()
 }
 
-/// Starts the reflectors with their relations. Returns the stores and the trigger receivers.
+/// Starts the reflectors with their relations. Returns the stores, the triggers (for reconciles that no watch
+/// event starts) and the trigger receivers.
 #[allow(deprecated)]
-pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores, relations::Receivers) {
+pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores, Triggers, relations::Receivers) {
     let (triggers, receivers) = Triggers::new();
     let relations = Arc::new(Relations::default());
     let any = watcher::Config::default();
@@ -285,7 +292,7 @@ pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores,
     };
     let stores =
         Stores { connectors, connections, activations, namespaces: namespaces_store, owned_secrets, source_secrets, jobs, relations };
-    (stores, receivers)
+    (stores, triggers, receivers)
 }
 
 impl Stores {

@@ -345,7 +345,8 @@ pub enum TokenMode {
     /// Forwarded to the real OAuth server at once (which rotates the refresh token then), its answer held back for
     /// this many milliseconds: the window between a provider's rotation and the operator's write.
     SlowAnswer(u64),
-    /// Accepted and never answered.
+    /// Accepted and not answered while the case hangs; once the case is set to another mode, a held request is
+    /// answered as that mode says (a stalled provider answers what it had read when it resumes).
     Hang,
     /// `200` with truncated JSON.
     Malformed,
@@ -412,7 +413,12 @@ pub async fn token_front(upstream_token_url: &str) -> TokenFront {
             let (m, r, upstream, other, http) = (m.clone(), r.clone(), upstream.clone(), other.clone(), http.clone());
             async move {
                 *r.lock().unwrap().entry(case.clone()).or_default() += 1;
-                let mode = m.lock().unwrap().get(&case).copied().unwrap_or(TokenMode::Pass);
+                let mode_now = || m.lock().unwrap().get(&case).copied().unwrap_or(TokenMode::Pass);
+                let (mut mode, held) = (mode_now(), std::time::Instant::now());
+                while mode == TokenMode::Hang && held.elapsed() < Duration::from_secs(3600) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    mode = mode_now();
+                }
                 match mode {
                     TokenMode::Pass | TokenMode::SlowAnswer(_) => {
                         let mut req = http.post(&upstream).body(body);
@@ -438,10 +444,7 @@ pub async fn token_front(upstream_token_url: &str) -> TokenFront {
                             Err(_) => StatusCode::BAD_GATEWAY.into_response(),
                         }
                     }
-                    TokenMode::Hang => {
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                        StatusCode::GATEWAY_TIMEOUT.into_response()
-                    }
+                    TokenMode::Hang => StatusCode::GATEWAY_TIMEOUT.into_response(),
                     TokenMode::Malformed => json(r#"{"access_token": "abc", "#.into()),
                     TokenMode::Missing => json(r#"{"token_type":"Bearer","expires_in":3600}"#.into()),
                     TokenMode::WrongType => json(r#"{"access_token":12345,"token_type":"Bearer"}"#.into()),

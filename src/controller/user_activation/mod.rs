@@ -925,6 +925,8 @@ async fn prune_history(ctx: &Context, ns: &str, jobs: &[Arc<JobRecord>], spec: &
 /// Deletion: with `Retain`, the Secret loses its owner reference so that the garbage collector keeps it.
 async fn cleanup(ua: &UserActivation, ctx: &Context) -> Result<Action> {
     ctx.expect.forget(ua);
+    // A token request still out for the activation has nothing to write to any more.
+    ctx.inflight.forget(&ua.uid().unwrap_or_default());
     let ns = ua.namespace().unwrap_or_default();
     if !ua.finalizers().iter().any(|f| f == naming::FINALIZER) {
         return Ok(Action::await_change());

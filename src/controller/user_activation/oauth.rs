@@ -12,6 +12,9 @@
 //! - `invalid_grant` re-reads the Secret: a refresh token that changed meanwhile was a race; otherwise the grant
 //!   is dead: `NeedsReauthorization`, a fresh link, an event. Network errors, 429 and 5xx back off exponentially
 //!   with `consecutiveFailures`; the activation stays Ready while the stored access token is valid.
+//! - A token request goes out from a task of its own; the reconcile waits for it up to `refresh_budget`. One it
+//!   stops waiting for stays out (up to [`HARD_CAP`]), and no second one for that grant starts meanwhile
+//!   ([`crate::controller::inflight`]); its late answer is kept and written by the reconcile it triggers.
 //! - Deletion revokes at the provider, best effort and bounded (the finalizer is added only when the connector
 //!   has a revocation URL and the Secret is to be deleted).
 use std::collections::BTreeMap;
@@ -22,6 +25,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
@@ -33,11 +37,12 @@ use crate::api::embedded_connection::{SecretDeletionPolicy, SuspendPolicy};
 use crate::api::user_activation::Phase;
 use crate::api::{UserActivation, parse_duration};
 use crate::connect::token::{Claims, new_nonce};
+use crate::controller::inflight::{HARD_CAP, Out};
 use crate::controller::{Context, Error, Result, backoff_for};
 use crate::credentials::oauth::{
     self, EXPIRES_AT_ANNOTATION, EXPIRY_GENERATION_ANNOTATION, OAuthClient, OAuthError, REFRESH_AT_ANNOTATION,
 };
-use crate::credentials::{self, Credential, OAuth2Tokens};
+use crate::credentials::{self, Credential, OAuth2Tokens, Sensitive};
 use crate::naming;
 
 /// The user declined consent at the provider; a new link is published.
@@ -233,36 +238,18 @@ async fn tokens(
     if status.phase == Some(Phase::NeedsReauthorization) && status.credential_generation == generation && dead {
         return Ok(dead_grant(status));
     }
+    let uid = ua.uid().unwrap_or_default();
+    // An answer is kept (its write failed, or it came after the reconcile stopped waiting): write it now, whatever
+    // the refresh time or the backoff say.
+    let kept = ctx.rescued.holds(&uid);
     // Backing off after a failed refresh: a watch event (our own status write among them) does not retry early.
-    if status.consecutive_failures > 0
+    if !kept
+        && status.consecutive_failures > 0
         && let Some(next) = status.next_refresh_time.filter(|t| *t > now)
     {
         *requeue = min(*requeue, until(next, now));
-        return Ok(match timing(owned, generation).map(|(e, _)| e).or(status.expires_at) {
-            // Look again when the token expires, so that Ready turns False then, not at the next retry.
-            Some(e) if e > now => {
-                *requeue = min(*requeue, until(e, now));
-                stored
-            }
-            // Never had a token: keep saying what the provider answered last time.
-            None => {
-                let last = crate::api::conditions::find(&status.conditions, crate::api::conditions::types::READY)
-                    .filter(|c| c.message.starts_with("no access token yet"));
-                let (reason, message) = last.map(|c| (reasons_of(&c.reason), c.message.clone())).unwrap_or((
-                    reasons::PROVIDER_UNAVAILABLE,
-                    format!("no access token yet; fetching is retried with backoff ({} failures so far)", status.consecutive_failures),
-                ));
-                Creds::Unusable { reason, message, rejected: false }
-            }
-            _ => Creds::Unusable {
-                reason: reasons::TOKEN_EXPIRED,
-                message: format!(
-                    "the access token expired; refreshing is retried with backoff ({} failures so far): check that the connector's tokenUrl answers",
-                    status.consecutive_failures
-                ),
-                rejected: false,
-            },
-        });
+        let expires_at = timing(owned, generation).map(|(e, _)| e).or(status.expires_at);
+        return Ok(hold(status, requeue, expires_at, now, ctx.inflight.peek(&uid).as_ref(), stored));
     }
     // A refresh asked for with the refresh-now annotation (a new value): due now, once.
     // Handled is recorded in status and on the owned Secret (whose store copy is fresh after a refresh wrote it).
@@ -281,12 +268,15 @@ async fn tokens(
         status.refresh_now_handled = Some(v.clone());
         info!(activation = %ua.name_any(), namespace = %ua.namespace().unwrap_or_default(), "refresh requested by annotation");
     }
-    // Not due by the store's metadata: nothing to read.
-    if let (None, Some((expires_at, refresh_at))) = (&forced, timing(owned, generation))
-        && refresh_at > now
-    {
+    // Not due (unless asked for): the timing a Secret's annotations give, reported with a requeue at its refresh time.
+    let not_due = |meta: Option<&ObjectMeta>| timing(meta, generation).filter(|(_, refresh_at)| forced.is_none() && *refresh_at > now);
+    let wait = |status: &mut UserActivationStatus, requeue: &mut Option<Duration>, (expires_at, refresh_at)| {
         report(status, expires_at, refresh_at);
         *requeue = min(*requeue, until(refresh_at, now));
+    };
+    // Not due by the store's metadata: nothing to read.
+    if !kept && let Some(t) = not_due(owned) {
+        wait(status, requeue, t);
         return Ok(stored);
     }
     // Due (or timing unknown): read the Secret itself, which also guards against a stale store.
@@ -295,11 +285,8 @@ async fn tokens(
     let Some(secret) = api.get_opt(secret_name).await.map_err(Error::kube("reading the credentials Secret for a refresh"))? else {
         return Ok(stored);
     };
-    if let (None, Some((expires_at, refresh_at))) = (&forced, timing(Some(&secret.metadata), generation))
-        && refresh_at > now
-    {
-        report(status, expires_at, refresh_at);
-        *requeue = min(*requeue, until(refresh_at, now));
+    if !kept && let Some(t) = not_due(Some(&secret.metadata)) {
+        wait(status, requeue, t);
         return Ok(stored);
     }
     let data = secret.data.clone().unwrap_or_default();
@@ -313,26 +300,31 @@ async fn tokens(
             });
         }
     };
-    // A refresh of this grant got the provider's answer earlier but could not write it, and the Secret still holds
-    // the refresh token that answer replaced: write the kept answer; asking again with a rotated-out refresh token
-    // would cost the grant.
-    let uid = ua.uid().unwrap_or_default();
+    let to_write = Write { api: &api, secret, m, generation, forced: forced.as_deref() };
+    // A refresh of this grant got the provider's answer earlier but could not write it (or got it late), and the
+    // Secret still holds the refresh token that answer replaced: write the kept answer; asking again with a
+    // rotated-out refresh token would cost the grant.
     if let Some(kept) = ctx.rescued.applicable(&uid, current.refresh_token.as_ref()) {
-        info!(activation = %ua.name_any(), namespace = %ns, "writing the tokens an earlier refresh got before its write failed");
-        remember_instance(adm, ua, status, &kept.tokens);
-        let refresh_at = write_rotated(ctx, &api, secret, &kept.tokens, m, kept.lifetime, generation, forced.as_deref()).await?;
-        ctx.rescued.written(&uid);
-        refreshed(ctx, "rescued");
-        status.consecutive_failures = 0;
-        status.last_refresh_time = Some(kept.answered_at);
-        report(status, kept.tokens.expires_at.unwrap_or(now), refresh_at);
-        *requeue = min(*requeue, until(refresh_at, now));
+        info!(activation = %ua.name_any(), namespace = %ns, "writing the tokens an earlier refresh got before its write failed or after its reconcile stopped waiting");
+        let answer = Answer { replaced: kept.replaced, tokens: kept.tokens, lifetime: kept.lifetime, answered_at: kept.answered_at };
+        return answered(ctx, ua, adm, to_write, answer, true, status, requeue, stored).await;
+    }
+    // The kept answer was moot (the Secret changed meanwhile): back to the Secret's own timing.
+    if let Some(t) = not_due(Some(&to_write.secret.metadata)) {
+        wait(status, requeue, t);
         return Ok(stored);
+    }
+    // The expiry the status reports (the Secret's annotation, to the millisecond; the data's copy has seconds).
+    let expires_at = timing(Some(&to_write.secret.metadata), generation).map(|(e, _)| e).or(current.expires_at);
+    // A request for this grant is still out: never a second one, which would present the refresh token the first
+    // may have rotated out already (the provider would see reuse and revoke the grant). Its answer reconciles.
+    if let Some(out) = ctx.inflight.out(&uid, current.refresh_token.as_ref()) {
+        *requeue = min(*requeue, until(out.until, now));
+        return Ok(hold(status, requeue, expires_at, now, Some(&out), stored));
     }
     let client = match refresh_client(ctx, adm, m, kind, &current).await {
         Ok(c) => c,
         Err(message) => {
-            let expires_at = timing(Some(&secret.metadata), generation).map(|(e, _)| e).or(current.expires_at);
             return Ok(failure(ctx, ua, status, requeue, &current, expires_at, now, reasons::CLIENT_SECRET_INVALID, message, stored));
         }
     };
@@ -348,41 +340,22 @@ async fn tokens(
         };
     };
     let used = current.refresh_token.clone();
-    // The expiry the status reports (the Secret's annotation, to the millisecond; the data's copy has seconds).
-    let expires_at = timing(Some(&secret.metadata), generation).map(|(e, _)| e).or(current.expires_at);
     let budget = refresh_budget(expires_at, status, Utc::now(), client.token_timeout());
-    let result = match (kind, &used) {
-        (AuthKind::OAuth2ClientCredentials, _) => client.client_credentials_within(&ctx.http, budget).await,
-        (_, Some(rt)) => client.refresh(&ctx.http, rt, budget).await,
-        (_, None) => unreachable_refresh(),
+    let result = match send(ctx, ua, m, kind, client, &current, budget).await {
+        Sent::Answered(r) => r,
+        Sent::StillOut(out) => {
+            // The request may have taken its whole budget: judge the stored token by the time now.
+            let now = Utc::now();
+            *requeue = min(*requeue, until(out.until, now));
+            let message = format!("refreshing the tokens failed: the token endpoint did not answer within {} ms", budget.as_millis());
+            return Ok(failure(ctx, ua, status, requeue, &current, expires_at, now, reasons::PROVIDER_UNAVAILABLE, message, stored));
+        }
     };
-    // The request may have taken its whole budget: judge the stored token by the time now.
     let now = Utc::now();
     match result {
-        Ok(set) => {
+        Ok(answer) => {
             refreshed(ctx, "ok");
-            let lifetime = set.expires_in.unwrap_or_else(|| oauth::default_lifetime(m));
-            let expires_at = oauth::expiry(m, set.expires_in, now);
-            let tokens = oauth::tokens_from(set, expires_at, Some(&current));
-            remember_instance(adm, ua, status, &tokens);
-            let refresh_at = match write_rotated(ctx, &api, secret, &tokens, m, lifetime, generation, forced.as_deref()).await {
-                Ok(t) => t,
-                Err(e) => {
-                    // The provider may have rotated the refresh token already: keep its answer for the next try.
-                    warn!(activation = %ua.name_any(), namespace = %ns, error = %e, "the refreshed tokens could not be written; kept in memory for the next try");
-                    ctx.rescued.keep(&uid, used.clone(), tokens, lifetime, now);
-                    return Err(e);
-                }
-            };
-            let recovered = status.consecutive_failures > 0;
-            status.consecutive_failures = 0;
-            status.last_refresh_time = Some(now);
-            report(status, expires_at, refresh_at);
-            *requeue = min(*requeue, until(refresh_at, now));
-            if recovered {
-                event(ctx, ua, EventType::Normal, "TokenRefreshRecovered", "the provider answered again; tokens refreshed").await;
-            }
-            Ok(stored)
+            answered(ctx, ua, adm, to_write, answer, false, status, requeue, stored).await
         }
         Err(OAuthError::InvalidGrant { .. }) => {
             refreshed(ctx, "invalid_grant");
@@ -408,6 +381,194 @@ async fn tokens(
             let reason = if e.is_transient() { reasons::PROVIDER_UNAVAILABLE } else { reasons::CLIENT_SECRET_INVALID };
             Ok(failure(ctx, ua, status, requeue, &current, expires_at, now, reason, format!("refreshing the tokens failed: {e}"), stored))
         }
+    }
+}
+
+/// A provider's answer to a token request: fresh, or kept from a request whose write failed or whose reconcile had
+/// stopped waiting.
+struct Answer {
+    /// The refresh token the request presented (what the Secret holds until the answer is written).
+    replaced: Option<Sensitive>,
+    tokens: OAuth2Tokens,
+    /// The token lifetime the provider gave, for the refresh timing.
+    lifetime: Duration,
+    /// When the provider answered (the access token's expiry was computed from it).
+    answered_at: DateTime<Utc>,
+}
+
+impl Answer {
+    fn new(set: oauth::TokenSet, m: &OAuth2Method, current: &OAuth2Tokens, answered_at: DateTime<Utc>) -> Self {
+        let lifetime = set.expires_in.unwrap_or_else(|| oauth::default_lifetime(m));
+        let expires_at = oauth::expiry(m, set.expires_in, answered_at);
+        Answer {
+            replaced: current.refresh_token.clone(),
+            tokens: oauth::tokens_from(set, expires_at, Some(current)),
+            lifetime,
+            answered_at,
+        }
+    }
+}
+
+/// Where an answer goes: the Secret as read (its resourceVersion is the write's precondition).
+struct Write<'a> {
+    api: &'a Api<Secret>,
+    secret: Secret,
+    m: &'a OAuth2Method,
+    generation: u32,
+    forced: Option<&'a str>,
+}
+
+/// The end of every refresh that got an answer: writes it (compare-and-swap), then reports it (failures reset,
+/// `lastRefreshTime`, the new timing, an Event when it ends a run of failures). A fresh answer whose write fails is
+/// kept for the next try; a kept one stays kept until written.
+#[allow(clippy::too_many_arguments)]
+async fn answered(
+    ctx: &Context,
+    ua: &UserActivation,
+    adm: &Admitted<'_>,
+    to: Write<'_>,
+    answer: Answer,
+    kept: bool,
+    status: &mut UserActivationStatus,
+    requeue: &mut Option<Duration>,
+    stored: Creds,
+) -> Result<Creds> {
+    let uid = ua.uid().unwrap_or_default();
+    remember_instance(adm, ua, status, &answer.tokens);
+    let refresh_at = match write_rotated(to.api, to.secret, &answer.tokens, to.m, answer.lifetime, to.generation, to.forced).await {
+        Ok(t) => t,
+        Err(e) if kept => return Err(e),
+        Err(e) => {
+            // The provider may have rotated the refresh token already: keep its answer for the next try.
+            warn!(activation = %ua.name_any(), namespace = %ua.namespace().unwrap_or_default(), error = %e, "the refreshed tokens could not be written; kept in memory for the next try");
+            ctx.rescued.keep(&uid, answer.replaced, answer.tokens, answer.lifetime, answer.answered_at);
+            return Err(e);
+        }
+    };
+    if kept {
+        ctx.rescued.written(&uid);
+        refreshed(ctx, "rescued");
+    }
+    let recovered = status.consecutive_failures > 0;
+    status.consecutive_failures = 0;
+    status.last_refresh_time = Some(answer.answered_at);
+    report(status, answer.tokens.expires_at.unwrap_or(answer.answered_at), refresh_at);
+    *requeue = min(*requeue, until(refresh_at, Utc::now()));
+    if recovered {
+        event(ctx, ua, EventType::Normal, "TokenRefreshRecovered", "the provider answered again; tokens refreshed").await;
+    }
+    Ok(stored)
+}
+
+/// How a token request ended for the reconcile that sent it.
+#[allow(clippy::large_enum_variant)] // one value per refresh, moved once: boxing the answer would buy nothing
+enum Sent {
+    Answered(std::result::Result<Answer, OAuthError>),
+    /// The budget ran out first: the request is still out, carried by its task for up to [`HARD_CAP`].
+    StillOut(Out),
+}
+
+/// Sends the token request (a refresh, or the client-credentials grant) from a task of its own and waits for it up
+/// to `budget`. A request the reconcile stops waiting for is not dropped: the provider may have read it, and a
+/// provider that rotates refresh tokens rotates when it processes it. Its task keeps the connection open for up to
+/// [`HARD_CAP`], keeps a late answer in [`crate::controller::rescued::Rescued`] and reconciles the activation then;
+/// until it ends, [`InFlight`](crate::controller::inflight::InFlight) stops a second request for the grant.
+async fn send(
+    ctx: &Context,
+    ua: &UserActivation,
+    m: &OAuth2Method,
+    kind: AuthKind,
+    client: OAuthClient,
+    current: &OAuth2Tokens,
+    budget: Duration,
+) -> Sent {
+    let uid = ua.uid().unwrap_or_default();
+    let ticket = ctx.inflight.begin(&uid, current.refresh_token.clone(), Utc::now());
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    // The task's bound is the hard cap; the connector's timeout bounds how long the reconcile waits (`budget`).
+    let client = client.with_timeout(Some(HARD_CAP));
+    let (http, m, current) = (ctx.http.clone(), m.clone(), current.clone());
+    let (inflight, rescued, triggers, activations) =
+        (ctx.inflight.clone(), ctx.rescued.clone(), ctx.triggers.clone(), ctx.stores.activations.clone());
+    let who = ObjectRef::from_obj(ua);
+    let mine = ticket.clone();
+    let task = tokio::spawn(async move {
+        let result = match (kind, &current.refresh_token) {
+            (AuthKind::OAuth2ClientCredentials, _) => client.client_credentials_within(&http, HARD_CAP).await,
+            (_, Some(rt)) => client.refresh(&http, rt, HARD_CAP).await,
+            (_, None) => unreachable_refresh(),
+        };
+        let result = result.map(|set| Answer::new(set, &m, &current, Utc::now()));
+        let Err(late) = tx.send(result) else {
+            inflight.end(&mine);
+            return;
+        };
+        // The reconcile stopped waiting: a late answer is kept (before the entry ends, so that no reconcile in
+        // between sends a second request), and the activation is reconciled to write it.
+        let ns = who.namespace.clone().unwrap_or_default();
+        match late {
+            Ok(answer) if activations.get(&who).is_some_and(|a| a.uid().as_deref() == Some(uid.as_str())) => {
+                info!(activation = %who.name, namespace = %ns, "a token request was answered after its reconcile stopped waiting; kept for the next reconcile");
+                rescued.keep(&uid, answer.replaced, answer.tokens, answer.lifetime, answer.answered_at);
+            }
+            Ok(_) => info!(activation = %who.name, namespace = %ns, "a late token answer for a deleted activation was dropped"),
+            Err(e) => {
+                warn!(activation = %who.name, namespace = %ns, error = %e, "a token request its reconcile stopped waiting for failed")
+            }
+        }
+        inflight.end(&mine);
+        triggers.activation(who);
+    });
+    ctx.inflight.attach(&ticket, task.abort_handle());
+    let answered = match tokio::time::timeout(budget, &mut rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(OAuthError::Transient("the token request ended without an answer".into())),
+        Err(_) => {
+            // Closed first: an answer sent before is read here; one sent after goes the task's late way.
+            rx.close();
+            match rx.try_recv() {
+                Ok(r) => r,
+                Err(_) => return Sent::StillOut(ticket.out().clone()),
+            }
+        }
+    };
+    ctx.inflight.end(&ticket);
+    Sent::Answered(answered)
+}
+
+/// Says where the stored token stands while no request may go out (a backoff after a failure, or a request still
+/// `out`): Ready while it is valid, with a look at its expiry, so that Ready turns False then.
+fn hold(
+    status: &UserActivationStatus,
+    requeue: &mut Option<Duration>,
+    expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    out: Option<&Out>,
+    stored: Creds,
+) -> Creds {
+    let retry = |what: &str| match out {
+        Some(o) => o.describe(),
+        None => format!("{what} is retried with backoff ({} failures so far)", status.consecutive_failures),
+    };
+    match expires_at {
+        Some(e) if e > now => {
+            *requeue = min(*requeue, until(e, now));
+            stored
+        }
+        // Never had a token: keep saying what the provider answered last time.
+        None => {
+            let last = crate::api::conditions::find(&status.conditions, crate::api::conditions::types::READY)
+                .filter(|c| c.message.starts_with("no access token yet"));
+            let (reason, message) = last
+                .map(|c| (reasons_of(&c.reason), c.message.clone()))
+                .unwrap_or_else(|| (reasons::PROVIDER_UNAVAILABLE, format!("no access token yet; {}", retry("fetching"))));
+            Creds::Unusable { reason, message, rejected: false }
+        }
+        _ => Creds::Unusable {
+            reason: reasons::TOKEN_EXPIRED,
+            message: format!("the access token expired; {}: check that the connector's tokenUrl answers", retry("refreshing")),
+            rejected: false,
+        },
     }
 }
 
@@ -470,7 +631,6 @@ async fn refresh_client(
 /// generation stays: a refresh is not a credential change. Returns the new refresh time.
 #[allow(clippy::too_many_arguments)]
 async fn write_rotated(
-    ctx: &Context,
     api: &Api<Secret>,
     mut secret: Secret,
     tokens: &OAuth2Tokens,
@@ -479,7 +639,6 @@ async fn write_rotated(
     generation: u32,
     forced: Option<&str>,
 ) -> Result<DateTime<Utc>> {
-    let _ = ctx;
     let data = Credential::OAuth2(tokens.clone()).to_secret_data();
     let expires_at = tokens.expires_at.unwrap_or_else(Utc::now);
     let mut annotations: BTreeMap<String, String> = secret.metadata.annotations.clone().unwrap_or_default();
@@ -521,7 +680,8 @@ fn refreshed(ctx: &Context, outcome: &str) {
 }
 
 /// A failed refresh that may pass: exponential backoff by `consecutiveFailures`; Ready while the token (expiring
-/// at `expires_at`) is valid, with a requeue at its expiry.
+/// at `expires_at`) is valid, with a requeue at its expiry. When the request is still out (the reconcile stopped
+/// waiting), the messages say so: no retry goes out until it ends.
 #[allow(clippy::too_many_arguments)]
 fn failure(
     ctx: &Context,
@@ -536,12 +696,16 @@ fn failure(
     stored: Creds,
 ) -> Creds {
     refreshed(ctx, "error");
-    let _ = ctx;
+    let out = ctx.inflight.peek(&ua.uid().unwrap_or_default());
     status.consecutive_failures = status.consecutive_failures.saturating_add(1);
     let delay = backoff_for(status.consecutive_failures);
-    warn!(activation = %ua.name_any(), namespace = %ua.namespace().unwrap_or_default(), failures = status.consecutive_failures, retry_in = ?delay, error = %message, "token refresh failed");
+    warn!(activation = %ua.name_any(), namespace = %ua.namespace().unwrap_or_default(), failures = status.consecutive_failures, retry_in = ?delay, error = %message, still_out = ?out.as_ref().map(Out::describe), "token refresh failed");
     *requeue = min(*requeue, delay);
     status.next_refresh_time = Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
+    let retry = match &out {
+        Some(o) => o.describe(),
+        None => format!("retried with backoff ({} failures so far)", status.consecutive_failures),
+    };
     match expires_at {
         Some(e) if e > now => {
             status.expires_at = Some(e);
@@ -550,13 +714,16 @@ fn failure(
             stored
         }
         // Never had a token (client credentials fetched for the first time): say what the provider answered.
-        _ if t.access_token.is_empty() => Creds::Unusable { reason, message: format!("no access token yet: {message}"), rejected: false },
+        _ if t.access_token.is_empty() => {
+            let message = match &out {
+                Some(o) => format!("no access token yet: {message}; {}", o.describe()),
+                None => format!("no access token yet: {message}"),
+            };
+            Creds::Unusable { reason, message, rejected: false }
+        }
         _ => Creds::Unusable {
             reason: if reason == reasons::PROVIDER_UNAVAILABLE { reasons::TOKEN_EXPIRED } else { reason },
-            message: format!(
-                "the access token expired and {message}; retried with backoff ({} failures so far): check that the connector's tokenUrl answers",
-                status.consecutive_failures
-            ),
+            message: format!("the access token expired and {message}; {retry}: check that the connector's tokenUrl answers"),
             rejected: false,
         },
     }
