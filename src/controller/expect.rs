@@ -4,8 +4,11 @@
 //! Secret and the first Job arrive one by one, and each triggers a reconcile. A reconcile that ran on a store
 //! still missing one of them would plan the same work again (a second status patch, a 409 on the Job). So each
 //! write is remembered with the resourceVersion it produced, and a reconcile waits until the stores show every
-//! one of them (the watch event that brings the last one triggers the reconcile). An expectation older than
-//! [`GIVE_UP`] is dropped: the watch may have skipped an intermediate version, and the next reconcile proceeds.
+//! one of them (the watch event that brings the last one triggers the reconcile). A Secret or Job that the store
+//! does not show although its watch has read past the version written was changed or deleted by someone else
+//! meanwhile: the store is current, and the reconcile proceeds. [`GIVE_UP`] bounds the wait for a watch that
+//! fell far behind (an apiserver under heavy load delivers events seconds late: 10,000 activations converging on
+//! two cores showed lags above 5 s, and every expectation dropped early cost a second status write).
 //! The connect server of the same process records its writes here too (the claim of a link, the owned Secret).
 //!
 //! A link just completed is claimed before its credentials are stored (the claim is the compare-and-swap that makes
@@ -16,16 +19,14 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::job_record::JobRecord;
-use k8s_openapi::api::core::v1::Secret;
-use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use crate::api::UserActivation;
+use crate::controller::Stores;
 
 /// How long a reconcile waits at most for the stores to show the operator's own writes.
-pub const GIVE_UP: Duration = Duration::from_secs(5);
+pub const GIVE_UP: Duration = Duration::from_secs(30);
 
 /// How long a claimed link waits for its credentials before a new link is published (the completing request
 /// failed or its replica died between the claim and the Secret write).
@@ -38,8 +39,8 @@ enum Item {
     Activation { resource_version: String },
     /// The owned Secret at this resourceVersion or later.
     Secret { name: String, resource_version: String },
-    /// A Job the reconcile created.
-    Job { name: String },
+    /// A Job the reconcile created, at the resourceVersion of its creation.
+    Job { name: String, resource_version: Option<String> },
 }
 
 #[derive(Debug)]
@@ -96,8 +97,8 @@ impl Expectations {
         }
     }
 
-    pub fn job_created(&self, ua: &UserActivation, name: &str) {
-        self.add(ua, Item::Job { name: name.to_string() });
+    pub fn job_created(&self, ua: &UserActivation, name: &str, resource_version: Option<String>) {
+        self.add(ua, Item::Job { name: name.to_string(), resource_version });
     }
 
     /// Forgets an activation (deleted).
@@ -134,7 +135,7 @@ impl Expectations {
 
     /// Whether the stores still lag behind a write this process made for `ua` (the copy handed to the reconcile
     /// comes from the activation store). Forgets what the stores show, and everything after [`GIVE_UP`].
-    pub fn pending(&self, ua: &UserActivation, secrets: &Store<PartialObjectMeta<Secret>>, jobs: &Store<JobRecord>) -> bool {
+    pub fn pending(&self, ua: &UserActivation, stores: &Stores) -> bool {
         let Ok(mut m) = self.inner.lock() else { return false };
         let k = key(ua);
         let Some(p) = m.get_mut(&k) else { return false };
@@ -146,10 +147,14 @@ impl Expectations {
         p.items.retain(|item| match item {
             Item::Activation { resource_version } => !at_least(ua.meta().resource_version.as_deref(), resource_version),
             Item::Secret { name, resource_version } => {
-                let seen = secrets.get(&ObjectRef::new(name).within(ns));
+                let seen = stores.owned_secrets.get(&ObjectRef::new(name).within(ns));
                 !at_least(seen.as_ref().and_then(|s| s.metadata.resource_version.as_deref()), resource_version)
+                    && !stores.owned_secrets_read.reached(ns, resource_version)
             }
-            Item::Job { name } => jobs.get(&ObjectRef::new(name).within(ns)).is_none(),
+            Item::Job { name, resource_version } => {
+                stores.jobs.get(&ObjectRef::new(name).within(ns)).is_none()
+                    && !resource_version.as_deref().is_some_and(|v| stores.jobs_read.reached(ns, v))
+            }
         });
         if p.items.is_empty() {
             m.remove(&k);
@@ -191,6 +196,31 @@ mod tests {
         assert_eq!(e.claim_wait(&a, t0 + CLAIM_GRACE), Some(CLAIM_GRACE), "a later claim waits afresh");
         e.claim_settled(&b);
         assert_eq!(e.claim_wait(&b, t0 + CLAIM_GRACE), Some(CLAIM_GRACE), "settled: forgotten");
+    }
+
+    #[test]
+    fn a_job_removed_before_the_store_showed_it_holds_the_reconcile_only_until_the_watch_read_past_it() {
+        use crate::controller::watch::Progress;
+        use std::sync::Arc;
+        let e = Expectations::default();
+        let ua = activation("a");
+        let mut stores = Stores::unfed();
+        let jobs_read = Arc::new(Progress::new(&[None]));
+        stores.jobs_read = jobs_read.clone();
+        e.job_created(&ua, "a-run-1", Some("100".into()));
+        assert!(e.pending(&ua, &stores), "the store has not shown the Job yet");
+        jobs_read.advance(0, 99);
+        assert!(e.pending(&ua, &stores), "the watch has not read the creation yet");
+        jobs_read.advance(0, 100);
+        assert!(!e.pending(&ua, &stores), "read past the creation and not in the store: deleted meanwhile; proceed");
+        assert!(e.is_empty());
+        // A Secret write likewise.
+        let secrets_read = Arc::new(Progress::new(&[None]));
+        stores.owned_secrets_read = secrets_read.clone();
+        e.secret_written(&ua, "a-credentials", Some("200".into()));
+        assert!(e.pending(&ua, &stores));
+        secrets_read.advance(0, 250);
+        assert!(!e.pending(&ua, &stores));
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct Stores {
     pub jobs: Store<JobRecord>,
     /// Indexes from referenced objects to referrers (and Jobs by activation), so a reconcile never scans a store.
     pub relations: Arc<Relations>,
+    /// How far the owned-Secret and Job watches have read (whether the stores show the operator's own writes).
+    pub owned_secrets_read: Arc<watch::Progress>,
+    pub jobs_read: Arc<watch::Progress>,
 }
 
 /// Errors of a reconcile: each names the step that failed. Transient ones are retried with backoff.
@@ -257,9 +260,9 @@ pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores,
             }
         })
     };
-    let owned_secrets = {
+    let (owned_secrets, owned_secrets_read) = {
         let t = triggers.clone();
-        reflect("Secret", meta_watches::<Secret>(client, namespaces, &managed), watch::prune_owned_secret, move |s, _| {
+        watch::reflect_tracked("Secret", meta_watches::<Secret>(client, namespaces, &managed), watch::prune_owned_secret, move |s, _| {
             t.owner_of(&s.metadata)
         })
     };
@@ -283,15 +286,25 @@ pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores,
             },
         )
     };
-    let jobs = {
+    let (jobs, jobs_read) = {
         let (t, r) = (triggers.clone(), relations.clone());
-        reflect("Job", full_watches::<JobRecord>(client, namespaces, &managed), watch::prune_job, move |j, change| {
+        watch::reflect_tracked("Job", full_watches::<JobRecord>(client, namespaces, &managed), watch::prune_job, move |j, change| {
             r.job_changed(&j.metadata, change);
             t.owner_of(&j.metadata)
         })
     };
-    let stores =
-        Stores { connectors, connections, activations, namespaces: namespaces_store, owned_secrets, source_secrets, jobs, relations };
+    let stores = Stores {
+        connectors,
+        connections,
+        activations,
+        namespaces: namespaces_store,
+        owned_secrets,
+        source_secrets,
+        jobs,
+        relations,
+        owned_secrets_read,
+        jobs_read,
+    };
     (stores, triggers, receivers)
 }
 
@@ -314,6 +327,8 @@ impl Stores {
             source_secrets: empty(),
             jobs: empty(),
             relations: Default::default(),
+            owned_secrets_read: Default::default(),
+            jobs_read: Default::default(),
         }
     }
 

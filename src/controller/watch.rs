@@ -7,6 +7,8 @@
 use std::collections::HashSet;
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{Stream, StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::Secret;
@@ -39,14 +41,65 @@ impl<K> Watch<K> {
     }
 }
 
+/// How far each watch of a store has read: the highest resourceVersion among the changes it delivered. A watch
+/// delivers changes in resourceVersion order, so every change up to that version is in the store: an object the
+/// operator wrote at a version at most that far is shown there, or a later version of it, or its deletion. A
+/// listing arrives in key order, so it counts only once it is complete.
+///
+/// resourceVersions are opaque to clients in general; the apiserver's are etcd revisions (one counter for all
+/// kinds), and a version that does not parse as a number is never counted as reached.
+#[derive(Debug, Default)]
+pub struct Progress {
+    marks: Vec<(Option<String>, AtomicU64)>,
+}
+
+impl Progress {
+    pub(crate) fn new(namespaces: &[Option<String>]) -> Self {
+        Self { marks: namespaces.iter().map(|ns| (ns.clone(), AtomicU64::new(0))).collect() }
+    }
+
+    pub(crate) fn advance(&self, watch: usize, version: u64) {
+        if let Some((_, m)) = self.marks.get(watch) {
+            m.fetch_max(version, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the watch covering `namespace` has delivered every change up to `resource_version`.
+    pub fn reached(&self, namespace: &str, resource_version: &str) -> bool {
+        let Ok(wanted) = resource_version.parse::<u64>() else { return false };
+        self.marks
+            .iter()
+            .find(|(ns, _)| ns.as_deref().is_none_or(|n| n == namespace))
+            .is_some_and(|(_, m)| m.load(Ordering::Relaxed) >= wanted)
+    }
+}
+
+fn version_of<K: Resource>(obj: &K) -> Option<u64> {
+    obj.meta().resource_version.as_deref().and_then(|v| v.parse().ok())
+}
+
 /// Starts a task that keeps a store of `K` from `watches`; `prune` runs on every object before it is stored and
 /// `on_change` after. Returns the store's reader; `Store::wait_until_ready` resolves once every watch has listed.
 pub fn reflect<K>(
     kind: &'static str,
     watches: Vec<Watch<K>>,
+    prune: impl FnMut(&mut K) + Send + 'static,
+    on_change: impl FnMut(&K, Change) + Send + 'static,
+) -> Store<K>
+where
+    K: Resource + Clone + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    reflect_tracked(kind, watches, prune, on_change).0
+}
+
+/// [`reflect`], also returning how far its watches have read.
+pub fn reflect_tracked<K>(
+    kind: &'static str,
+    watches: Vec<Watch<K>>,
     mut prune: impl FnMut(&mut K) + Send + 'static,
     mut on_change: impl FnMut(&K, Change) + Send + 'static,
-) -> Store<K>
+) -> (Store<K>, Arc<Progress>)
 where
     K: Resource + Clone + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
@@ -55,12 +108,16 @@ where
     let store = reader.clone();
     let namespaces: Vec<Option<String>> = watches.iter().map(|w| w.namespace.clone()).collect();
     let n = watches.len();
+    let progress = Arc::new(Progress::new(&namespaces));
+    let read = progress.clone();
     let mut merged = futures::stream::select_all(watches.into_iter().enumerate().map(|(i, w)| w.events.map(move |e| (i, e))));
     tokio::spawn(async move {
         writer.apply_watcher_event(&Event::Init);
         let mut listed = vec![false; n];
         let mut ready = false;
         let mut relisting: Vec<Option<HashSet<ObjectRef<K>>>> = (0..n).map(|_| None).collect();
+        // The highest version in each watch's listing under way.
+        let mut listing: Vec<u64> = vec![0; n];
         while let Some((i, event)) = merged.next().await {
             let event = match event {
                 Ok(e) => e,
@@ -75,7 +132,8 @@ where
                         relisting[i] = Some(HashSet::new());
                     }
                 }
-                Event::InitApply(mut obj) | Event::Apply(mut obj) => {
+                Event::InitApply(mut obj) => {
+                    listing[i] = listing[i].max(version_of(&obj).unwrap_or(0));
                     prune(&mut obj);
                     if !ready {
                         writer.apply_watcher_event(&Event::InitApply(obj.clone()));
@@ -87,8 +145,24 @@ where
                     }
                     on_change(&obj, Change::Applied);
                 }
+                Event::Apply(mut obj) => {
+                    let v = version_of(&obj).unwrap_or(0);
+                    prune(&mut obj);
+                    if !ready {
+                        // Other watches are still listing: buffered with the listing, counted with it.
+                        writer.apply_watcher_event(&Event::InitApply(obj.clone()));
+                        listing[i] = listing[i].max(v);
+                    } else {
+                        writer.apply_watcher_event(&Event::Apply(obj.clone()));
+                        read.advance(i, v);
+                    }
+                    on_change(&obj, Change::Applied);
+                }
                 Event::Delete(obj) => {
                     writer.apply_watcher_event(&Event::Delete(obj.clone()));
+                    if ready {
+                        read.advance(i, version_of(&obj).unwrap_or(0));
+                    }
                     on_change(&obj, Change::Deleted);
                 }
                 Event::InitDone => {
@@ -97,8 +171,14 @@ where
                         if listed.iter().all(|l| *l) {
                             writer.apply_watcher_event(&Event::InitDone);
                             ready = true;
+                            // The store shows no listing before all are done: they count from now.
+                            for (w, v) in listing.iter_mut().enumerate() {
+                                read.advance(w, std::mem::take(v));
+                            }
                         }
-                    } else if let Some(seen) = relisting[i].take() {
+                        continue;
+                    }
+                    if let Some(seen) = relisting[i].take() {
                         let ns = &namespaces[i];
                         let gone: Vec<_> = reader
                             .state()
@@ -112,11 +192,12 @@ where
                             on_change(&obj, Change::Deleted);
                         }
                     }
+                    read.advance(i, std::mem::take(&mut listing[i]));
                 }
             }
         }
     });
-    store
+    (store, progress)
 }
 
 /// Drops what a store does not need: managed fields and the last-applied annotation.
@@ -158,4 +239,80 @@ pub fn prune_source_secret(obj: &mut PartialObjectMeta<Secret>) {
     meta.uid = None;
     meta.creation_timestamp = None;
     meta.generation = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ObjectMeta;
+    use std::time::Duration;
+
+    fn cm(ns: &str, name: &str, version: u64) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                resource_version: Some(version.to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    async fn eventually(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    #[test]
+    fn progress_is_per_watch_namespace_and_never_reached_by_an_opaque_version() {
+        let p = Progress::new(&[Some("a".into()), Some("b".into())]);
+        p.advance(0, 100);
+        assert!(p.reached("a", "100") && p.reached("a", "42"));
+        assert!(!p.reached("a", "101"));
+        assert!(!p.reached("b", "42"), "watch b has read nothing");
+        assert!(!p.reached("c", "1"), "no watch covers c");
+        assert!(!p.reached("a", "not-a-number"));
+        p.advance(0, 7);
+        assert!(p.reached("a", "100"), "never goes back");
+        let all = Progress::new(&[None]);
+        all.advance(0, 5);
+        assert!(all.reached("any", "5"));
+        assert!(!Progress::default().reached("a", "1"), "no watches: nothing read");
+    }
+
+    #[tokio::test]
+    async fn a_listing_counts_once_complete_and_live_changes_at_once() {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let (store, read) = reflect_tracked("ConfigMap", vec![Watch::new(None, rx)], |_: &mut ConfigMap| {}, |_, _| {});
+        tx.unbounded_send(Ok(Event::Init)).unwrap();
+        // A listing comes in key order: its highest version says nothing until the listing is complete.
+        tx.unbounded_send(Ok(Event::InitApply(cm("t", "a", 70)))).unwrap();
+        tx.unbounded_send(Ok(Event::InitApply(cm("t", "b", 30)))).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!read.reached("t", "30"), "listing not complete");
+        tx.unbounded_send(Ok(Event::InitDone)).unwrap();
+        eventually("the listing counted", || read.reached("t", "70")).await;
+        assert_eq!(store.state().len(), 2);
+        tx.unbounded_send(Ok(Event::Apply(cm("t", "c", 90)))).unwrap();
+        eventually("a live change counted", || read.reached("t", "90")).await;
+        assert!(store.get(&ObjectRef::new("c").within("t")).is_some(), "the store shows what was counted");
+        tx.unbounded_send(Ok(Event::Delete(cm("t", "a", 95)))).unwrap();
+        eventually("a deletion counted", || read.reached("t", "95")).await;
+        assert!(store.get(&ObjectRef::new("a").within("t")).is_none());
+        // A re-list (after a watch desync) counts again only once complete.
+        tx.unbounded_send(Ok(Event::Init)).unwrap();
+        tx.unbounded_send(Ok(Event::InitApply(cm("t", "b", 120)))).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!read.reached("t", "120"));
+        tx.unbounded_send(Ok(Event::InitDone)).unwrap();
+        eventually("the re-list counted", || read.reached("t", "120")).await;
+        assert!(store.get(&ObjectRef::new("c").within("t")).is_none(), "gone from the re-list: removed");
+    }
 }

@@ -57,7 +57,7 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
         return cleanup(&ua, &ctx).await;
     }
     // The stores do not show this process's last writes for it yet: their watch events trigger the next reconcile.
-    if ctx.expect.pending(&ua, &ctx.stores.owned_secrets, &ctx.stores.jobs) {
+    if ctx.expect.pending(&ua, &ctx.stores) {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let ns = ua.namespace().ok_or(Error::NoNamespace)?;
@@ -899,8 +899,8 @@ async fn start_run(
         .create(&PostParams { field_manager: Some(naming::FIELD_MANAGER.into()), ..Default::default() }, &job)
         .await
     {
-        Ok(_) => {
-            ctx.expect.job_created(ua, &name);
+        Ok(created) => {
+            ctx.expect.job_created(ua, &name, created.metadata.resource_version);
             info!(activation = %ua.name_any(), namespace = %ns, job = %name, run = %key, "started run");
             ctx.metrics.job_started();
             Ok(Ok(Some(name)))
