@@ -15,6 +15,7 @@ pub mod naming;
 pub mod outbound;
 pub mod providers;
 pub mod run;
+pub mod secret_record;
 pub mod telemetry;
 pub mod users;
 pub mod variables;

@@ -14,9 +14,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::{reflector, watcher::Event};
 use latchkey::api::UserActivation;
+use latchkey::controller;
 use latchkey::controller::relations::Relations;
 use latchkey::controller::watch::{self, Change};
 use latchkey::job_record::JobRecord;
+use latchkey::secret_record::SecretRecord;
 use serde_json::{Value, json};
 
 struct Counting;
@@ -194,6 +196,16 @@ where
     (reader, add)
 }
 
+/// A store of records made from what the watch serves, as [`latchkey::controller::watch::Watch::map`] makes them.
+fn records<K: serde::de::DeserializeOwned>(record: fn(K) -> SecretRecord) -> (reflector::Store<SecretRecord>, impl FnMut(&str)) {
+    let (reader, mut writer) = reflector::store::<SecretRecord>();
+    let add = move |text: &str| {
+        let obj: K = serde_json::from_str(text).expect("the harness's own JSON parses");
+        writer.apply_watcher_event(&Event::Apply(record(obj)));
+    };
+    (reader, add)
+}
+
 #[test]
 #[ignore = "a measurement, run on demand with --ignored --nocapture"]
 fn heap_per_activation_by_store() {
@@ -205,9 +217,9 @@ fn heap_per_activation_by_store() {
     };
     let (activations, add) = store::<UserActivation>(watch::prune_meta);
     sum(per_object("activation", activation, add));
-    let (owned, add) = store::<PartialObjectMeta<Secret>>(watch::prune_owned_secret);
+    let (owned, add) = records::<PartialObjectMeta<Secret>>(controller::owned_secret_record);
     sum(per_object("owned Secret", owned_secret, add));
-    let (source, add) = store::<PartialObjectMeta<Secret>>(watch::prune_source_secret);
+    let (source, add) = records::<PartialObjectMeta<Secret>>(controller::source_secret_record);
     sum(per_object("source Secret", source_secret, add));
     let (jobs, add) = store::<JobRecord>(watch::prune_job);
     sum(per_object("Job record", job, add));

@@ -172,7 +172,7 @@ impl Lookup {
     pub async fn organisation_app(&self, connector: &Connector, m: &OAuth2Method, redirect: String) -> Result<OAuthClient, AppClientError> {
         let ns = connector.namespace().unwrap_or_default();
         let name = m.client_secret_ref.as_ref().map(|r| r.name.clone()).ok_or(AppClientError::NoRef)?;
-        let seen = self.stores.source_secrets.get(&ObjectRef::new(&name).within(&ns)).and_then(|s| s.metadata.resource_version.clone());
+        let seen = self.stores.source_secrets.get(&ObjectRef::new(&name).within(&ns)).and_then(|s| s.version().map(String::from));
         let key = (ns.clone(), name.clone());
         if let Some(rv) = &seen
             && let Some((at, id, secret)) = self.apps.lock().ok().and_then(|a| a.get(&key).cloned())

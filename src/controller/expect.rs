@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::secret_record::SecretRecord;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
@@ -148,7 +149,7 @@ impl Expectations {
             Item::Activation { resource_version } => !at_least(ua.meta().resource_version.as_deref(), resource_version),
             Item::Secret { name, resource_version } => {
                 let seen = stores.owned_secrets.get(&ObjectRef::new(name).within(ns));
-                !at_least(seen.as_ref().and_then(|s| s.metadata.resource_version.as_deref()), resource_version)
+                !at_least(seen.as_deref().and_then(SecretRecord::version), resource_version)
                     && !stores.owned_secrets_read.reached(ns, resource_version)
             }
             Item::Job { name, resource_version } => {

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::job_record::JobRecord;
+use crate::secret_record::SecretRecord;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::core::PartialObjectMeta;
@@ -67,10 +68,10 @@ pub struct Stores {
     pub connections: Store<EmbeddedConnection>,
     pub activations: Store<UserActivation>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
-    /// Secrets the operator owns (label selector), metadata only.
-    pub owned_secrets: Store<PartialObjectMeta<Secret>>,
-    /// Application-written Secrets labelled `latchkey.dev/source=true`, metadata only.
-    pub source_secrets: Store<PartialObjectMeta<Secret>>,
+    /// Secrets the operator owns (label selector): what the reconcile reads of their metadata.
+    pub owned_secrets: Store<SecretRecord>,
+    /// Application-written Secrets labelled `latchkey.dev/source=true`: name and resourceVersion.
+    pub source_secrets: Store<SecretRecord>,
     /// Jobs the operator created, without their spec.
     pub jobs: Store<JobRecord>,
     /// Indexes from referenced objects to referrers (and Jobs by activation), so a reconcile never scans a store.
@@ -262,25 +263,37 @@ pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores,
     };
     let (owned_secrets, owned_secrets_read) = {
         let t = triggers.clone();
-        watch::reflect_tracked("Secret", meta_watches::<Secret>(client, namespaces, &managed), watch::prune_owned_secret, move |s, _| {
-            t.owner_of(&s.metadata)
-        })
+        let watches = meta_watches::<Secret>(client, namespaces, &managed).into_iter().map(|w| w.map(owned_secret_record)).collect();
+        watch::reflect_tracked(
+            "Secret",
+            watches,
+            |_| {},
+            move |s: &SecretRecord, _| {
+                for name in s.controllers() {
+                    t.activation(ObjectRef::new(name).within(s.namespace()));
+                }
+            },
+        )
     };
     let source_secrets = {
         let (t, r) = (triggers.clone(), relations.clone());
         let cs = connectors.clone();
+        let sources = watcher::Config::default().labels(naming::SOURCE_SELECTOR);
+        let watches = meta_watches::<Secret>(client, namespaces, &sources).into_iter().map(|w| w.map(source_secret_record)).collect();
         reflect(
             "Secret",
-            meta_watches::<Secret>(client, namespaces, &watcher::Config::default().labels(naming::SOURCE_SELECTOR)),
-            watch::prune_source_secret,
-            move |s, _| {
-                let (ns, name) = (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default());
-                for ua in r.activations_using_secret(&ns, &name) {
+            watches,
+            |_| {},
+            move |s: &SecretRecord, _| {
+                let (ns, name) = (s.namespace(), s.name());
+                for ua in r.activations_using_secret(ns, name) {
                     t.activation(ua);
                 }
-                for c in cs.state().iter().filter(|c| {
-                    c.metadata.namespace.as_deref() == Some(ns.as_str()) && connector::client_secret_name(c) == Some(name.as_str())
-                }) {
+                for c in cs
+                    .state()
+                    .iter()
+                    .filter(|c| c.metadata.namespace.as_deref() == Some(ns) && connector::client_secret_name(c) == Some(name))
+                {
                     t.connector(ObjectRef::from_obj(c.as_ref()));
                 }
             },
@@ -308,12 +321,22 @@ pub fn start_watches(client: &Client, namespaces: &[Option<String>]) -> (Stores,
     (stores, triggers, receivers)
 }
 
+/// What the owned-Secret store keeps of a Secret the metadata watch serves.
+pub fn owned_secret_record(s: PartialObjectMeta<Secret>) -> SecretRecord {
+    SecretRecord::owned(&s.metadata)
+}
+
+/// What the source-Secret store keeps of a Secret the metadata watch serves.
+pub fn source_secret_record(s: PartialObjectMeta<Secret>) -> SecretRecord {
+    SecretRecord::source(&s.metadata)
+}
+
 impl Stores {
     /// Stores that no watch feeds: they stay empty and never become ready (for tests of code that only reads them).
     pub fn unfed() -> Self {
         fn empty<K>() -> Store<K>
         where
-            K: kube::Resource + Clone + 'static,
+            K: kube::runtime::reflector::Lookup + Clone + 'static,
             K::DynamicType: Default + Eq + std::hash::Hash + Clone,
         {
             kube::runtime::reflector::store::<K>().0

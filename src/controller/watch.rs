@@ -10,13 +10,11 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures::{Stream, StreamExt, stream::BoxStream};
-use k8s_openapi::api::core::v1::Secret;
-use kube::core::PartialObjectMeta;
+use futures::{Stream, StreamExt, TryStreamExt, stream::BoxStream};
 use kube::{
-    Resource, ResourceExt,
+    Resource,
     runtime::{
-        reflector::{self, ObjectRef, Store},
+        reflector::{self, Lookup, ObjectRef, Store},
         watcher::{self, Event},
     },
 };
@@ -38,6 +36,21 @@ pub struct Watch<K> {
 impl<K> Watch<K> {
     pub fn new(namespace: Option<String>, events: impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static) -> Self {
         Self { namespace, events: events.boxed() }
+    }
+
+    /// The same watch with each object turned into a `T` as it arrives: only the `T` reaches the store.
+    pub fn map<T: 'static>(self, f: fn(K) -> T) -> Watch<T>
+    where
+        K: 'static,
+    {
+        let events = self.events.map_ok(move |e| match e {
+            Event::Apply(o) => Event::Apply(f(o)),
+            Event::InitApply(o) => Event::InitApply(f(o)),
+            Event::Delete(o) => Event::Delete(f(o)),
+            Event::Init => Event::Init,
+            Event::InitDone => Event::InitDone,
+        });
+        Watch::new(self.namespace, events)
     }
 }
 
@@ -74,8 +87,8 @@ impl Progress {
     }
 }
 
-fn version_of<K: Resource>(obj: &K) -> Option<u64> {
-    obj.meta().resource_version.as_deref().and_then(|v| v.parse().ok())
+fn version_of<K: Lookup>(obj: &K) -> Option<u64> {
+    obj.resource_version().and_then(|v| v.parse().ok())
 }
 
 /// Starts a task that keeps a store of `K` from `watches`; `prune` runs on every object before it is stored and
@@ -87,7 +100,7 @@ pub fn reflect<K>(
     on_change: impl FnMut(&K, Change) + Send + 'static,
 ) -> Store<K>
 where
-    K: Resource + Clone + Debug + Send + Sync + 'static,
+    K: Lookup + Clone + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
     reflect_tracked(kind, watches, prune, on_change).0
@@ -101,7 +114,7 @@ pub fn reflect_tracked<K>(
     mut on_change: impl FnMut(&K, Change) + Send + 'static,
 ) -> (Store<K>, Arc<Progress>)
 where
-    K: Resource + Clone + Debug + Send + Sync + 'static,
+    K: Lookup + Clone + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
     let (reader, mut writer) = reflector::store::<K>();
@@ -183,7 +196,7 @@ where
                         let gone: Vec<_> = reader
                             .state()
                             .into_iter()
-                            .filter(|o| ns.is_none() || o.namespace() == *ns)
+                            .filter(|o| ns.is_none() || o.namespace().as_deref() == ns.as_deref())
                             .filter(|o| !seen.contains(&ObjectRef::from_obj(o.as_ref())))
                             .collect();
                         for obj in gone {
@@ -218,29 +231,6 @@ pub fn prune_job(job: &mut crate::job_record::JobRecord) {
     job.metadata.labels = None;
     job.metadata.uid = None;
 }
-
-/// What the owned-Secret store keeps: the annotations (data hash, source version, generation, token timing) and
-/// the owner reference; the labels served the selector and are dropped, and so is the type (every object of a
-/// store is a Secret).
-pub fn prune_owned_secret(obj: &mut PartialObjectMeta<Secret>) {
-    prune_meta(obj);
-    obj.types = None;
-    obj.metadata.labels = None;
-}
-
-/// What the source-Secret store keeps: name and resourceVersion (whether the data changed).
-pub fn prune_source_secret(obj: &mut PartialObjectMeta<Secret>) {
-    obj.types = None;
-    let meta = &mut obj.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.labels = None;
-    meta.owner_references = None;
-    meta.uid = None;
-    meta.creation_timestamp = None;
-    meta.generation = None;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,7 @@ use crate::instance;
 use crate::job_record::JobRecord;
 use crate::jobs;
 use crate::naming::{self, DATA_HASH_ANNOTATION, GENERATION_ANNOTATION, SOURCE_VERSION_ANNOTATION};
+use crate::secret_record::SecretRecord;
 use decide::{Admitted, Gate, Run};
 
 /// The credential generation of an activation whose auth method takes no credentials: constant, so its first
@@ -82,7 +83,7 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
     let admitted = decide::admit(&ua, connection.as_deref(), connector.as_deref(), ns_labels.as_ref(), older);
     let secret_name = naming::credentials_secret_name(&ua);
     let owned = ctx.stores.owned_secrets.get(&ObjectRef::new(&secret_name).within(&ns));
-    if owned.as_ref().is_some_and(|o| naming::owned_by(o.metadata.owner_references.as_ref(), &ua.uid().unwrap_or_default())) {
+    if owned.as_ref().is_some_and(|o| o.owned_by(&ua.uid().unwrap_or_default())) {
         status.secret_name = Some(secret_name.clone());
     }
 
@@ -110,7 +111,7 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
         status.secret_name = None;
         Creds::Stored { generation: NO_CREDENTIALS_GENERATION, verified: None }
     } else {
-        sync_credentials(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref().map(|o| &o.metadata), &mut status, &mut first_write).await?
+        sync_credentials(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref(), &mut status, &mut first_write).await?
     };
 
     // The tenant's instance: the connector's URLs with their parameters filled in, within allowedHosts.
@@ -139,9 +140,7 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
         status.base_url = Some(adm.connector.spec.base_url.clone()).filter(|u| !u.is_empty());
         adm
     };
-    let creds =
-        oauth::lifecycle(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref().map(|o| &o.metadata), creds, &mut status, &mut requeue, now)
-            .await?;
+    let creds = oauth::lifecycle(&ctx, &ua, &adm, kind, &secret_name, owned.as_deref(), creds, &mut status, &mut requeue, now).await?;
     let (ready, awaiting) = match &creds {
         Creds::Stored { generation: g, .. } if kind == AuthKind::None => {
             status.credential_generation = *g;
@@ -541,8 +540,8 @@ fn older_activation_of_same_user(ctx: &Context, ua: &UserActivation) -> Option<S
         .next()
 }
 
-fn annotation<'a>(meta: Option<&'a ObjectMeta>, key: &str) -> Option<&'a String> {
-    meta.and_then(|m| m.annotations.as_ref()).and_then(|a| a.get(key))
+fn annotation<'a>(secret: Option<&'a SecretRecord>, key: &str) -> Option<&'a str> {
+    secret.and_then(|s| s.annotation(key))
 }
 
 /// Brings the owned Secret in line with the application's source Secret (or finds credentials the connect flow
@@ -555,14 +554,14 @@ async fn sync_credentials(
     adm: &Admitted<'_>,
     kind: AuthKind,
     secret_name: &str,
-    owned: Option<&ObjectMeta>,
+    owned: Option<&SecretRecord>,
     status: &mut UserActivationStatus,
     first_write: &mut Option<SecretWrite>,
 ) -> Result<Creds> {
     let ns = ua.namespace().unwrap_or_default();
     let uid = ua.uid().unwrap_or_default();
     let stored_generation = annotation(owned, GENERATION_ANNOTATION).and_then(|g| g.parse::<u32>().ok());
-    let owned_is_ours = owned.is_some_and(|m| naming::owned_by(m.owner_references.as_ref(), &uid));
+    let owned_is_ours = owned.is_some_and(|s| s.owned_by(&uid));
 
     let Some(source) = &ua.spec.credentials_secret_ref else {
         // No source: credentials come from the user through the connect flow.
@@ -582,7 +581,7 @@ async fn sync_credentials(
     let watched = source::watched_version(ctx, &ns, &source.name);
     if let Some(v) = &watched {
         if owned_is_ours
-            && annotation(owned, SOURCE_VERSION_ANNOTATION) == Some(v)
+            && annotation(owned, SOURCE_VERSION_ANNOTATION) == Some(v.as_str())
             && let Some(g) = stored_generation
         {
             let verified = annotation(owned, naming::VERIFIED_ANNOTATION).map(|v| v == "true");
@@ -623,7 +622,7 @@ async fn sync_credentials(
                 .get_metadata_opt(secret_name)
                 .await
                 .map_err(Error::kube("checking the credentials Secret name"))
-                .map(|o| o.map(|m| m.metadata)),
+                .map(|o| o.map(|m| SecretRecord::owned(&m.metadata))),
         }
     };
     let (src, owned_meta) = tokio::try_join!(source::read(ctx, &ns, &source.name), name_check)?;
@@ -649,7 +648,7 @@ async fn sync_credentials(
 
     // A Secret of that name that the operator does not own is never overwritten.
     if let Some(m) = &owned_meta
-        && !naming::owned_by(m.owner_references.as_ref(), &uid)
+        && !m.owned_by(&uid)
     {
         let _ = ctx
             .recorder
@@ -672,9 +671,8 @@ async fn sync_credentials(
             rejected: false,
         });
     }
-    let same_data = owned_meta.as_ref().and_then(|m| annotation(Some(m), DATA_HASH_ANNOTATION)) == Some(&hash);
-    let prev_generation =
-        owned_meta.as_ref().and_then(|m| annotation(Some(m), GENERATION_ANNOTATION)).and_then(|g| g.parse::<u32>().ok()).unwrap_or(0);
+    let same_data = annotation(owned_meta.as_ref(), DATA_HASH_ANNOTATION) == Some(hash.as_str());
+    let prev_generation = annotation(owned_meta.as_ref(), GENERATION_ANNOTATION).and_then(|g| g.parse::<u32>().ok()).unwrap_or(0);
 
     let mut verified = None;
     if !same_data {
@@ -714,7 +712,7 @@ async fn sync_credentials(
             }
         }
     } else {
-        verified = owned_meta.as_ref().and_then(|m| annotation(Some(m), naming::VERIFIED_ANNOTATION)).map(|v| v == "true").filter(|v| *v);
+        verified = annotation(owned_meta.as_ref(), naming::VERIFIED_ANNOTATION).map(|v| v == "true").filter(|v| *v);
     }
     status.consecutive_failures = 0;
     let generation = if same_data { prev_generation.max(1) } else { prev_generation + 1 };
@@ -727,8 +725,8 @@ async fn sync_credentials(
         annotations.insert(naming::VERIFIED_ANNOTATION.to_string(), "true".into());
     }
     let unchanged = same_data
-        && owned_meta.as_ref().and_then(|m| annotation(Some(m), SOURCE_VERSION_ANNOTATION)) == Some(&src.resource_version)
-        && owned_meta.as_ref().and_then(|m| annotation(Some(m), GENERATION_ANNOTATION)) == Some(&generation.to_string());
+        && annotation(owned_meta.as_ref(), SOURCE_VERSION_ANNOTATION) == Some(src.resource_version.as_str())
+        && annotation(owned_meta.as_ref(), GENERATION_ANNOTATION) == Some(generation.to_string().as_str());
     if !unchanged {
         let write = SecretWrite { name: secret_name.to_string(), data, annotations };
         if owned_meta.is_none() && matches!(kind, AuthKind::ApiKey | AuthKind::Basic) {

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -44,6 +43,7 @@ use crate::credentials::oauth::{
 };
 use crate::credentials::{self, Credential, OAuth2Tokens, Sensitive};
 use crate::naming;
+use crate::secret_record::SecretRecord;
 
 /// The user declined consent at the provider; a new link is published.
 pub const CONSENT_DECLINED: &str = "ConsentDeclined";
@@ -71,7 +71,7 @@ pub(super) async fn lifecycle(
     adm: &Admitted<'_>,
     kind: AuthKind,
     secret_name: &str,
-    owned: Option<&ObjectMeta>,
+    owned: Option<&SecretRecord>,
     creds: Creds,
     status: &mut UserActivationStatus,
     requeue: &mut Option<Duration>,
@@ -187,16 +187,16 @@ fn publish_link(
     status.connect_url_expires_at.map(|e| e - LINK_RENEW_BEFORE)
 }
 
-fn time(meta: Option<&ObjectMeta>, key: &str) -> Option<DateTime<Utc>> {
-    annotation(meta, key).and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc))
+fn time(secret: Option<&SecretRecord>, key: &str) -> Option<DateTime<Utc>> {
+    annotation(secret, key).and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc))
 }
 
 /// The token timing an owned Secret's annotations give, if they belong to this generation.
-fn timing(meta: Option<&ObjectMeta>, generation: u32) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
-    if annotation(meta, EXPIRY_GENERATION_ANNOTATION).and_then(|g| g.parse::<u32>().ok()) != Some(generation) {
+fn timing(secret: Option<&SecretRecord>, generation: u32) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    if annotation(secret, EXPIRY_GENERATION_ANNOTATION).and_then(|g| g.parse::<u32>().ok()) != Some(generation) {
         return None;
     }
-    Some((time(meta, EXPIRES_AT_ANNOTATION)?, time(meta, REFRESH_AT_ANNOTATION)?))
+    Some((time(secret, EXPIRES_AT_ANNOTATION)?, time(secret, REFRESH_AT_ANNOTATION)?))
 }
 
 /// Refreshes when due; otherwise reports the timing in status and requeues at the refresh time.
@@ -208,7 +208,7 @@ async fn tokens(
     m: &OAuth2Method,
     kind: AuthKind,
     secret_name: &str,
-    owned: Option<&ObjectMeta>,
+    owned: Option<&SecretRecord>,
     generation: u32,
     verified: Option<bool>,
     status: &mut UserActivationStatus,
@@ -257,19 +257,20 @@ async fn tokens(
     let forced = ua
         .annotations()
         .get(naming::REFRESH_NOW_ANNOTATION)
-        .filter(|v| status.refresh_now_handled.as_ref() != Some(*v) && handled_on_secret != Some(*v))
+        .filter(|v| status.refresh_now_handled.as_ref() != Some(*v) && handled_on_secret != Some(v.as_str()))
         .cloned();
     if let (Some(v), None) = (handled_on_secret, &forced)
-        && ua.annotations().get(naming::REFRESH_NOW_ANNOTATION) == Some(v)
+        && ua.annotations().get(naming::REFRESH_NOW_ANNOTATION).map(String::as_str) == Some(v)
     {
-        status.refresh_now_handled = Some(v.clone());
+        status.refresh_now_handled = Some(v.to_string());
     }
     if let Some(v) = &forced {
         status.refresh_now_handled = Some(v.clone());
         info!(activation = %ua.name_any(), namespace = %ua.namespace().unwrap_or_default(), "refresh requested by annotation");
     }
     // Not due (unless asked for): the timing a Secret's annotations give, reported with a requeue at its refresh time.
-    let not_due = |meta: Option<&ObjectMeta>| timing(meta, generation).filter(|(_, refresh_at)| forced.is_none() && *refresh_at > now);
+    let not_due =
+        |secret: Option<&SecretRecord>| timing(secret, generation).filter(|(_, refresh_at)| forced.is_none() && *refresh_at > now);
     let wait = |status: &mut UserActivationStatus, requeue: &mut Option<Duration>, (expires_at, refresh_at)| {
         report(status, expires_at, refresh_at);
         *requeue = min(*requeue, until(refresh_at, now));
@@ -285,7 +286,7 @@ async fn tokens(
     let Some(secret) = api.get_opt(secret_name).await.map_err(Error::kube("reading the credentials Secret for a refresh"))? else {
         return Ok(stored);
     };
-    if !kept && let Some(t) = not_due(Some(&secret.metadata)) {
+    if !kept && let Some(t) = not_due(Some(&SecretRecord::owned(&secret.metadata))) {
         wait(status, requeue, t);
         return Ok(stored);
     }
@@ -310,12 +311,12 @@ async fn tokens(
         return answered(ctx, ua, adm, to_write, answer, true, status, requeue, stored).await;
     }
     // The kept answer was moot (the Secret changed meanwhile): back to the Secret's own timing.
-    if let Some(t) = not_due(Some(&to_write.secret.metadata)) {
+    if let Some(t) = not_due(Some(&SecretRecord::owned(&to_write.secret.metadata))) {
         wait(status, requeue, t);
         return Ok(stored);
     }
     // The expiry the status reports (the Secret's annotation, to the millisecond; the data's copy has seconds).
-    let expires_at = timing(Some(&to_write.secret.metadata), generation).map(|(e, _)| e).or(current.expires_at);
+    let expires_at = timing(Some(&SecretRecord::owned(&to_write.secret.metadata)), generation).map(|(e, _)| e).or(current.expires_at);
     // A request for this grant is still out: never a second one, which would present the refresh token the first
     // may have rotated out already (the provider would see reuse and revoke the grant). Its answer reconciles.
     if let Some(out) = ctx.inflight.out(&uid, current.refresh_token.as_ref()) {

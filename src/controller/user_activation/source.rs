@@ -17,7 +17,7 @@ pub struct SourceData {
 
 /// The source Secret's resourceVersion as the metadata watch last saw it (`None`: not labelled or absent).
 pub fn watched_version(ctx: &Context, ns: &str, name: &str) -> Option<String> {
-    ctx.stores.source_secrets.get(&ObjectRef::new(name).within(ns)).and_then(|m| m.metadata.resource_version.clone())
+    ctx.stores.source_secrets.get(&ObjectRef::new(name).within(ns)).and_then(|m| m.version().map(String::from))
 }
 
 /// Reads the source Secret, labelling it first when it lacks the source label. `None` when it does not exist.
