@@ -388,6 +388,9 @@ mod tests {
         json!({"spec": {"containers": [{"name": "sync", "image": "busybox"}]}})
     }
 
+    /// The variables of [`ua`], as the reconcile hands them over.
+    static VARIABLES: std::sync::LazyLock<BTreeMap<String, serde_json::Value>> = std::sync::LazyLock::new(|| ua().spec.variables.to_map());
+
     /// The run input most tests use: the activation's own Secret, no token-response fields, no further connections.
     fn run_input<'a>(ua: &'a UserActivation, js: &'a JobSpec, kind: AuthKind) -> RunInput<'a> {
         RunInput {
@@ -398,7 +401,7 @@ mod tests {
             run_key: "cred-1",
             base_url: "https://api.example.com",
             token_response_fields: &[],
-            variables: &ua.spec.variables,
+            variables: &VARIABLES,
             extra: &[],
         }
     }

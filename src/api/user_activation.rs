@@ -38,9 +38,9 @@ pub struct UserActivationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<LocalObjectRef>,
     /// Values handed to this user's Jobs as `LATCHKEY_VAR_<NAME>` and `/var/run/latchkey/variables.json`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "Variables::is_empty")]
     #[schemars(schema_with = "super::preserve_value_map")]
-    pub variables: BTreeMap<String, serde_json::Value>,
+    pub variables: Variables,
     /// Values of the connector's `instanceParameters` that come from the spec (`from: Spec`), e.g. `{ shop: acme }`
     /// for `https://{shop}.myshopify.com/admin/api`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -170,9 +170,72 @@ pub struct LastRun {
     pub succeeded: Option<bool>,
 }
 
+/// `spec.variables`: a JSON object, kept as a list sorted by name. A `BTreeMap` takes a 630-byte node for its first
+/// entry; an activation has a few variables, and the activation store keeps one copy per activation. Read and
+/// written exactly as the map (sorted keys; of a repeated key the last value).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Variables(Box<[(String, serde_json::Value)]>);
+
+impl Variables {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &serde_json::Value)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    /// The variables as a map (for the schema check and the Job).
+    pub fn to_map(&self) -> BTreeMap<String, serde_json::Value> {
+        self.0.iter().cloned().collect()
+    }
+}
+
+impl From<BTreeMap<String, serde_json::Value>> for Variables {
+    fn from(map: BTreeMap<String, serde_json::Value>) -> Self {
+        Variables(map.into_iter().collect())
+    }
+}
+
+impl Serialize for Variables {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Variables {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        BTreeMap::deserialize(d).map(Variables::from)
+    }
+}
+
 impl UserActivation {
     /// Namespace of the referenced EmbeddedConnection.
     pub fn connection_namespace(&self) -> Option<String> {
         self.spec.connection_ref.namespace.clone().or_else(|| self.metadata.namespace.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn variables_read_and_write_like_the_map_they_replace() {
+        let text = r#"{"zone": "eu", "org": {"id": 7}, "limit": 50, "zone": "us"}"#;
+        let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(text).unwrap();
+        let vars: Variables = serde_json::from_str(text).unwrap();
+        assert_eq!(vars.to_map(), map);
+        assert_eq!(serde_json::to_string(&vars).unwrap(), serde_json::to_string(&map).unwrap());
+        assert_eq!(vars.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["limit", "org", "zone"]);
+
+        let spec = |vars: serde_json::Value| -> UserActivationSpec {
+            serde_json::from_value(json!({"connectionRef": {"name": "c"}, "user": {"id": "u"}, "variables": vars})).unwrap()
+        };
+        let written = serde_json::to_value(spec(json!({}))).unwrap();
+        assert!(written.get("variables").is_none(), "empty variables are left out, as before");
+        assert_eq!(serde_json::to_value(spec(json!({"a": 1}))).unwrap()["variables"], json!({"a": 1}));
+        assert!(serde_json::from_value::<Variables>(json!(["a"])).is_err());
     }
 }

@@ -235,7 +235,7 @@ pub async fn reconcile(ua: Arc<UserActivation>, ctx: Arc<Context>) -> Result<Act
     status.phase = Some(decide::phase(ready, ua.spec.suspend, awaiting, oauth::needs_reauth(&creds)));
 
     // Variables, with the schema's defaults.
-    let variables = match crate::variables::effective(adm.connection.spec.variables_schema.as_ref(), &ua.spec.variables) {
+    let variables = match crate::variables::effective(adm.connection.spec.variables_schema.as_ref(), &ua.spec.variables.to_map()) {
         Ok(v) => Some(v),
         Err(message) => {
             desired.retain(|c| c.type_ != types::READY);
