@@ -59,13 +59,13 @@ fn operator_writes(events: &[AuditEvent]) -> usize {
 /// Waits until every Job the operator created has finished and the operator has then made no write for `quiet`
 /// (each finished Job makes one status write), at most `cap`. On a loaded machine the controller-manager, the
 /// scheduler and kwok can finish the Jobs long after the activations are Ready: the idle and restart windows must
-/// not include their outcomes.
-async fn settle(bed: &Bed, mark: u64, quiet: Duration, cap: Duration) -> f64 {
+/// not include their outcomes. Without `wait_for_jobs`: until no write for `quiet` (or `cap`).
+async fn settle(bed: &Bed, mark: u64, quiet: Duration, cap: Duration, wait_for_jobs: bool) -> f64 {
     let t0 = Instant::now();
     let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::all(bed.client.clone());
     let managed = kube::api::ListParams::default().labels("app.kubernetes.io/managed-by=latchkey");
     let (mut last, mut since) = (usize::MAX, Instant::now());
-    let mut jobs_done = false;
+    let mut jobs_done = !wait_for_jobs;
     let mut checked = Instant::now() - Duration::from_secs(10);
     while t0.elapsed() < cap {
         if !jobs_done && checked.elapsed() >= Duration::from_secs(3) {
@@ -146,7 +146,9 @@ async fn run_operator_with(o: &Opts, n: usize, started: bool, extras: bool, name
     }
     eprintln!("bench: {name}: {n} Ready after {converge_s:.2}s, {:.1} CPU-s, {:.2} writes/activation so far", m.cpu_s, m.writes_converge);
     let (quiet, cap) = if o.scale == "tiny" { (3, 60) } else { (5, 120 + n as u64 / 10) };
-    m.settle_s = settle(&bed, mark, Duration::from_secs(quiet), Duration::from_secs(cap)).await;
+    // Only the idle and restart windows that follow (`extras`) need every Job finished; at 10,000 the bed's
+    // controller-manager and kwok need longer than the cap for that (two cores), which a run without them skips.
+    m.settle_s = settle(&bed, mark, Duration::from_secs(quiet), Duration::from_secs(cap), extras).await;
     let events = bed.audit_since(mark);
     m.writes_settled = operator_writes(&events) as f64 / n as f64;
     m.breakdown_settled = json!(breakdown(&events, OPERATOR_USER));
@@ -239,9 +241,8 @@ pub async fn converge(o: &Opts, res: &mut Results) -> Result<()> {
     let mut wc = col(&started, |m| m.writes_converge);
     wc.extend(col(&live, |m| m.writes_converge));
     res.runs("writes_per_activation_apikey", &wc);
-    let mut ws = col(&started, |m| m.writes_settled);
-    ws.extend(col(&live, |m| m.writes_settled));
-    res.runs("writes_per_activation_apikey_settled", &ws);
+    // Settled with every Job's outcome: the started runs (the live ones do not wait for the Jobs).
+    res.runs("writes_per_activation_apikey_settled", &col(&started, |m| m.writes_settled));
     res.set("writes_breakdown_converge", started.first().map(|m| m.breakdown_converge.clone()).unwrap_or_default());
     res.set("writes_breakdown_live_converge", live.first().map(|m| m.breakdown_converge.clone()).unwrap_or_default());
     res.set("writes_breakdown_settled", started.first().map(|m| m.breakdown_settled.clone()).unwrap_or_default());
