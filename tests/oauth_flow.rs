@@ -433,7 +433,7 @@ async fn a_user_who_declines_consent_sees_a_clear_page_and_the_activation_says_s
     let ua = wait_for_value("Ready=False ConsentDeclined", Duration::from_secs(20), || async {
         let ua = s.activations().get("acme").await.map_err(|e| e.to_string())?;
         let st = ua.status.clone().unwrap_or_default();
-        let ready = st.conditions.iter().find(|c| c.type_ == "Ready").map(|c| (c.status.clone(), c.reason.clone()));
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready").map(|c| (c.status.to_string(), c.reason.to_string()));
         match (ready, &st.connect_url) {
             (Some((status, reason)), Some(u)) if status == "False" && reason == "ConsentDeclined" && *u != url => Ok(ua),
             other => Err(format!("{other:?}")),

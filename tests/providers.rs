@@ -31,7 +31,9 @@ async fn ready(api: &Api<Connector>, name: &str) -> (String, String, String) {
         let c = api.get(name).await.map_err(|e| e.to_string())?;
         let st = c.status.unwrap_or_default();
         match st.conditions.iter().find(|c| c.type_ == "Ready") {
-            Some(r) if st.observed_generation == c.metadata.generation => Ok((r.status.clone(), r.reason.clone(), r.message.clone())),
+            Some(r) if st.observed_generation == c.metadata.generation => {
+                Ok((r.status.to_string(), r.reason.to_string(), r.message.clone()))
+            }
             other => Err(format!("{other:?}")),
         }
     })

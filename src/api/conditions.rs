@@ -1,5 +1,8 @@
 //! Conditions as Kubernetes API conventions describe them: a list keyed by `type`, with reasons a person can act
 //! on. Setting one keeps its `lastTransitionTime` unless its status flips, so an unchanged state writes nothing.
+use std::borrow::Cow;
+use std::fmt;
+
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -9,11 +12,14 @@ use serde::{Deserialize, Serialize};
 pub struct Condition {
     /// Type of condition, e.g. `Ready`, `CredentialsValid`, `LastRunSucceeded`.
     #[serde(rename = "type")]
-    pub type_: String,
+    #[schemars(with = "String")]
+    pub type_: Word,
     /// `True`, `False` or `Unknown`.
-    pub status: String,
+    #[schemars(with = "String")]
+    pub status: Word,
     /// A CamelCase word saying why, e.g. `NamespaceNotAllowed`, `NoActiveUsers`.
-    pub reason: String,
+    #[schemars(with = "String")]
+    pub reason: Word,
     /// What happened and what to do about it, for a person.
     #[serde(default)]
     pub message: String,
@@ -23,6 +29,124 @@ pub struct Condition {
     /// When the status last changed.
     pub last_transition_time: DateTime<Utc>,
 }
+
+/// A condition's type, status or reason. Nearly always one of the constants below, and then it points at the
+/// constant instead of taking an allocation: an activation's status holds nine of them, once per activation in the
+/// store. Reads, writes, compares and prints as the string.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Word(Cow<'static, str>);
+
+impl Word {
+    pub fn new(s: &str) -> Self {
+        match KNOWN_WORDS.iter().find(|w| **w == s) {
+            Some(w) => Word(Cow::Borrowed(w)),
+            None => Word(Cow::Owned(s.to_owned())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Word {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Word {
+    fn from(s: &str) -> Self {
+        Word::new(s)
+    }
+}
+
+impl From<Word> for String {
+    fn from(w: Word) -> Self {
+        w.0.into_owned()
+    }
+}
+
+impl PartialEq<str> for Word {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Word {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl fmt::Display for Word {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Word {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl Serialize for Word {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Word {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Cow::<'de, str>::deserialize(d).map(|s| Word::new(&s))
+    }
+}
+
+/// The words [`Word`] keeps without an allocation: the statuses, types and reasons the operator writes (one
+/// missing here only costs its allocation).
+const KNOWN_WORDS: &[&str] = &[
+    TRUE,
+    FALSE,
+    UNKNOWN,
+    types::READY,
+    types::CREDENTIALS_VALID,
+    types::LAST_RUN_SUCCEEDED,
+    types::CONNECTIONS_READY,
+    reasons::READY,
+    reasons::ACTIVE,
+    reasons::CONNECTOR_NOT_FOUND,
+    reasons::CONNECTION_NOT_FOUND,
+    reasons::AUTH_METHOD_NOT_FOUND,
+    reasons::CLIENT_SECRET_NOT_FOUND,
+    reasons::CLIENT_SECRET_INVALID,
+    reasons::NO_ACTIVE_USERS,
+    reasons::NAMESPACE_NOT_ALLOWED,
+    reasons::RETURN_URL_NOT_ALLOWED,
+    reasons::DUPLICATE_USER,
+    reasons::AWAITING_USER,
+    reasons::SOURCE_SECRET_NOT_FOUND,
+    reasons::SOURCE_SECRET_INVALID,
+    reasons::SECRET_CONFLICT,
+    reasons::VERIFIED,
+    reasons::NOT_VERIFIED,
+    reasons::NO_CREDENTIALS_NEEDED,
+    reasons::CREDENTIALS_REJECTED,
+    reasons::VERIFICATION_UNAVAILABLE,
+    reasons::SUSPENDED,
+    reasons::JOB_TEMPLATE_INVALID,
+    reasons::JOB_SUCCEEDED,
+    reasons::JOB_FAILED,
+    reasons::JOB_RUNNING,
+    reasons::INVALID_GRANT,
+    reasons::SCOPES_ADDED,
+    reasons::TOKEN_EXPIRED,
+    reasons::PROVIDER_UNAVAILABLE,
+    reasons::INVALID_VARIABLES,
+    reasons::WAITING_FOR_CONNECTIONS,
+    reasons::UNSUPPORTED_AUTH_METHOD,
+];
 
 pub const TRUE: &str = "True";
 pub const FALSE: &str = "False";
@@ -137,6 +261,19 @@ mod tests {
 
     fn at(s: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(s, 0).unwrap()
+    }
+
+    #[test]
+    fn a_word_reads_writes_and_compares_as_its_string_and_known_ones_take_no_allocation() {
+        let c: Condition = serde_json::from_value(serde_json::json!({"type": "Ready", "status": "True", "reason": "SomethingNew",
+            "message": "m", "lastTransitionTime": "2026-11-26T07:53:31Z"}))
+        .unwrap();
+        assert!(matches!(c.type_.0, Cow::Borrowed(_)) && matches!(c.status.0, Cow::Borrowed(_)));
+        assert!(matches!(c.reason.0, Cow::Owned(_)), "an unknown word is kept as it came");
+        assert!(c.type_ == types::READY && c.is_true() && c.reason == "SomethingNew");
+        assert_eq!(serde_json::to_value(&c).unwrap()["reason"], "SomethingNew");
+        assert_eq!(format!("{:?} {}", c.type_, c.reason), r#""Ready" SomethingNew"#);
+        assert_eq!(String::from(c.reason.clone()), "SomethingNew");
     }
 
     #[test]

@@ -163,7 +163,12 @@ pub async fn write_source(secrets: &Api<Secret>, name: &str, key: &str) {
 }
 
 pub fn condition(ua: &UserActivation, type_: &str) -> Option<(String, String, String)> {
-    ua.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    ua.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.to_string(), c.reason.to_string(), c.message.clone()))
 }
 
 /// Waits until the activation's condition `type_` has `status`, returning its reason and message.

@@ -492,7 +492,7 @@ async fn finish_keeping_failures(
     let first_and_fine = decide::first_steps(&prev, &status);
     if wrote && prev.phase != status.phase {
         let ready = conditions::find(&status.conditions, types::READY);
-        let (reason, note) = ready.map(|c| (c.reason.clone(), c.message.clone())).unwrap_or_default();
+        let (reason, note) = ready.map(|c| (c.reason.to_string(), c.message.clone())).unwrap_or_default();
         info!(activation = %ua.name_any(), namespace = %ua.namespace().unwrap_or_default(), phase = ?status.phase, reason = %reason, "phase changed");
         if !first_and_fine {
             let type_ = if status.phase == Some(Phase::Failing) { EventType::Warning } else { EventType::Normal };
