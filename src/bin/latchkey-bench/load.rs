@@ -147,8 +147,9 @@ pub async fn bound_b1(client: &Client, w: &Workload) -> Result<f64> {
 }
 
 /// B2: per activation exactly the operator's write set: the owned Secret (server-side apply), its first Job
-/// (create), one status patch on the activation. The activations exist already (not timed).
-pub async fn bound_b2(client: &Client, w: &Workload) -> Result<f64> {
+/// (create), one status patch on the activation. The activations exist already (not timed). Without `job`: the
+/// write set of an activation whose connection runs no Job (the like-for-like bound of `converge_nojob`).
+pub async fn bound_b2(client: &Client, w: &Workload, with_job: bool) -> Result<f64> {
     let ar = ua_resource();
     at_concurrency(w.n, |i| {
         let ns = w.ns(i);
@@ -170,7 +171,9 @@ pub async fn bound_b2(client: &Client, w: &Workload) -> Result<f64> {
                     "volumes": [{"name": "credentials", "secret": {"secretName": name}}]}}}
             }))
             .unwrap();
-            jobs.create(&PostParams::default(), &job).await?;
+            if with_job {
+                jobs.create(&PostParams::default(), &job).await?;
+            }
             let status = json!({"status": {"phase": "Active", "secretName": name, "observedGeneration": 1,
                 "conditions": [{"type": "Ready", "status": "True", "reason": "Active", "message": "b2", "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]}});
             uas.patch_status(&format!("ua-{i}"), &PatchParams::default(), &Patch::Merge(&status)).await.map(|_| ())

@@ -132,6 +132,8 @@ impl Results {
         self.set("converge_ratio_10k", r);
         let r = ratio(self.num("converge_live_seconds_10k"), b2);
         self.set("converge_ratio_live_10k", r);
+        let r = ratio(self.num("converge_nojob_seconds_10k"), self.num("bound_b2_nojob_seconds_10k"));
+        self.set("converge_ratio_nojob_10k", r);
         let (s_big, s_small, n_big, n_small) =
             (self.num("steady_rss_mib_10k"), self.num("steady_rss_mib_1k"), self.num("n_10k"), self.num("n_1k"));
         if let (Some(a), Some(b), Some(na), Some(nb)) = (s_big, s_small, n_big, n_small) {
