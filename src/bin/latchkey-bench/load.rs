@@ -146,37 +146,99 @@ pub async fn bound_b1(client: &Client, w: &Workload) -> Result<f64> {
     .await
 }
 
-/// B2: per activation exactly the operator's write set: the owned Secret (server-side apply), its first Job
-/// (create), one status patch on the activation. The activations exist already (not timed). Without `job`: the
-/// write set of an activation whose connection runs no Job (the like-for-like bound of `converge_nojob`).
-pub async fn bound_b2(client: &Client, w: &Workload, with_job: bool) -> Result<f64> {
+/// B2: per activation exactly the operator's write set, built by the operator's own code so that the objects are
+/// the ones it writes (labels, annotations, owner reference, the Job's env and volumes, the first status with its
+/// conditions): the owned Secret (server-side apply), its first Job (create), the first status (server-side apply
+/// of the status subresource). The activations exist already and are read before the clock starts. Without `job`:
+/// the write set of an activation whose connection runs no Job (the like-for-like bound of `converge_nojob`).
+/// `minimal`: the same three writes with small hand-written objects and a merge patch of the status (what B2 was
+/// until the fourth session, kept as `bound_b2_minimal_seconds_10k` to show what the objects' size costs).
+pub async fn bound_b2(client: &Client, w: &Workload, with_job: bool, minimal: bool) -> Result<f64> {
+    use latchkey::api::{EmbeddedConnection, UserActivation};
+    let uas: Vec<UserActivation> = Api::<UserActivation>::all(client.clone()).list(&Default::default()).await?.items;
+    let mut by_name: std::collections::HashMap<(String, String), UserActivation> = uas
+        .into_iter()
+        .map(|u| ((u.metadata.namespace.clone().unwrap_or_default(), u.metadata.name.clone().unwrap_or_default()), u))
+        .collect();
+    let conn = Api::<EmbeddedConnection>::namespaced(client.clone(), INTEGRATIONS_NS).get("bench-sync").await?;
+    let job_spec = conn.spec.job.clone();
+    let template = match &job_spec {
+        Some(j) => Some(latchkey::jobs::template(j).map_err(|e| format!("the bench's job template: {e}"))?),
+        None => None,
+    };
+    let prepared: Vec<Option<UserActivation>> = (0..w.n).map(|i| by_name.remove(&(w.ns(i), format!("ua-{i}")))).collect();
+    let prepared = std::sync::Arc::new(prepared);
     let ar = ua_resource();
     at_concurrency(w.n, |i| {
         let ns = w.ns(i);
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         let uas: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+        let typed: Api<UserActivation> = Api::namespaced(client.clone(), &ns);
+        let prepared = prepared.clone();
+        let (job_spec, template) = (job_spec.clone(), template.clone());
         async move {
             let name = format!("ua-{i}-bench-sync-credentials");
-            let s = json!({"apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "b2"}, "annotations": {"latchkey.dev/data-hash": "x"}},
-                "data": {"api_key": "YmVuY2g="}, "type": "Opaque"});
-            secrets.patch(&name, &PatchParams::apply("b2").force(), &Patch::Apply(&s)).await?;
-            let job: Job = serde_json::from_value(json!({
-                "metadata": {"name": format!("ua-{i}-run-1"), "labels": {"app.kubernetes.io/managed-by": "b2"}},
-                "spec": {"backoffLimit": 2, "template": {"spec": {"restartPolicy": "Never", "automountServiceAccountToken": false,
-                    "containers": [{"name": "sync", "image": "busybox", "command": ["sh", "-c", "echo sync"],
-                        "env": [{"name": "LATCHKEY_API_KEY", "valueFrom": {"secretKeyRef": {"name": name, "key": "api_key"}}}],
-                        "volumeMounts": [{"name": "credentials", "mountPath": "/var/run/latchkey/credentials", "readOnly": true}]}],
-                    "volumes": [{"name": "credentials", "secret": {"secretName": name}}]}}}
-            }))
-            .unwrap();
-            if with_job {
-                jobs.create(&PostParams::default(), &job).await?;
+            if minimal {
+                let s = json!({"apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "b2"}, "annotations": {"latchkey.dev/data-hash": "x"}},
+                    "data": {"api_key": "YmVuY2g="}, "type": "Opaque"});
+                secrets.patch(&name, &PatchParams::apply("b2").force(), &Patch::Apply(&s)).await?;
+                if with_job {
+                    let job: Job = serde_json::from_value(json!({
+                        "metadata": {"name": format!("ua-{i}-run-1"), "labels": {"app.kubernetes.io/managed-by": "b2"}},
+                        "spec": {"backoffLimit": 2, "template": {"spec": {"restartPolicy": "Never", "automountServiceAccountToken": false,
+                            "containers": [{"name": "sync", "image": "busybox", "command": ["sh", "-c", "echo sync"],
+                                "env": [{"name": "LATCHKEY_API_KEY", "valueFrom": {"secretKeyRef": {"name": name, "key": "api_key"}}}],
+                                "volumeMounts": [{"name": "credentials", "mountPath": "/var/run/latchkey/credentials", "readOnly": true}]}],
+                            "volumes": [{"name": "credentials", "secret": {"secretName": name}}]}}}
+                    }))
+                    .map_err(kube::Error::SerdeError)?;
+                    jobs.create(&PostParams::default(), &job).await?;
+                }
+                let status = json!({"status": {"phase": "Active", "secretName": name, "observedGeneration": 1,
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "Active", "message": "b2", "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]}});
+                return uas.patch_status(&format!("ua-{i}"), &PatchParams::default(), &Patch::Merge(&status)).await.map(|_| ());
             }
-            let status = json!({"status": {"phase": "Active", "secretName": name, "observedGeneration": 1,
-                "conditions": [{"type": "Ready", "status": "True", "reason": "Active", "message": "b2", "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]}});
-            uas.patch_status(&format!("ua-{i}"), &PatchParams::default(), &Patch::Merge(&status)).await.map(|_| ())
+            let Some(ua) = prepared[i].as_ref() else { return Err(kube::Error::Service(format!("activation ua-{i} not found").into())) };
+            let mut data = std::collections::BTreeMap::new();
+            data.insert("api_key".to_string(), k8s_openapi::ByteString(format!("bench-key-{i:06}-{}", "x".repeat(24)).into_bytes()));
+            let mut annotations = std::collections::BTreeMap::new();
+            annotations.insert("latchkey.dev/credential-generation".to_string(), "1".to_string());
+            annotations.insert("latchkey.dev/data-hash".to_string(), format!("{:032x}", i as u128 * 0x9e37_79b9_7f4a_7c15));
+            annotations.insert("latchkey.dev/source-resource-version".to_string(), "552".to_string());
+            let secret = latchkey::controller::user_activation::owned_secret_object(ua, &name, data, annotations);
+            secrets.patch(&name, &PatchParams::apply("b2").force(), &Patch::Apply(&secret)).await?;
+            let mut job_name = None;
+            if let (true, Some(spec), Some(template)) = (with_job, job_spec.as_ref(), template) {
+                let variables = ua.spec.variables.to_map();
+                let input = latchkey::jobs::RunInput {
+                    ua,
+                    job: spec,
+                    kind: latchkey::api::connector::AuthKind::ApiKey,
+                    secret_name: &name,
+                    run_key: "cred-1",
+                    base_url: "http://127.0.0.1:9",
+                    token_response_fields: &[],
+                    variables: &variables,
+                    extra: &[],
+                };
+                let job = latchkey::jobs::build(&input, template);
+                job_name = job.metadata.name.clone();
+                jobs.create(&PostParams { field_manager: Some("b2".into()), ..Default::default() }, &job).await?;
+            }
+            let now = chrono::Utc::now().to_rfc3339();
+            let mut status = json!({"baseUrl": "http://127.0.0.1:9", "credentialGeneration": 1, "observedGeneration": 1, "phase": "Active",
+                "secretName": name, "sourceResourceVersion": "552",
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "Active", "message": format!("credentials stored in Secret {name}"), "lastTransitionTime": now, "observedGeneration": 1},
+                    {"type": "CredentialsValid", "status": "True", "reason": "NoVerificationDeclared", "message": "stored; the connector declares no verification request", "lastTransitionTime": now, "observedGeneration": 1}]});
+            if let Some(j) = job_name {
+                status["runGeneration"] = json!(1);
+                status["lastRun"] = json!({"job": j, "outcome": "Running"});
+            }
+            let body = json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "status": status});
+            typed.patch_status(&format!("ua-{i}"), &PatchParams::apply("b2").force(), &Patch::Apply(&body)).await.map(|_| ())
         }
     })
     .await
