@@ -22,10 +22,6 @@ use support::oauth_server::{Login, OAuthClient, OAuthServer, OAuthServerConfig, 
 use support::operator::Operator;
 use support::{bed, namespace, wait_for_value};
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(15)).build().unwrap()
-}
-
 /// OAuth connection `idp-sync` in `ns` on `server`, with the organisation's app Secret.
 async fn oauth_connection(client: &Client, ns: &str, server: &OAuthServer) {
     let app: Secret = serde_json::from_value(
