@@ -84,9 +84,30 @@ pub enum TokenError {
 }
 
 /// The signing keys: the first signs, any verifies. Cheap to clone; replaced whole when the Secret changes.
+/// A key with what every request derives from it, derived once: the HMAC state after the key (links) and the
+/// AEAD keyed from it (`state`). Deriving them per request (and copying the key list) was part of a forged link's
+/// cost.
+struct Key {
+    raw: Vec<u8>,
+    mac: HmacSha256,
+    state: XChaCha20Poly1305,
+}
+
+impl Key {
+    fn new(raw: Vec<u8>) -> Self {
+        let mac = <HmacSha256 as Mac>::new_from_slice(&raw).expect("HMAC takes keys of any length");
+        let state = state_cipher(&raw);
+        Key { raw, mac, state }
+    }
+}
+
+fn derive(keys: Vec<Vec<u8>>) -> Arc<[Key]> {
+    keys.into_iter().map(Key::new).collect()
+}
+
 #[derive(Clone, Default)]
 pub struct Keyring {
-    keys: Arc<RwLock<Vec<Vec<u8>>>>,
+    keys: Arc<RwLock<Arc<[Key]>>>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -97,10 +118,11 @@ impl std::fmt::Debug for Keyring {
 
 impl Keyring {
     pub fn new(keys: Vec<Vec<u8>>) -> Self {
-        Self { keys: Arc::new(RwLock::new(keys)) }
+        Self { keys: Arc::new(RwLock::new(derive(keys))) }
     }
 
     pub fn replace(&self, keys: Vec<Vec<u8>>) {
+        let keys = derive(keys);
         if let Ok(mut k) = self.keys.write() {
             *k = keys;
         }
@@ -114,8 +136,9 @@ impl Keyring {
         self.len() == 0
     }
 
-    fn snapshot(&self) -> Vec<Vec<u8>> {
-        self.keys.read().map(|k| k.clone()).unwrap_or_default()
+    /// The keys now (a reference count, not a copy).
+    fn snapshot(&self) -> Arc<[Key]> {
+        self.keys.read().map(|k| k.clone()).unwrap_or_else(|_| Arc::new([]))
     }
 
     /// A connect token for these claims, signed with the first key.
@@ -123,7 +146,7 @@ impl Keyring {
         let keys = self.snapshot();
         let key = keys.first().ok_or(TokenError::NoKey)?;
         let body = serde_json::to_vec(claims).map_err(|_| TokenError::Malformed)?;
-        let mac = mac(key, &body);
+        let mac = mac(&key.raw, &body);
         Ok(format!("{}.{}", URL_SAFE_NO_PAD.encode(&body), URL_SAFE_NO_PAD.encode(mac)))
     }
 
@@ -140,7 +163,7 @@ impl Keyring {
             return Err(TokenError::NoKey);
         }
         let ok = keys.iter().any(|k| {
-            let mut m = <HmacSha256 as Mac>::new_from_slice(k).expect("HMAC takes keys of any length");
+            let mut m = k.mac.clone();
             m.update(TOKEN_DOMAIN);
             m.update(&body);
             m.verify_slice(&sig).is_ok()
@@ -173,7 +196,7 @@ impl Keyring {
         let plain = serde_json::to_vec(&body).map_err(|_| TokenError::Malformed)?;
         let mut nonce = [0u8; 24];
         rand::rng().fill_bytes(&mut nonce);
-        let ct = state_cipher(key).encrypt(XNonce::from_slice(&nonce), plain.as_slice()).map_err(|_| TokenError::Malformed)?;
+        let ct = key.state.encrypt(XNonce::from_slice(&nonce), plain.as_slice()).map_err(|_| TokenError::Malformed)?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ct);
         Ok(format!("{STATE_PREFIX}{}", URL_SAFE_NO_PAD.encode(out)))
@@ -194,8 +217,7 @@ impl Keyring {
         if keys.is_empty() {
             return Err(TokenError::NoKey);
         }
-        let plain =
-            keys.iter().find_map(|k| state_cipher(k).decrypt(XNonce::from_slice(nonce), ct).ok()).ok_or(TokenError::BadSignature)?;
+        let plain = keys.iter().find_map(|k| k.state.decrypt(XNonce::from_slice(nonce), ct).ok()).ok_or(TokenError::BadSignature)?;
         let body: StateBody = serde_json::from_slice(&plain).map_err(|_| TokenError::Malformed)?;
         if body.claims.exp <= now.timestamp() {
             return Err(TokenError::Expired);
