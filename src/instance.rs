@@ -198,6 +198,19 @@ fn checked(what: &'static str, template: &str, connector: &Connector, values: &B
     Ok(filled)
 }
 
+/// The method with its OAuth2 URLs resolved for one tenant (the connector itself is not copied: the callback's
+/// path needs only the method).
+pub fn resolve_method(connector: &Connector, method: &AuthMethod, values: &BTreeMap<String, String>) -> Result<AuthMethod, InstanceError> {
+    let mut m = method.clone();
+    if let Some(o) = m.oauth2.as_mut() {
+        if let Some(a) = &o.authorization_url {
+            o.authorization_url = Some(checked("authorizationUrl", a, connector, values)?);
+        }
+        o.token_url = checked("tokenUrl", &o.token_url, connector, values)?;
+    }
+    Ok(m)
+}
+
 /// The connector and method with their URLs resolved for one tenant. `base_url_too: false` leaves a base URL
 /// that still waits for values (e.g. from the token response) as it is, for the steps before the token exchange.
 pub fn resolve(
@@ -206,14 +219,8 @@ pub fn resolve(
     values: &BTreeMap<String, String>,
     base_url_too: bool,
 ) -> Result<(Connector, AuthMethod), InstanceError> {
+    let m = resolve_method(connector, method, values)?;
     let mut c = connector.clone();
-    let mut m = method.clone();
-    if let Some(o) = m.oauth2.as_mut() {
-        if let Some(a) = &o.authorization_url {
-            o.authorization_url = Some(checked("authorizationUrl", a, connector, values)?);
-        }
-        o.token_url = checked("tokenUrl", &o.token_url, connector, values)?;
-    }
     if base_url_too {
         c.spec.base_url = checked("baseUrl", &connector.spec.base_url, connector, values)?;
     }

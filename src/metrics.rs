@@ -34,8 +34,9 @@ pub struct OutcomeLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
-    pub route: String,
-    pub status: String,
+    /// One of a fixed set of names, and the status code: no allocation per request.
+    pub route: &'static str,
+    pub status: u16,
 }
 
 pub struct Metrics {

@@ -8,7 +8,10 @@
 //! compare-and-swap on the apiserver, never on the store's word.
 //!
 //! The organisation's OAuth app credentials (the connector's `clientSecretRef`) are read from the apiserver only
-//! when the Secret's resourceVersion in the source-Secret store changed since they were last read.
+//! when the Secret's resourceVersion in the source-Secret store changed since they were last read. The OAuth
+//! client built from them (its URLs parsed) is kept per connector and token URL, and built again when the
+//! Connector (uid, resourceVersion, the method resolved for the tenant, its timeout), the Secret's
+//! resourceVersion or the redirect URL differs from what it was built from.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -57,9 +60,10 @@ impl Resolved {
     }
 }
 
-/// Why a link cannot be followed: a status and the page's title and text.
+/// Why a link cannot be followed: a status and the page's title and text (borrowed when fixed: a forged link's
+/// refusal allocates nothing).
 #[derive(Debug, Clone)]
-pub struct Refusal(pub StatusCode, pub &'static str, pub String);
+pub struct Refusal(pub StatusCode, pub &'static str, pub std::borrow::Cow<'static, str>);
 
 pub fn used() -> Refusal {
     Refusal(
@@ -70,7 +74,11 @@ pub fn used() -> Refusal {
 }
 
 pub fn unavailable(what: &str) -> Refusal {
-    Refusal(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", format!("{what} Nothing was saved; please try again in a moment."))
+    Refusal(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Something went wrong",
+        format!("{what} Nothing was saved; please try again in a moment.").into(),
+    )
 }
 
 fn gone() -> Refusal {
@@ -81,9 +89,64 @@ fn storage() -> Refusal {
     unavailable("The connect service could not reach its storage.")
 }
 
-/// Reads links' targets from the stores; falls back to the apiserver only as described in the module docs.
 /// (namespace, clientSecretRef name) → (the Secret's resourceVersion, client id, client secret).
 type AppCache = HashMap<(String, String), (String, String, Option<Sensitive>)>;
+
+/// An organisation's OAuth client kept across requests, with what it was built from: it is used only while all
+/// of that is unchanged.
+struct KeptClient {
+    connector_version: Option<String>,
+    /// The method as resolved for the tenant (a catalogue fact or a per-tenant URL shows here).
+    method: OAuth2Method,
+    timeout: Option<std::time::Duration>,
+    secret_version: String,
+    redirect: String,
+    client: Arc<OAuthClient>,
+}
+
+/// The organisations' OAuth clients, per connector (uid) and token URL as resolved; at most [`MAX_APPS`], past it
+/// the cache starts over.
+#[derive(Default)]
+pub struct ClientCache(Mutex<HashMap<(String, String), KeptClient>>);
+
+fn client_key(connector: &Connector, m: &OAuth2Method) -> (String, String) {
+    let id = connector.uid().unwrap_or_else(|| format!("{}/{}", connector.namespace().unwrap_or_default(), connector.name_any()));
+    (id, m.token_url.clone())
+}
+
+impl ClientCache {
+    /// The client kept for `connector` and `m` if it was built from this very Connector version, method, timeout,
+    /// app Secret version and redirect URL.
+    pub fn get(&self, connector: &Connector, m: &OAuth2Method, secret_version: &str, redirect: &str) -> Option<Arc<OAuthClient>> {
+        let clients = self.0.lock().ok()?;
+        let k = clients.get(&client_key(connector, m))?;
+        let fits = k.connector_version == connector.metadata.resource_version
+            && k.secret_version == secret_version
+            && k.redirect == redirect
+            && k.timeout == connector.timeout()
+            && k.method == *m;
+        fits.then(|| k.client.clone())
+    }
+
+    /// Keeps `client`, built from these, replacing what was kept for the connector and token URL.
+    pub fn keep(&self, connector: &Connector, m: &OAuth2Method, secret_version: String, redirect: &str, client: Arc<OAuthClient>) {
+        let Ok(mut clients) = self.0.lock() else { return };
+        if clients.len() >= MAX_APPS {
+            clients.clear();
+        }
+        let kept = KeptClient {
+            connector_version: connector.metadata.resource_version.clone(),
+            method: m.clone(),
+            timeout: connector.timeout(),
+            secret_version,
+            redirect: redirect.to_string(),
+            client,
+        };
+        clients.insert(client_key(connector, m), kept);
+    }
+}
+
+/// Reads links' targets from the stores; falls back to the apiserver only as described in the module docs.
 
 #[derive(Clone)]
 pub struct Lookup {
@@ -93,6 +156,8 @@ pub struct Lookup {
     ready: Arc<std::sync::atomic::AtomicBool>,
     /// Per clientSecretRef: the Secret's resourceVersion and the credentials read at it.
     apps: Arc<Mutex<AppCache>>,
+    /// Per connector and token URL: the OAuth client built from them (see the module docs).
+    clients: Arc<ClientCache>,
 }
 
 /// Whether an activation matches a link's claims: same object (uid), not being deleted, the link's nonce current.
@@ -104,7 +169,7 @@ fn matches(ua: &UserActivation, claims: &Claims) -> bool {
 
 impl Lookup {
     pub fn new(client: kube::Client, stores: crate::controller::Stores, ready: Arc<std::sync::atomic::AtomicBool>) -> Self {
-        Self { client, stores, ready, apps: Default::default() }
+        Self { client, stores, ready, apps: Default::default(), clients: Default::default() }
     }
 
     pub fn client(&self) -> &kube::Client {
@@ -131,7 +196,7 @@ impl Lookup {
             Refusal(
                 StatusCode::NOT_FOUND,
                 "This connection is not available",
-                format!("{what}. Ask the application to check its configuration."),
+                format!("{what}. Ask the application to check its configuration.").into(),
             )
         };
         let connection = self
@@ -167,31 +232,135 @@ impl Lookup {
         Ok(Arc::new(ua))
     }
 
-    /// The organisation's OAuth app of an authorization-code method, its credentials read again only when their
-    /// Secret changed.
-    pub async fn organisation_app(&self, connector: &Connector, m: &OAuth2Method, redirect: String) -> Result<OAuthClient, AppClientError> {
+    /// The organisation's OAuth app of an authorization-code method (`m` as resolved for the tenant), with the
+    /// connector's timeout: the kept client while the Connector, the app's Secret and `redirect` are unchanged, else
+    /// one built now (its credentials read again only when their Secret changed).
+    pub async fn organisation_app(
+        &self,
+        connector: &Connector,
+        m: &OAuth2Method,
+        redirect: &str,
+    ) -> Result<Arc<OAuthClient>, AppClientError> {
         let ns = connector.namespace().unwrap_or_default();
         let name = m.client_secret_ref.as_ref().map(|r| r.name.clone()).ok_or(AppClientError::NoRef)?;
         let seen = self.stores.source_secrets.get(&ObjectRef::new(&name).within(&ns)).and_then(|s| s.version().map(String::from));
-        let key = (ns.clone(), name.clone());
-        if let Some(rv) = &seen
-            && let Some((at, id, secret)) = self.apps.lock().ok().and_then(|a| a.get(&key).cloned())
-            && &at == rv
-        {
-            return Ok(OAuthClient::for_method(m, id, secret, Some(redirect)));
+        if let Some(kept) = seen.as_deref().and_then(|rv| self.clients.get(connector, m, rv, redirect)) {
+            return Ok(kept);
         }
-        let secret = Api::<Secret>::namespaced(self.client.clone(), &ns)
-            .get_opt(&name)
+        let (version, id, secret) = self.app_credentials(&ns, &name, seen).await?;
+        let client =
+            Arc::new(OAuthClient::for_method(m, id, secret, Some(redirect.to_string())).with_timeout(connector.timeout()).prepared());
+        if let Some(v) = version {
+            self.clients.keep(connector, m, v, redirect, client.clone());
+        }
+        Ok(client)
+    }
+
+    /// The app's client id and secret with the Secret's resourceVersion they were read at: from the cache when the
+    /// store's resourceVersion (`seen`) is the one they were read at, else from the apiserver.
+    async fn app_credentials(
+        &self,
+        ns: &str,
+        name: &str,
+        seen: Option<String>,
+    ) -> Result<(Option<String>, String, Option<Sensitive>), AppClientError> {
+        let key = (ns.to_string(), name.to_string());
+        if let Some(rv) = seen
+            && let Some((at, id, secret)) = self.apps.lock().ok().and_then(|a| a.get(&key).cloned())
+            && at == rv
+        {
+            return Ok((Some(rv), id, secret));
+        }
+        let secret = Api::<Secret>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
             .await
             .map_err(|source| AppClientError::Kube { name: format!("{ns}/{name}"), source })?
             .ok_or_else(|| AppClientError::NotFound(format!("{ns}/{name}")))?;
         let (id, client_secret) = oauth::app_credentials(&secret)?;
-        if let (Some(rv), Ok(mut apps)) = (secret.metadata.resource_version.clone(), self.apps.lock()) {
+        let version = secret.metadata.resource_version.clone();
+        if let (Some(rv), Ok(mut apps)) = (version.clone(), self.apps.lock()) {
             if apps.len() >= MAX_APPS {
                 apps.clear();
             }
             apps.insert(key, (rv, id.clone(), client_secret.clone()));
         }
-        Ok(OAuthClient::for_method(m, id, client_secret, Some(redirect)))
+        Ok((version, id, client_secret))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connector(rv: &str, timeout: u32) -> Connector {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "latchkey.dev/v1alpha1", "kind": "Connector",
+            "metadata": {"name": "c", "namespace": "ns", "uid": "u-1", "resourceVersion": rv},
+            "spec": {"baseUrl": "https://api.example", "http": {"timeoutSeconds": timeout},
+                "authMethods": [{"name": "oauth", "oauth2": {"flow": "AuthorizationCode",
+                    "authorizationUrl": "https://idp.example/authorize", "tokenUrl": "https://idp.example/token",
+                    "clientSecretRef": {"name": "app"}}}]}
+        }))
+        .unwrap()
+    }
+
+    fn method(c: &Connector) -> OAuth2Method {
+        c.spec.auth_methods[0].oauth2.clone().unwrap()
+    }
+
+    fn build(c: &Connector, m: &OAuth2Method, id: &str) -> Arc<OAuthClient> {
+        Arc::new(
+            OAuthClient::for_method(m, id.into(), None, Some("https://c.example/oauth/callback".into()))
+                .with_timeout(c.timeout())
+                .prepared(),
+        )
+    }
+
+    const REDIRECT: &str = "https://c.example/oauth/callback";
+
+    #[test]
+    fn a_kept_client_serves_until_the_connector_or_its_app_secret_changes() {
+        let cache = ClientCache::default();
+        let c = connector("10", 5);
+        let m = method(&c);
+        assert!(cache.get(&c, &m, "7", REDIRECT).is_none(), "nothing kept yet");
+        let built = build(&c, &m, "app-1");
+        cache.keep(&c, &m, "7".into(), REDIRECT, built.clone());
+        let kept = cache.get(&c, &m, "7", REDIRECT).expect("the same connector and Secret");
+        assert!(Arc::ptr_eq(&kept, &built));
+
+        // The Connector was edited: a new resourceVersion (here with a new timeout), or the same version but a
+        // method that differs (e.g. resolved for another tenant, or a catalogue fact filled in differently).
+        assert!(cache.get(&connector("11", 5), &m, "7", REDIRECT).is_none(), "a new Connector version");
+        assert!(cache.get(&connector("10", 9), &m, "7", REDIRECT).is_none(), "another timeout");
+        let other = OAuth2Method { scopes: vec!["repo".into()], ..m.clone() };
+        assert!(cache.get(&c, &other, "7", REDIRECT).is_none(), "another method");
+        // The organisation-app Secret changed, or the server's redirect URL.
+        assert!(cache.get(&c, &m, "8", REDIRECT).is_none(), "a new app Secret version");
+        assert!(cache.get(&c, &m, "7", "https://other.example/oauth/callback").is_none(), "another redirect URL");
+        // The same name recreated: another uid.
+        let mut recreated = connector("10", 5);
+        recreated.metadata.uid = Some("u-2".into());
+        assert!(cache.get(&recreated, &m, "7", REDIRECT).is_none(), "another object of the same name");
+
+        // What is built for the new version replaces the old one.
+        let c2 = connector("11", 5);
+        let rebuilt = build(&c2, &m, "app-2");
+        cache.keep(&c2, &m, "8".into(), REDIRECT, rebuilt.clone());
+        assert!(Arc::ptr_eq(&cache.get(&c2, &m, "8", REDIRECT).unwrap(), &rebuilt));
+        assert!(cache.get(&c, &m, "7", REDIRECT).is_none(), "the old version is gone");
+        assert_eq!(rebuilt.client_id, "app-2");
+    }
+
+    #[test]
+    fn clients_per_tenant_token_url_are_kept_apart() {
+        let cache = ClientCache::default();
+        let c = connector("10", 5);
+        let a = OAuth2Method { token_url: "https://a.idp.example/token".into(), ..method(&c) };
+        let b = OAuth2Method { token_url: "https://b.idp.example/token".into(), ..method(&c) };
+        cache.keep(&c, &a, "7".into(), REDIRECT, build(&c, &a, "app"));
+        cache.keep(&c, &b, "7".into(), REDIRECT, build(&c, &b, "app"));
+        assert_eq!(cache.get(&c, &a, "7", REDIRECT).unwrap().token_url, "https://a.idp.example/token");
+        assert_eq!(cache.get(&c, &b, "7", REDIRECT).unwrap().token_url, "https://b.idp.example/token");
     }
 }

@@ -5,12 +5,16 @@
 //! - [`limit`]: the per-activation rate limit.
 //! - [`lookup`]: what a verified link points at, from the operator's reflector stores.
 //! - [`pages`]: the HTML the user sees.
+//! - [`refusals`]: refusal pages, rendered once per brand and kept.
+//! - [`quiet`]: log lines a flood would repeat, at most one per connector per interval with a count.
 //!
 //! The signing keys live in a Secret in the operator namespace (created with one random key when absent). Every
 //! data entry of that Secret is a key that verifies; the entry `signing-key` (else the first by name) signs.
 pub mod limit;
 pub mod lookup;
 pub mod pages;
+pub mod quiet;
+pub mod refusals;
 pub mod routes;
 pub mod token;
 

@@ -28,6 +28,8 @@ use super::ConnectConfig;
 use super::limit::{Limiter, RateLimit};
 use super::lookup::{Lookup, Refusal, Resolved, unavailable, used};
 use super::pages::{Field, Look};
+use super::quiet::Quiet;
+use super::refusals::RefusalPages;
 use super::token::{self, Claims, TokenError};
 use crate::api::UserActivation;
 use crate::api::connector::{AuthKind, OAuth2Method};
@@ -44,6 +46,8 @@ const MAX_BODY: usize = 16 * 1024;
 const PROVIDER_CALLS: usize = 32;
 /// How long a `state` stays valid: the user's time at the provider's consent page.
 const STATE_TTL: chrono::Duration = chrono::Duration::minutes(15);
+/// At most one log line per connector this often about refused authorization codes (see [`super::quiet`]).
+const REFUSED_CODE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What every handler and middleware reads, behind one `Arc`: axum clones the state for each layer and the handler
 /// of every request, and a field-wise clone (the kube client's buffer, every reflector store, the HTTP client) cost
@@ -68,6 +72,10 @@ pub struct Shared {
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The writes completing a link, told to this process's reconciler so that it waits until its stores show them.
     pub expect: Arc<crate::controller::expect::Expectations>,
+    /// Refusal pages in the operator's brand, rendered once.
+    pub refusals: Arc<RefusalPages>,
+    /// Refused authorization codes, logged at most once per connector per [`REFUSED_CODE_LOG_EVERY`].
+    pub refused_codes: Arc<Quiet>,
 }
 
 impl std::ops::Deref for ConnectState {
@@ -89,6 +97,8 @@ impl ConnectState {
             prefix: Arc::from(""),
             metrics: None,
             expect: Default::default(),
+            refusals: Arc::new(RefusalPages::new(&Branding::default())),
+            refused_codes: Arc::new(Quiet::new(REFUSED_CODE_LOG_EVERY)),
         }))
     }
 
@@ -105,6 +115,7 @@ impl ConnectState {
 
     /// Pages in this brand (see [`ConnectState::with_brand`]).
     pub fn with_brand(mut self, brand: Branding) -> Self {
+        self.settings().refusals = Arc::new(RefusalPages::new(&brand));
         self.settings().brand = Arc::new(brand);
         self
     }
@@ -134,8 +145,10 @@ impl ConnectState {
     }
 }
 
+/// What every answer goes through, in one middleware (each axum middleware layer costs a boxed future and a clone
+/// of the state per request): a refusal rendered in the operator's brand, the security headers, and
 /// `latchkey_connect_requests_total{route, status}`.
-async fn count(State(state): State<ConnectState>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn finish(State(state): State<ConnectState>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let path = req.uri().path();
     let route = match (req.method().as_str(), path.strip_prefix(&*state.prefix).unwrap_or(path)) {
         ("GET", p) if p.starts_with("/connect/") => "connect_page",
@@ -143,11 +156,13 @@ async fn count(State(state): State<ConnectState>, req: axum::extract::Request, n
         (_, "/oauth/callback") => "oauth_callback",
         _ => "other",
     };
-    let res = next.run(req).await;
+    let mut res = next.run(req).await;
+    if let Some(refusal) = res.extensions_mut().remove::<Refusal>() {
+        res = render_refusal(&state, refusal, res);
+    }
+    security_headers(res.headers_mut());
     if let Some(m) = &state.metrics {
-        m.connect_requests
-            .get_or_create(&crate::metrics::RouteLabel { route: route.into(), status: res.status().as_u16().to_string() })
-            .inc();
+        m.connect_requests.get_or_create(&crate::metrics::RouteLabel { route, status: res.status().as_u16() }).inc();
     }
     res
 }
@@ -157,15 +172,12 @@ pub fn router(state: ConnectState) -> Router {
     let app = if state.prefix.is_empty() { routes } else { Router::new().nest(&state.prefix, routes) };
     app.fallback(|| async { Refusal(StatusCode::NOT_FOUND, "Not found", "There is nothing here.".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::map_response_with_state(state.clone(), render_refusal))
-        .layer(axum::middleware::map_response(security_headers))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), count))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), finish))
         .with_state(state)
 }
 
 /// Headers on every answer: never cached, never framed, no referrer (the URL holds a bearer token), no sniffing.
-async fn security_headers(mut res: Response) -> Response {
-    let h = res.headers_mut();
+fn security_headers(h: &mut HeaderMap) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -176,7 +188,6 @@ async fn security_headers(mut res: Response) -> Response {
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
         );
     }
-    res
 }
 
 /// An HTML answer with its CSP: the page's stylesheets by hash, its logo's origin; forms post to this server only,
@@ -207,14 +218,18 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// Renders a refusal as a page in the operator's brand, keeping the headers it carries (`Retry-After`).
-async fn render_refusal(State(st): State<ConnectState>, mut res: Response) -> Response {
-    let Some(Refusal(status, title, text)) = res.extensions_mut().remove::<Refusal>() else { return res };
-    let look = st.look(None);
-    let heading = st.brand.name.as_deref().unwrap_or("Latchkey");
-    let mut page = html(status, &look, look.message(heading, title, &text, None, false), None);
+/// A refusal as a page in the operator's brand (kept in [`RefusalPages`]), with the headers the refusal's answer
+/// carries (`Retry-After`).
+fn render_refusal(st: &ConnectState, Refusal(status, title, text): Refusal, res: Response) -> Response {
+    let mut page = Response::new(axum::body::Body::from(st.refusals.page(title, &text)));
+    *page.status_mut() = status;
+    let h = page.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    if let Some(csp) = st.refusals.csp() {
+        h.insert(header::CONTENT_SECURITY_POLICY, csp.clone());
+    }
     for (k, v) in res.headers() {
-        page.headers_mut().insert(k.clone(), v.clone());
+        h.insert(k.clone(), v.clone());
     }
     page
 }
@@ -240,7 +255,7 @@ fn limited(st: &ConnectState, claims: &Claims) -> Result<(), Box<Response>> {
     let mut res = Refusal(
         StatusCode::TOO_MANY_REQUESTS,
         "Too many attempts",
-        format!("This link was opened too often in a short time. Wait {secs} seconds and try again."),
+        format!("This link was opened too often in a short time. Wait {secs} seconds and try again.").into(),
     )
     .into_response();
     res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -336,10 +351,10 @@ async fn authorize(
     }
     let values = instance_values(r, page, &BTreeMap::new());
     let (connector, method) = instance::resolve(&r.connector, &r.method, &values, false)
-        .map_err(|e| Refusal(StatusCode::UNPROCESSABLE_ENTITY, "This address cannot be used", instance_problem(r, &e)))?;
+        .map_err(|e| Refusal(StatusCode::UNPROCESSABLE_ENTITY, "This address cannot be used", instance_problem(r, &e).into()))?;
     let Some(m) = method.oauth2.as_ref() else { return Err(unavailable("The connector is misconfigured.")) };
-    let app = match st.lookup.organisation_app(&connector, m, st.config.redirect_uri()).await {
-        Ok(a) => a.with_timeout(connector.timeout()),
+    let app = match st.lookup.organisation_app(&connector, m, &st.config.redirect_uri()).await {
+        Ok(a) => a,
         Err(e) => {
             warn!(error = %e, connector = %r.connector.name_any(), "cannot start an authorization");
             return Err(unavailable("The connector's OAuth app is not configured."));
@@ -542,16 +557,16 @@ async fn callback(State(st): State<ConnectState>, Query(q): Query<CallbackQuery>
     };
     let Some(m) = r.oauth2() else { return unavailable("The connector is misconfigured.").into_response() };
     // The token URL for this tenant (from the parameters sealed in `state`), within allowedHosts.
-    let (connector, method) =
-        match instance::resolve(&r.connector, &r.method, &instance_values(&r, &opened.params, &BTreeMap::new()), false) {
-            Ok(x) => x,
-            Err(e) => {
-                return Refusal(StatusCode::UNPROCESSABLE_ENTITY, "This address cannot be used", instance_problem(&r, &e)).into_response();
-            }
-        };
+    let method = match instance::resolve_method(&r.connector, &r.method, &instance_values(&r, &opened.params, &BTreeMap::new())) {
+        Ok(x) => x,
+        Err(e) => {
+            return Refusal(StatusCode::UNPROCESSABLE_ENTITY, "This address cannot be used", instance_problem(&r, &e).into())
+                .into_response();
+        }
+    };
     let m = method.oauth2.as_ref().unwrap_or(m);
-    let app = match st.lookup.organisation_app(&connector, m, st.config.redirect_uri()).await {
-        Ok(a) => a.with_timeout(connector.timeout()),
+    let app = match st.lookup.organisation_app(&r.connector, m, &st.config.redirect_uri()).await {
+        Ok(a) => a,
         Err(e) => {
             warn!(error = %e, "cannot exchange an authorization code");
             return unavailable("The connector's OAuth app is not configured.").into_response();
@@ -566,12 +581,16 @@ async fn callback(State(st): State<ConnectState>, Query(q): Query<CallbackQuery>
     let set = match exchanged {
         Ok(s) => s,
         Err(e) => {
-            warn!(error = %e, activation = %r.ua.name_any(), namespace = %opened.claims.namespace, "exchanging the authorization code failed");
+            // One line per connector per REFUSED_CODE_LOG_EVERY with the count held back since (see `quiet`).
+            let connector = format!("{}/{}", r.connector.namespace().unwrap_or_default(), r.connector.name_any());
+            if let Some(held_back) = st.refused_codes.admit(&connector, std::time::Instant::now()) {
+                warn!(error = %e, %connector, activation = %r.ua.name_any(), namespace = %opened.claims.namespace, held_back, "exchanging the authorization code failed");
+            }
             let status = if e.is_transient() { StatusCode::BAD_GATEWAY } else { StatusCode::BAD_REQUEST };
             return Refusal(
                 status,
                 "The sign-in could not be completed",
-                format!("{name} did not accept the sign-in. Nothing was saved; start again from the application."),
+                format!("{name} did not accept the sign-in. Nothing was saved; start again from the application.").into(),
             )
             .into_response();
         }
