@@ -363,4 +363,68 @@ mod tests {
         assert_eq!(cache.get(&c, &a, "7", REDIRECT).unwrap().token_url, "https://a.idp.example/token");
         assert_eq!(cache.get(&c, &b, "7", REDIRECT).unwrap().token_url, "https://b.idp.example/token");
     }
+
+    /// A fake apiserver that serves the app's Secret (its resourceVersion and client id as set) and counts GETs.
+    async fn fake_apiserver(secret: Arc<Mutex<(String, String)>>, gets: Arc<std::sync::atomic::AtomicUsize>) -> kube::Client {
+        use axum::routing::get;
+        let app = axum::Router::new().route(
+            "/api/v1/namespaces/{ns}/secrets/{name}",
+            get(move || async move {
+                gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (rv, id) = secret.lock().unwrap().clone();
+                axum::Json(serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": "app", "namespace": "ns", "resourceVersion": rv},
+                    "data": {"client_id": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, id)}}))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap()
+    }
+
+    fn source_secret(rv: &str) -> crate::secret_record::SecretRecord {
+        let meta = kube::api::ObjectMeta {
+            name: Some("app".into()),
+            namespace: Some("ns".into()),
+            resource_version: Some(rv.into()),
+            ..Default::default()
+        };
+        crate::secret_record::SecretRecord::source(&meta)
+    }
+
+    #[tokio::test]
+    async fn the_organisation_app_is_read_and_built_again_only_when_its_connector_or_secret_changed() {
+        use kube::runtime::watcher::Event;
+        let secret = Arc::new(Mutex::new(("1".to_string(), "id-1".to_string())));
+        let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let client = fake_apiserver(secret.clone(), gets.clone()).await;
+        let (store, mut writer) = kube::runtime::reflector::store::<crate::secret_record::SecretRecord>();
+        writer.apply_watcher_event(&Event::Apply(source_secret("1")));
+        let stores = crate::controller::Stores { source_secrets: store, ..crate::controller::Stores::unfed() };
+        let lookup = Lookup::new(client, stores, Default::default());
+        let n = || gets.load(std::sync::atomic::Ordering::SeqCst);
+
+        let c = connector("10", 5);
+        let m = method(&c);
+        let first = lookup.organisation_app(&c, &m, REDIRECT).await.unwrap();
+        assert_eq!((first.client_id.as_str(), first.timeout, n()), ("id-1", Some(std::time::Duration::from_secs(5)), 1));
+        let again = lookup.organisation_app(&c, &m, REDIRECT).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "kept: nothing read or built again");
+        assert_eq!(n(), 1);
+
+        // The Connector changed (its timeout): built again from the credentials already read.
+        let edited = connector("11", 9);
+        let rebuilt = lookup.organisation_app(&edited, &m, REDIRECT).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &rebuilt));
+        assert_eq!((rebuilt.timeout, n()), (Some(std::time::Duration::from_secs(9)), 1));
+
+        // The app's Secret changed: the store shows its new version, the credentials are read again.
+        *secret.lock().unwrap() = ("2".into(), "id-2".into());
+        writer.apply_watcher_event(&Event::Apply(source_secret("2")));
+        let rotated = lookup.organisation_app(&edited, &m, REDIRECT).await.unwrap();
+        assert_eq!((rotated.client_id.as_str(), n()), ("id-2", 2));
+        assert!(Arc::ptr_eq(&rotated, &lookup.organisation_app(&edited, &m, REDIRECT).await.unwrap()));
+        assert_eq!(n(), 2);
+    }
 }
