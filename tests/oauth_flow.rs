@@ -603,3 +603,40 @@ async fn a_link_claimed_by_a_request_that_never_stored_anything_is_replaced_afte
     connect(&s, "acme").await;
     phase(&s, "acme", "Active", Duration::from_secs(30)).await;
 }
+
+/// The organisation changes its OAuth app's client secret in its Secret: the connect server's next code exchange
+/// presents the new one, without a restart (the OAuth client it keeps per connector is rebuilt when the Secret's
+/// version changes), and the change back works the same way.
+#[tokio::test]
+async fn a_changed_app_secret_is_used_by_the_next_callback_without_a_restart() {
+    let s = setup("oauth-app-changed", |c| c).await;
+    create_connection(&s, "AuthorizationCode", json!({})).await;
+    create_activation(&s, "first", None).await;
+    connect(&s, "first").await;
+
+    let set_client_secret = |value: &'static str| {
+        let secrets = s.secrets();
+        async move {
+            let patch = json!({"stringData": {"client_secret": value}});
+            secrets.patch("oauth-app", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+            // The connect server learns the Secret's new version from its watch: give it a moment.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    };
+    // A secret the provider does not know: the exchange presents it and the provider refuses the client.
+    set_client_secret("not-the-app-secret").await;
+    create_activation(&s, "second", None).await;
+    let url = connect_url(&s, "second", None).await;
+    let redirect = authorize_without_browser(&url, &s.callback(), &Login::default()).await.expect("consent");
+    let res = http().get(redirect.url.to_string()).send().await.unwrap();
+    assert_eq!(res.status(), 400, "the provider refused the changed client secret");
+    let last = s.server.token_events().await.into_iter().max_by_key(|e| e.seq).expect("a token request");
+    assert_eq!((last.grant_type.as_deref(), last.error.as_deref()), (Some("authorization_code"), Some("invalid_client")), "{last:?}");
+    assert!(s.secrets().get_opt("second-sync-credentials").await.unwrap().is_none(), "nothing stored");
+
+    // Back to the app's real secret: the next user connects.
+    set_client_secret("app-secret").await;
+    create_activation(&s, "third", None).await;
+    connect(&s, "third").await;
+    phase(&s, "third", "Active", Duration::from_secs(30)).await;
+}
