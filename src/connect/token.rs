@@ -83,12 +83,10 @@ pub enum TokenError {
     NoKey,
 }
 
-/// The signing keys: the first signs, any verifies. Cheap to clone; replaced whole when the Secret changes.
 /// A key with what every request derives from it, derived once: the HMAC state after the key (links) and the
 /// AEAD keyed from it (`state`). Deriving them per request (and copying the key list) was part of a forged link's
 /// cost.
 struct Key {
-    raw: Vec<u8>,
     mac: HmacSha256,
     state: XChaCha20Poly1305,
 }
@@ -96,8 +94,15 @@ struct Key {
 impl Key {
     fn new(raw: Vec<u8>) -> Self {
         let mac = <HmacSha256 as Mac>::new_from_slice(&raw).expect("HMAC takes keys of any length");
-        let state = state_cipher(&raw);
-        Key { raw, mac, state }
+        Key { mac, state: state_cipher(&raw) }
+    }
+
+    /// The MAC of a link's body under this key (domain-separated), to finalize (sign) or check (verify).
+    fn link_mac(&self, body: &[u8]) -> HmacSha256 {
+        let mut m = self.mac.clone();
+        m.update(TOKEN_DOMAIN);
+        m.update(body);
+        m
     }
 }
 
@@ -105,6 +110,7 @@ fn derive(keys: Vec<Vec<u8>>) -> Arc<[Key]> {
     keys.into_iter().map(Key::new).collect()
 }
 
+/// The signing keys: the first signs, any verifies. Cheap to clone; replaced whole when the Secret changes.
 #[derive(Clone, Default)]
 pub struct Keyring {
     keys: Arc<RwLock<Arc<[Key]>>>,
@@ -146,7 +152,7 @@ impl Keyring {
         let keys = self.snapshot();
         let key = keys.first().ok_or(TokenError::NoKey)?;
         let body = serde_json::to_vec(claims).map_err(|_| TokenError::Malformed)?;
-        let mac = mac(&key.raw, &body);
+        let mac = key.link_mac(&body).finalize().into_bytes();
         Ok(format!("{}.{}", URL_SAFE_NO_PAD.encode(&body), URL_SAFE_NO_PAD.encode(mac)))
     }
 
@@ -162,12 +168,7 @@ impl Keyring {
         if keys.is_empty() {
             return Err(TokenError::NoKey);
         }
-        let ok = keys.iter().any(|k| {
-            let mut m = k.mac.clone();
-            m.update(TOKEN_DOMAIN);
-            m.update(&body);
-            m.verify_slice(&sig).is_ok()
-        });
+        let ok = keys.iter().any(|k| k.link_mac(&body).verify_slice(&sig).is_ok());
         if !ok {
             return Err(TokenError::BadSignature);
         }
@@ -224,13 +225,6 @@ impl Keyring {
         }
         Ok(State { claims: body.claims, pkce_verifier: body.verifier.map(Sensitive::new), params: body.params })
     }
-}
-
-fn mac(key: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut m = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
-    m.update(TOKEN_DOMAIN);
-    m.update(body);
-    m.finalize().into_bytes().to_vec()
 }
 
 /// The AEAD key for `state`: derived from the signing key, so one Secret serves both and neither key is reused
