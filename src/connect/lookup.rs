@@ -147,7 +147,6 @@ impl ClientCache {
 }
 
 /// Reads links' targets from the stores; falls back to the apiserver only as described in the module docs.
-
 #[derive(Clone)]
 pub struct Lookup {
     client: kube::Client,

@@ -193,9 +193,13 @@ fn security_headers(h: &mut HeaderMap) {
 /// An HTML answer with its CSP: the page's stylesheets by hash, its logo's origin; forms post to this server only,
 /// and may be redirected on to `form_target` (the application's return URL).
 fn html(status: StatusCode, look: &Look, body: String, form_target: Option<&str>) -> Response {
-    let csp = look.csp(form_target);
+    html_with_csp(status, body.into(), HeaderValue::from_str(&look.csp(form_target)).ok())
+}
+
+/// An HTML answer with a Content-Security-Policy already made (see [`html`]).
+fn html_with_csp(status: StatusCode, body: axum::body::Body, csp: Option<HeaderValue>) -> Response {
     let mut res = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
-    if let Ok(v) = HeaderValue::from_str(&csp) {
+    if let Some(v) = csp {
         res.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
     }
     res
@@ -221,15 +225,9 @@ impl IntoResponse for Refusal {
 /// A refusal as a page in the operator's brand (kept in [`RefusalPages`]), with the headers the refusal's answer
 /// carries (`Retry-After`).
 fn render_refusal(st: &ConnectState, Refusal(status, title, text): Refusal, res: Response) -> Response {
-    let mut page = Response::new(axum::body::Body::from(st.refusals.page(title, &text)));
-    *page.status_mut() = status;
-    let h = page.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    if let Some(csp) = st.refusals.csp() {
-        h.insert(header::CONTENT_SECURITY_POLICY, csp.clone());
-    }
+    let mut page = html_with_csp(status, st.refusals.page(title, &text).into(), st.refusals.csp().cloned());
     for (k, v) in res.headers() {
-        h.insert(k.clone(), v.clone());
+        page.headers_mut().insert(k.clone(), v.clone());
     }
     page
 }
