@@ -12,23 +12,24 @@ use crate::results::{Results, median};
 pub async fn bounds(o: &Opts, res: &mut Results) -> Result<()> {
     let (mut b1, mut b2, mut b2_nojob, mut b2_minimal) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let w = Workload { n: o.big, namespaces: o.namespaces };
-    for run in 0..o.runs {
+    // Each B2 variant on a bed of its own (the same writes again would be no-ops); B1 on the first.
+    let bed_with_activations = || async {
         let bed = Bed::up(&o.bed_dir()).await?;
         load::latchkey_fixture(&bed, &w, &o.operator).await?;
         load::activations(&bed.client, &w).await?;
+        Result::Ok(bed)
+    };
+    for run in 0..o.runs {
+        let bed = bed_with_activations().await?;
         let t1 = load::bound_b1(&bed.client, &w).await?;
         let t2 = load::bound_b2(&bed.client, &w, true, false).await?;
         bed.down();
-        // The same writes with small hand-written objects (what B2 was before), on a bed of its own.
-        let bed = Bed::up(&o.bed_dir()).await?;
-        load::latchkey_fixture(&bed, &w, &o.operator).await?;
-        load::activations(&bed.client, &w).await?;
+        // The same writes with small hand-written objects (what B2 was before).
+        let bed = bed_with_activations().await?;
         let t4 = load::bound_b2(&bed.client, &w, true, true).await?;
         bed.down();
-        // Without the Job, on a bed of its own (the same writes again would be no-ops).
-        let bed = Bed::up(&o.bed_dir()).await?;
-        load::latchkey_fixture(&bed, &w, &o.operator).await?;
-        load::activations(&bed.client, &w).await?;
+        // Without the Job.
+        let bed = bed_with_activations().await?;
         let t3 = load::bound_b2(&bed.client, &w, false, false).await?;
         bed.down();
         eprintln!(
@@ -49,7 +50,7 @@ pub async fn bounds(o: &Opts, res: &mut Results) -> Result<()> {
 }
 
 /// What one run of the operator over N activations measured.
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct Measured {
     converge_s: f64,
     timeline: Vec<(f64, usize)>,
@@ -283,27 +284,24 @@ pub async fn converge(o: &Opts, res: &mut Results) -> Result<()> {
     res.runs("peak_rss_mib_10k", &peaks);
     // Idle and restart only from runs whose Jobs had all finished: otherwise their outcomes (one status write each)
     // fall in those windows and the figures say nothing about the operator. None such: null, and `missing` says why.
-    let settled: Vec<Measured> = started.iter().filter(|m| m.jobs_finished).cloned().collect();
-    let idle_restart_keys = [
-        "idle_cpu_percent_10k",
-        "idle_writes_per_hour_10k",
-        "restart_writes",
-        "restart_secret_gets",
-        "restart_signing_key_gets",
-        "restart_cache_sync_seconds_10k",
+    let settled: Vec<&Measured> = started.iter().filter(|m| m.jobs_finished).collect();
+    type Figure = fn(&Measured) -> f64;
+    let idle_restart: [(&str, Figure); 6] = [
+        ("idle_cpu_percent_10k", |m| m.idle_cpu_pct),
+        ("idle_writes_per_hour_10k", |m| m.idle_writes_per_hour),
+        ("restart_writes", |m| m.restart_writes),
+        ("restart_secret_gets", |m| m.restart_secret_gets),
+        ("restart_signing_key_gets", |m| m.restart_other_gets),
+        ("restart_cache_sync_seconds_10k", |m| m.restart_cache_sync_s),
     ];
-    res.runs("idle_cpu_percent_10k", &col(&settled, |m| m.idle_cpu_pct));
-    res.runs("idle_writes_per_hour_10k", &col(&settled, |m| m.idle_writes_per_hour));
-    res.runs("restart_writes", &col(&settled, |m| m.restart_writes));
-    res.runs("restart_secret_gets", &col(&settled, |m| m.restart_secret_gets));
-    res.runs("restart_signing_key_gets", &col(&settled, |m| m.restart_other_gets));
-    res.runs("restart_cache_sync_seconds_10k", &col(&settled, |m| m.restart_cache_sync_s));
-    res.set("restart_breakdown", settled.first().map(|m| m.restart_breakdown.clone()).unwrap_or_default());
-    if settled.is_empty() {
-        for k in idle_restart_keys {
-            res.missing(k, "void: in every started run Jobs were still running when the settle cap was reached, so their outcomes fell in the idle and restart windows");
+    for (key, figure) in idle_restart {
+        if settled.is_empty() {
+            res.missing(key, "void: in every started run Jobs were still running when the settle cap was reached, so their outcomes fell in the idle and restart windows");
+        } else {
+            res.runs(key, &settled.iter().map(|m| figure(m)).collect::<Vec<_>>());
         }
     }
+    res.set("restart_breakdown", settled.first().map(|m| m.restart_breakdown.clone()).unwrap_or_default());
     keep_timeline(res, "latchkey", &started.iter().map(|m| (m.converge_s, m.timeline.clone())).collect::<Vec<_>>());
     keep_timeline(res, "latchkey_live", &live.iter().map(|m| (m.converge_s, m.timeline.clone())).collect::<Vec<_>>());
     Ok(())
