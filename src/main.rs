@@ -1,6 +1,9 @@
 use clap::Parser;
 use latchkey::config::{Cli, Command};
 
+#[global_allocator]
+static ALLOCATOR: latchkey::memory::Allocator = latchkey::memory::Allocator;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

@@ -146,11 +146,11 @@ async fn send(http: &reqwest::Client, req: oauth2::HttpRequest, timeout: Duratio
     if status.as_u16() == 429 || status.is_server_error() {
         return Err(HttpError::Status(status.as_u16()));
     }
-    let headers = response.headers().clone();
     // Read at most MAX_RESPONSE bytes: a huge answer is refused as it streams in, never held whole.
     if response.content_length().is_some_and(|n| n > MAX_RESPONSE as u64) {
         return Err(HttpError::Transport(format!("response larger than {MAX_RESPONSE} bytes")));
     }
+    let headers = std::mem::take(response.headers_mut());
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| HttpError::Transport(e.without_url().to_string()))? {
         if body.len() + chunk.len() > MAX_RESPONSE {
