@@ -323,6 +323,69 @@ impl Drop for ReadyWatch {
     }
 }
 
+/// The Jobs the operator created (by its `managed-by` label), through one cluster-wide watch: whether every one
+/// that exists has finished (`Complete` or `Failed`).
+pub struct JobWatch {
+    state: tokio::sync::watch::Receiver<(bool, usize)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl JobWatch {
+    pub fn start(client: &Client) -> JobWatch {
+        let api: Api<Job> = Api::all(client.clone());
+        let config = watcher::Config::default().labels("app.kubernetes.io/managed-by=latchkey");
+        let (tx, state) = tokio::sync::watch::channel((false, 0));
+        let task = tokio::spawn(async move {
+            let finished = |j: &Job| {
+                j.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"))
+            };
+            let key = |j: &Job| j.metadata.uid.clone().unwrap_or_default();
+            // `listing`: between a (re)list's Init and InitDone the set is partial and is not published.
+            let (mut unfinished, mut listing) = (HashSet::new(), true);
+            let mut stream = watcher(api, config).default_backoff().boxed();
+            while let Some(ev) = stream.next().await {
+                let Ok(ev) = ev else { continue };
+                match ev {
+                    watcher::Event::Init => {
+                        unfinished.clear();
+                        listing = true;
+                    }
+                    watcher::Event::Apply(j) | watcher::Event::InitApply(j) => {
+                        if finished(&j) {
+                            unfinished.remove(&key(&j));
+                        } else {
+                            unfinished.insert(key(&j));
+                        }
+                    }
+                    watcher::Event::Delete(j) => {
+                        unfinished.remove(&key(&j));
+                    }
+                    watcher::Event::InitDone => listing = false,
+                }
+                if !listing {
+                    let _ = tx.send((true, unfinished.len()));
+                }
+            }
+        });
+        JobWatch { state, task }
+    }
+
+    /// The watch has listed the Jobs and none of them is still running.
+    pub fn all_finished(&self) -> bool {
+        let (synced, unfinished) = *self.state.borrow();
+        synced && unfinished == 0
+    }
+}
+
+impl Drop for JobWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The operator process and its endpoints.
 pub struct Operator {
     pub proc: Proc,
