@@ -1,9 +1,6 @@
 use clap::Parser;
 use latchkey::config::{Cli, Command};
 
-#[global_allocator]
-static ALLOCATOR: latchkey::memory::Allocator = latchkey::memory::Allocator;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
