@@ -162,7 +162,18 @@ async fn the_operator_recovers_from_apiserver_and_etcd_restarts_without_its_own(
     if !settled {
         // Whose update is missing: the Job's own status (did it end?) and its pods, beside the activation's.
         let jobs = job_states(&client, &n).await;
-        failures.push(format!("status not up to date after the restarts: {:?}; jobs: {jobs:?}", stale_now.borrow()));
+        // A Job the bed's controller-manager never started after the restarts (no pods, no status; seen once in
+        // CI) has no outcome to report: the activation's "running" is then the truth, not a lost update.
+        let never_started =
+            |ua: &str| jobs.iter().any(|j| j.starts_with(&format!("{ua}-")) && j.ends_with("active=0 succeeded=0 failed=0 [] pods []"));
+        let stale = stale_now.borrow().clone();
+        let lost: Vec<&String> =
+            stale.iter().filter(|s| !(s.contains("JobRunning") && never_started(s.split(':').next().unwrap_or_default()))).collect();
+        if lost.is_empty() {
+            figures.insert("jobs_never_started_by_the_controller_manager".into(), json!(stale));
+        } else {
+            failures.push(format!("status not up to date after the restarts: {lost:?}; jobs: {jobs:?}"));
+        }
     }
     if !failures.is_empty() {
         keep_bed_logs(&bed.0.dir, "faults_control_plane-bed");
