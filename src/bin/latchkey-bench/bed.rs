@@ -118,13 +118,7 @@ impl Bed {
 
     /// Audit events after `mark`.
     pub fn audit_since(&self, mark: u64) -> Vec<AuditEvent> {
-        let Ok(mut f) = std::fs::File::open(self.dir.join("audit.log")) else { return Vec::new() };
-        if f.seek(SeekFrom::Start(mark)).is_err() {
-            return Vec::new();
-        }
-        let mut buf = Vec::new();
-        let _ = f.read_to_end(&mut buf);
-        buf.as_slice().lines().map_while(Result::ok).filter_map(|l| AuditEvent::parse(&l)).collect()
+        self.audit_tail(mark).next_events()
     }
 
     /// The audit log read on from `mark`, a little at a time (a poll that re-read everything since `mark` took
