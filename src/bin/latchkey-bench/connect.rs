@@ -86,7 +86,7 @@ fn per_core(res: &mut Results, key: &str, steps: &[LoadResult]) {
 
 fn report(what: &str, r: &LoadResult) {
     eprintln!(
-        "bench: {what} offered {} req/s: achieved {:.0}, p50 {:.2} ms, p99 {:.2} ms, {} errors, statuses {:?}; server {:.0} us CPU per request ({:.0} req/s per core); generator CPU {:.1} s of {:.1} s",
+        "bench: {what} offered {} req/s: achieved {:.0}, p50 {:.2} ms, p99 {:.2} ms, {} errors, statuses {:?}; server {:.0} us CPU per request ({:.0} req/s per core); generator CPU {:.1} s of {:.1} s, its lateness p99 {:.2} ms",
         r.offered_rps,
         r.achieved_rps,
         r.p50_ms,
@@ -96,7 +96,8 @@ fn report(what: &str, r: &LoadResult) {
         r.server_cpu_us_per_request,
         r.rps_per_server_core,
         r.generator_cpu_seconds,
-        r.wall_seconds
+        r.wall_seconds,
+        r.send_late_p99_ms
     );
 }
 
