@@ -11,7 +11,7 @@
 //! check is on the measured path without refusing the load.
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::Opts;
@@ -20,6 +20,7 @@ use crate::load::{self, INTEGRATIONS_NS, OPERATOR_NS, Workload};
 use crate::openloop::LoadResult;
 use crate::process::{Proc, free_port, wait_http_ok};
 use crate::results::Results;
+use latchkey::naming;
 
 /// `latchkey-bench --load TARGET RATE SECONDS`: prints one JSON line (see [`crate::openloop`]).
 pub async fn load_main(target: &str, rate: f64, secs: f64) {
@@ -291,14 +292,7 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
             break;
         }
     }
-    let best = e2e.iter().filter_map(|r| r["completed_rps"].as_f64()).fold(0.0, f64::max);
-    // The p99 at the highest rate that completed (nearly) everything offered (else at the first rate).
-    let p99 = e2e
-        .iter()
-        .rfind(|r| r["completed_rps"].as_f64().unwrap_or(0.0) >= 0.9 * r["offered_rps"].as_f64().unwrap_or(f64::MAX))
-        .or(e2e.first())
-        .and_then(|r| r["p99_ms"].as_f64())
-        .unwrap_or(f64::NAN);
+    let (best, p99) = best_and_p99(&e2e);
     res.runs("callback_e2e_rps", &[best]);
     res.runs("callback_e2e_p99_ms", &[p99]);
     res.set("callback_e2e_ladder", json!(e2e));
@@ -320,8 +314,161 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
     res.runs("forged_flood_rss_growth_mib", &[rss1 - rss0]);
     res.set("forged_flood_seconds", json!(flood_secs));
     drop(p);
+    e2e_bound(&bed, &ns, steps, res).await?;
     bed.down();
     Ok(())
+}
+
+/// The bound of the callbacks end to end, measured on the same bed with the operator stopped: a plain client
+/// makes the apiserver requests of one completed callback, in the callback's order, open loop at the same rates
+/// as the operator's ladder. Until the page would be answered: the link's claim (a merge patch of the status over
+/// the version read) together with the read of the Secret's metadata, then the Secret (server-side apply, the
+/// connect server's own object from its own code); after it, untimed as for the user, the reconciler's Ready
+/// status (server-side apply). The activations wait with a connect link in status, as the reconciler leaves them.
+/// What is left between this and the operator's ladder is the operator's part: its stores, the token request to a
+/// local endpoint, its pages, and its reconciler running beside the connect server.
+async fn e2e_bound(bed: &Bed, ns: &str, steps: &[(f64, f64)], res: &mut Results) -> Result<()> {
+    use latchkey::api::{Connector, UserActivation};
+    use latchkey::credentials::{Credential, OAuth2Tokens, Sensitive};
+    let client = bed.client.clone();
+    let n: usize = steps.iter().map(|(r, s)| (r * s) as usize).sum();
+    let dynamic_uas: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &load::ua_resource());
+    let link_expires = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    load::at_concurrency(n, |i| {
+        let api = dynamic_uas.clone();
+        let link_expires = link_expires.clone();
+        async move {
+            let name = format!("bound-{i}");
+            let ua = serde_json::from_value::<DynamicObject>(json!({
+                "apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "metadata": {"name": name},
+                "spec": {"connectionRef": {"name": "bench-oauth-ok", "namespace": INTEGRATIONS_NS}, "user": {"id": format!("bound-user-{i}")}}
+            }))
+            .map_err(kube::Error::SerdeError)?;
+            api.create(&PostParams::default(), &ua).await?;
+            let nonce = format!("{:043}", i);
+            let status = json!({"status": {"phase": "AwaitingUser", "observedGeneration": 1, "connectNonce": nonce,
+                "connectUrl": format!("http://127.0.0.1:9/connect/{}", "x".repeat(360)), "connectUrlExpiresAt": link_expires,
+                "conditions": [{"type": "Ready", "status": "False", "reason": "AwaitingUser", "message": "waiting for the user to connect through the link in status.connectUrl",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]}});
+            api.patch_status(&name, &PatchParams::apply(naming::FIELD_MANAGER).force(), &Patch::Apply(&json!({
+                "apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "status": status["status"]}))).await.map(|_| ())
+        }
+    })
+    .await?;
+    let uas: Api<UserActivation> = Api::namespaced(client.clone(), ns);
+    let mut by_index: Vec<(usize, UserActivation)> = uas
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .items
+        .into_iter()
+        .filter_map(|u| Some((u.metadata.name.as_deref()?.strip_prefix("bound-")?.parse().ok()?, u)))
+        .collect();
+    by_index.sort_by_key(|(i, _)| *i);
+    if by_index.len() < n {
+        return Err(format!("the bound's activations: {} of {n} listed", by_index.len()).into());
+    }
+    let connector = Api::<Connector>::namespaced(client.clone(), INTEGRATIONS_NS).get("bench-oauth-ok").await.map_err(|e| e.to_string())?;
+    let method = connector.spec.auth_methods.first().and_then(|m| m.oauth2.clone()).ok_or("the bench connector has no OAuth2 method")?;
+    let method = std::sync::Arc::new(method);
+    let mut ladder = Vec::new();
+    let mut used = 0;
+    for (rate, secs) in steps {
+        let m = (rate * secs) as usize;
+        let batch: Vec<UserActivation> = by_index[used..used + m].iter().map(|(_, u)| u.clone()).collect();
+        used += m;
+        let t0 = tokio::time::Instant::now() + Duration::from_millis(50);
+        let tasks: Vec<_> = batch
+            .into_iter()
+            .enumerate()
+            .map(|(k, ua)| {
+                let (client, method) = (client.clone(), method.clone());
+                let due = t0 + Duration::from_secs_f64(k as f64 / rate);
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(due).await;
+                    let uas: Api<UserActivation> = Api::namespaced(client.clone(), &ua.metadata.namespace.clone().unwrap_or_default());
+                    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+                        Api::namespaced(client, &ua.metadata.namespace.clone().unwrap_or_default());
+                    let name = ua.metadata.name.clone().unwrap_or_default();
+                    let secret_name = naming::credentials_secret_name(&ua);
+                    let claim = json!({"metadata": {"resourceVersion": ua.metadata.resource_version},
+                        "status": {"connectNonce": null, "connectUrl": null, "connectUrlExpiresAt": null, "connectError": null}});
+                    let pp = PatchParams { field_manager: Some(naming::CONNECT_FIELD_MANAGER.into()), ..Default::default() };
+                    let claim = Patch::Merge(&claim);
+                    let (claimed, existing) = tokio::join!(uas.patch_status(&name, &pp, &claim), secrets.get_metadata_opt(&secret_name));
+                    claimed.ok()?;
+                    existing.ok()?;
+                    let now = chrono::Utc::now();
+                    let tokens = OAuth2Tokens {
+                        access_token: Sensitive::new(format!("bench-at-bound-{k}")),
+                        refresh_token: Some(Sensitive::new(format!("bench-rt-bound-{k}"))),
+                        expires_at: Some(now + chrono::Duration::hours(1)),
+                        token_type: Some("Bearer".into()),
+                        ..Default::default()
+                    };
+                    let secret = latchkey::connect::routes::owned_secret(
+                        &ua,
+                        &secret_name,
+                        &Credential::OAuth2(tokens),
+                        1,
+                        Some((&method, Duration::from_secs(3600))),
+                    );
+                    secrets.patch(&secret_name, &PatchParams::apply(naming::CONNECT_FIELD_MANAGER).force(), &Patch::Apply(&secret)).await.ok()?;
+                    let ms = due.elapsed().as_secs_f64() * 1000.0;
+                    // The reconciler's write once the Secret is there: not in the user's wait, but on the apiserver.
+                    let ready = json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "status": {
+                        "phase": "Active", "observedGeneration": 1, "credentialGeneration": 1, "secretName": secret_name, "baseUrl": "http://127.0.0.1:9",
+                        "expiresAt": (now + chrono::Duration::hours(1)).to_rfc3339(), "nextRefreshTime": (now + chrono::Duration::minutes(54)).to_rfc3339(),
+                        "conditions": [
+                            {"type": "Ready", "status": "True", "reason": "Active", "message": format!("credentials stored in Secret {secret_name}"), "lastTransitionTime": now.to_rfc3339(), "observedGeneration": 1},
+                            {"type": "CredentialsValid", "status": "True", "reason": "NoVerificationDeclared", "message": "stored; the connector declares no verification request", "lastTransitionTime": now.to_rfc3339(), "observedGeneration": 1}]}});
+                    uas.patch_status(&name, &PatchParams::apply(naming::FIELD_MANAGER).force(), &Patch::Apply(&ready)).await.ok()?;
+                    Some(ms)
+                })
+            })
+            .collect();
+        let mut lat = Vec::with_capacity(m);
+        for t in tasks {
+            if let Ok(Some(ms)) = t.await {
+                lat.push(ms);
+            }
+        }
+        let elapsed = t0.elapsed().as_secs_f64().max(*secs);
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| if lat.is_empty() { f64::NAN } else { lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] };
+        let done = lat.len() as f64;
+        eprintln!(
+            "bench: the callbacks' bound (a plain client, operator stopped) offered {rate}/s: {done} of {m} done, {:.0}/s, p50 {:.1} ms, p99 {:.1} ms",
+            done / elapsed,
+            pct(0.5),
+            pct(0.99)
+        );
+        ladder.push(
+            json!({"offered_rps": rate, "completed": done, "completed_rps": done / elapsed, "p50_ms": pct(0.5), "p99_ms": pct(0.99)}),
+        );
+        if done < 0.9 * (m as f64) {
+            break;
+        }
+    }
+    let (best, p99) = best_and_p99(&ladder);
+    res.runs("callback_e2e_bound_rps", &[best]);
+    res.runs("callback_e2e_bound_p99_ms", &[p99]);
+    res.set("callback_e2e_bound_ladder", json!(ladder));
+    res.set("callback_e2e_bound_note", json!("the apiserver requests of the callbacks end to end by a plain client, operator stopped, same bed, same open-loop rates: claim (merge patch over the version read) with the Secret's metadata read, then the Secret (server-side apply); the reconciler's Ready status (server-side apply) after, untimed"));
+    Ok(())
+}
+
+/// The best completed rate of a ladder, and the p99 at the highest rate that completed (nearly) everything
+/// offered (else at the first rate).
+fn best_and_p99(ladder: &[serde_json::Value]) -> (f64, f64) {
+    let best = ladder.iter().filter_map(|r| r["completed_rps"].as_f64()).fold(0.0, f64::max);
+    let p99 = ladder
+        .iter()
+        .rfind(|r| r["completed_rps"].as_f64().unwrap_or(0.0) >= 0.9 * r["offered_rps"].as_f64().unwrap_or(f64::MAX))
+        .or(ladder.first())
+        .and_then(|r| r["p99_ms"].as_f64())
+        .unwrap_or(f64::NAN);
+    (best, p99)
 }
 
 /// Offered 1k, 2k, 5k, 10k, 20k, 40k req/s for `step` seconds each, stopping at saturation.

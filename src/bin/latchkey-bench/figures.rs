@@ -367,6 +367,8 @@ pub fn table(v: &Value) -> String {
         ("forged_rps", ">= 50000"),
         ("callback_e2e_rps", ">= 200"),
         ("callback_e2e_p99_ms", "<= 100"),
+        ("callback_e2e_bound_rps", ""),
+        ("callback_e2e_bound_p99_ms", ""),
         ("consent_e2e_rps", ""),
         ("bound_b2_nojob_seconds_10k", ""),
         ("bound_b2_minimal_seconds_10k", ""),
