@@ -108,6 +108,41 @@ impl Results {
         self.obj("missing").remove(key);
     }
 
+    /// A results object of one run of a figure that measures one run per call (not saved anywhere).
+    pub fn scratch() -> Results {
+        Results { path: PathBuf::new(), v: Map::new() }
+    }
+
+    /// Merges runs of such a figure: each key with runs holds the median over them all, with the runs and the
+    /// spread; every other key keeps the last run's value.
+    pub fn absorb(&mut self, each: &[Results]) {
+        let mut keys: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+        for r in each {
+            if let Some(Value::Object(rs)) = r.v.get("runs") {
+                for (k, xs) in rs {
+                    let xs =
+                        xs.as_array().map(|a| a.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect::<Vec<_>>()).unwrap_or_default();
+                    keys.entry(k.clone()).or_default().extend(xs);
+                }
+            }
+        }
+        if let Some(last) = each.last() {
+            for (k, v) in &last.v {
+                if !matches!(k.as_str(), "runs" | "spread" | "missing") && !keys.contains_key(k) {
+                    self.v.insert(k.clone(), v.clone());
+                }
+            }
+            if let Some(Value::Object(m)) = last.v.get("missing") {
+                for (k, note) in m {
+                    self.missing(k, note.as_str().unwrap_or_default());
+                }
+            }
+        }
+        for (k, xs) in keys {
+            self.runs(&k, &xs);
+        }
+    }
+
     pub fn set(&mut self, key: &str, v: Value) {
         self.v.insert(key.into(), v);
     }
