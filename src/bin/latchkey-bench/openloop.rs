@@ -43,7 +43,9 @@ pub struct LoadResult {
     /// Answers by status code.
     #[serde(default)]
     pub statuses: BTreeMap<u16, u64>,
-    /// The generator's own lateness: from a request's due time to its write (already in the latencies above).
+    /// The generator's lateness: from a request's due time to its write (already in the latencies above). It
+    /// includes the wait for its connection to finish the request before it, so past saturation it grows with
+    /// the server's queue; below it, it is the generator's own.
     #[serde(default, deserialize_with = "nan_if_null")]
     pub send_late_p50_ms: f64,
     #[serde(default, deserialize_with = "nan_if_null")]
