@@ -397,10 +397,11 @@ async fn the_token_response_fields_a_connector_asks_for_are_kept_across_refreshe
     assert!(text(&secret, "token_response.other").is_none(), "only the fields asked for are kept");
 
     // Refreshes that no longer carry instance_url keep it; a new team value replaces the old one.
-    s.server.set_extra_token_fields(json!({"team": "T2"})).await;
-    let after = wait_for_value("a refresh that brought team T2", Duration::from_secs(20), || async {
+    // A value no status field could hold by chance (a bare "T2" is in every RFC 3339 time from 20:00 to 23:59).
+    s.server.set_extra_token_fields(json!({"team": "team-two-7f3a"})).await;
+    let after = wait_for_value("a refresh that brought team team-two-7f3a", Duration::from_secs(20), || async {
         let sec = s.secrets().get("acme-sync-credentials").await.map_err(|e| e.to_string())?;
-        if text(&sec, "token_response.team").as_deref() == Some("T2") {
+        if text(&sec, "token_response.team").as_deref() == Some("team-two-7f3a") {
             Ok(sec)
         } else {
             Err(format!("{:?}", text(&sec, "token_response.team")))
@@ -410,7 +411,7 @@ async fn the_token_response_fields_a_connector_asks_for_are_kept_across_refreshe
     assert_eq!(text(&after, "token_response.instance_url").as_deref(), Some(s.server.issuer()), "kept when a refresh omits it");
     assert!(s.server.refresh_events().await.iter().any(|e| e.outcome == "ok"));
     let ua = s.activations().get("acme").await.unwrap();
-    assert!(!serde_json::to_string(&ua.status).unwrap().contains("T2"), "token-response values stay out of status");
+    assert!(!serde_json::to_string(&ua.status).unwrap().contains("team-two-7f3a"), "token-response values stay out of status");
 }
 
 #[tokio::test]
