@@ -292,11 +292,12 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
             break;
         }
     }
-    let (best, p99) = best_and_p99(&e2e);
-    res.runs("callback_e2e_rps", &[best]);
-    res.runs("callback_e2e_p99_ms", &[p99]);
-    res.set("callback_e2e_ladder", json!(e2e));
-    res.set("callback_e2e_note", json!("open loop; each request the callback of its own activation with a fresh state; a local token endpoint answering at once; the nonce compare-and-swap and the Secret write included; completed = the Connected page"));
+    record_ladder(
+        res,
+        "callback_e2e",
+        &e2e,
+        "open loop; each request the callback of its own activation with a fresh state; a local token endpoint answering at once; the nonce compare-and-swap and the Secret write included; completed = the Connected page",
+    );
 
     // Forged links: a flood; memory before and after.
     let flood_secs = match o.scale.as_str() {
@@ -450,12 +451,22 @@ async fn e2e_bound(bed: &Bed, ns: &str, steps: &[(f64, f64)], res: &mut Results)
             break;
         }
     }
-    let (best, p99) = best_and_p99(&ladder);
-    res.runs("callback_e2e_bound_rps", &[best]);
-    res.runs("callback_e2e_bound_p99_ms", &[p99]);
-    res.set("callback_e2e_bound_ladder", json!(ladder));
-    res.set("callback_e2e_bound_note", json!("the apiserver requests of the callbacks end to end by a plain client, operator stopped, same bed, same open-loop rates: claim (merge patch over the version read) with the Secret's metadata read, then the Secret (server-side apply); the reconciler's Ready status (server-side apply) after, untimed"));
+    record_ladder(
+        res,
+        "callback_e2e_bound",
+        &ladder,
+        "the apiserver requests of the callbacks end to end by a plain client, operator stopped, same bed, same open-loop rates: claim (merge patch over the version read) with the Secret's metadata read, then the Secret (server-side apply); the reconciler's Ready status (server-side apply) after, untimed",
+    );
     Ok(())
+}
+
+/// `<key>_rps` (the best completed rate), `<key>_p99_ms` (see [`best_and_p99`]), the ladder and its note.
+fn record_ladder(res: &mut Results, key: &str, ladder: &[serde_json::Value], note: &str) {
+    let (best, p99) = best_and_p99(ladder);
+    res.runs(&format!("{key}_rps"), &[best]);
+    res.runs(&format!("{key}_p99_ms"), &[p99]);
+    res.set(&format!("{key}_ladder"), json!(ladder));
+    res.set(&format!("{key}_note"), json!(note));
 }
 
 /// The best completed rate of a ladder, and the p99 at the highest rate that completed (nearly) everything
