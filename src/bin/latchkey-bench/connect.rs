@@ -436,7 +436,7 @@ async fn e2e_bound(bed: &Bed, ns: &str, steps: &[(f64, f64)], res: &mut Results)
         }
         let elapsed = t0.elapsed().as_secs_f64().max(*secs);
         lat.sort_by(|a, b| a.total_cmp(b));
-        let pct = |p: f64| if lat.is_empty() { f64::NAN } else { lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] };
+        let pct = |p: f64| crate::results::percentile(&lat, p);
         let done = lat.len() as f64;
         eprintln!(
             "bench: the callbacks' bound (a plain client, operator stopped) offered {rate}/s: {done} of {m} done, {:.0}/s, p50 {:.1} ms, p99 {:.1} ms",

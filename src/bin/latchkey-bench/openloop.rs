@@ -251,7 +251,7 @@ pub async fn run(target: &str, rate: f64, secs: f64) -> Result<LoadResult, Strin
     let elapsed = start.elapsed().as_secs_f64().min(secs + GRACE.as_secs_f64());
     lat.sort_by(|a, b| a.total_cmp(b));
     lateness.sort_by(|a, b| a.total_cmp(b));
-    let pct_of = |v: &[f64], p: f64| if v.is_empty() { f64::NAN } else { v[((v.len() as f64 * p) as usize).min(v.len() - 1)] };
+    let pct_of = crate::results::percentile;
     let pct = |p: f64| pct_of(&lat, p);
     Ok(LoadResult {
         offered_rps: rate,

@@ -87,11 +87,8 @@ async fn consent(http: &reqwest::Client, start: &str, callback_prefix: &str) -> 
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+    v.sort_by(|a, b| a.total_cmp(b));
+    crate::results::percentile(v, p)
 }
 
 pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {

@@ -41,6 +41,11 @@ pub struct Results {
     pub v: Map<String, Value>,
 }
 
+/// The value at fraction `p` of an ascending slice (NaN when empty): the one percentile rule of every figure.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() { f64::NAN } else { sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)] }
+}
+
 pub fn median(xs: &[f64]) -> f64 {
     let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
     if v.is_empty() {
