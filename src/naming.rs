@@ -30,6 +30,10 @@ pub const REFRESH_NOW_ANNOTATION: &str = "latchkey.dev/refresh-now";
 /// Set (to any new value) on an activation to start its Job now.
 pub const RUN_NOW_ANNOTATION: &str = "latchkey.dev/run-now";
 pub const VARIABLES_ANNOTATION: &str = "latchkey.dev/variables";
+/// On an owned Secret written by the connect server: which connect link stored it ([`link_hash`] of the link's
+/// nonce). The Secret's write is the link's compare-and-swap, so a Secret carrying a link's hash means that link
+/// is spent.
+pub const CONNECT_LINK_ANNOTATION: &str = "latchkey.dev/connect-link";
 pub const FINALIZER: &str = "latchkey.dev/cleanup";
 
 /// The field manager of the reconcilers' server-side applies.
@@ -49,6 +53,11 @@ pub fn hash_hex(parts: &[&[u8]]) -> String {
         h.update(p);
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What [`CONNECT_LINK_ANNOTATION`] holds for a link's nonce (the nonce itself never leaves status).
+pub fn link_hash(nonce: &str) -> String {
+    hash_hex(&[b"latchkey connect link", nonce.as_bytes()])[..32].to_string()
 }
 
 /// `base` if it fits in `max`, else a prefix of it, `-` and 10 hex characters of its hash: still unique.

@@ -1,5 +1,5 @@
 //! The connect page for an API-key method: the form, a rejected key shown again with an error and nothing
-//! stored, a working key stored and the user sent back, the spent link refused.
+//! stored, two working keys submitted at once and only one stored, the user sent back, the spent link refused.
 mod support;
 
 use std::time::Duration;
@@ -23,17 +23,20 @@ async fn a_user_pastes_an_api_key_into_the_connect_page() {
         OAuthServerConfig::default().client(OAuthClient::confidential("k", "k-secret").grant_types(&["client_credentials"])),
     );
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let token: serde_json::Value = http
-        .post(server.token_url())
-        .basic_auth("k", Some("k-secret"))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = token["access_token"].as_str().unwrap().to_string();
+    let issue_key = || async {
+        let token: serde_json::Value = http
+            .post(server.token_url())
+            .basic_auth("k", Some("k-secret"))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        token["access_token"].as_str().unwrap().to_string()
+    };
+    let (key, other_key) = (issue_key().await, issue_key().await);
     let resource = url::Url::parse(server.resource_url()).unwrap();
 
     let connector: Connector = serde_json::from_value(json!({
@@ -79,12 +82,21 @@ async fn a_user_pastes_an_api_key_into_the_connect_page() {
     let secrets = ns.api::<Secret>();
     assert!(secrets.get_opt("globex-crm-credentials").await.unwrap().is_none());
 
-    // A working key: stored, the user sent back, the activation Active.
-    let ok = http.post(&link).form(&[("api_key", key.as_str())]).send().await.unwrap();
-    assert_eq!(ok.status(), 303);
+    // Two working keys submitted at once (a double click, two tabs): the link stores one of them, once. That one
+    // is stored, its user sent back, the activation Active; the other is told the link was used.
+    let (a, b) = tokio::join!(
+        http.post(&link).form(&[("api_key", key.as_str())]).send(),
+        http.post(&link).form(&[("api_key", other_key.as_str())]).send()
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [303, 410], "one submission stores, the other is refused");
+    let (ok, stored) = if a.status() == 303 { (a, &key) } else { (b, &other_key) };
     assert_eq!(ok.headers()["location"], "https://app.example.com/back?status=success");
     let secret = secrets.get("globex-crm-credentials").await.unwrap();
-    assert_eq!(secret.data.unwrap()["api_key"].0, key.as_bytes());
+    assert_eq!(secret.data.clone().unwrap()["api_key"].0, stored.as_bytes(), "the stored key is the accepted submission's");
+    assert_eq!(secret.metadata.annotations.unwrap()["latchkey.dev/credential-generation"], "1", "stored once");
     wait_for_value("phase Active", Duration::from_secs(30), || async {
         let p = uas.get("globex").await.map_err(|e| e.to_string())?.status.and_then(|s| s.phase);
         if format!("{p:?}") == "Some(Active)" { Ok(()) } else { Err(format!("{p:?}")) }
@@ -94,5 +106,5 @@ async fn a_user_pastes_an_api_key_into_the_connect_page() {
     // The link is spent.
     let again = http.post(&link).form(&[("api_key", key.as_str())]).send().await.unwrap();
     assert_eq!(again.status(), 410);
-    op.assert_no_leaks("globex", &[&key]);
+    op.assert_no_leaks("globex", &[&key, &other_key]);
 }

@@ -511,18 +511,19 @@ async fn a_callback_for_an_activation_deleted_since_is_refused_and_writes_nothin
 /// Active with its first Job's outcome, the honest minimum is:
 ///
 /// - 1 status write publishing the connect link (the application reads it from status);
-/// - 1 status write claiming the link: the compare-and-swap that rotates the nonce, so that a link or `state`
-///   completes once across all replicas (the connect server, before it stores anything);
-/// - 1 Secret write: the tokens (the connect server);
+/// - 1 Secret create: the tokens (the connect server), marked with the link's hash; being a create (an apply over
+///   the version read when a Secret exists), it is also the compare-and-swap that makes a link or `state`
+///   complete once across all replicas: no status write claims the link;
 /// - 1 Job create: the first run;
-/// - 1 status write making it Active, with the Job shown running (the reconcile that sees the Secret);
+/// - 1 status write making it Active, with the Job shown running, and dropping the spent link (the reconcile that
+///   sees the Secret);
 /// - 1 status write with the Job's outcome;
 /// - 1 finalizer patch, because this connector can revoke (deletion revokes the grant first).
 ///
 /// No Event: awaiting the user and becoming Active on the first consent are the expected steps, and the Ready
 /// condition tells both. Four activations at once, so that the watches lag behind the writes as under load.
 #[tokio::test]
-async fn an_oauth_activation_costs_its_link_its_claim_its_secret_its_first_job_and_its_status() {
+async fn an_oauth_activation_costs_its_link_its_secret_its_first_job_and_its_status() {
     let s = setup("oauth-writes", |c| c.access_ttl(3600)).await;
     let job = json!({"template": {"spec": {"containers": [{"name": "sync", "image": "busybox", "command": ["sh", "-c", "echo sync"]}]}}});
     create_connection_with(&s, "AuthorizationCode", json!({}), json!({"job": job})).await;
@@ -551,13 +552,13 @@ async fn an_oauth_activation_costs_its_link_its_claim_its_secret_its_first_job_a
     let all = writes.lines();
     for name in &names {
         let secret = format!("{name}-sync-credentials");
-        assert_eq!(writes.count("secrets", None, "patch", &|n| n == secret), 1, "{name}: one write of its Secret; all writes: {all:#?}");
+        assert_eq!(writes.count("secrets", None, "create", &|n| n == secret), 1, "{name}: its Secret created; all writes: {all:#?}");
         assert_eq!(writes.count("jobs", None, "create", &|n| n.starts_with(&format!("{name}-"))), 1, "{name}: one Job create; {all:#?}");
         assert_eq!(writes.count("useractivations", None, "patch", &|n| n == name), 1, "{name}: the finalizer; {all:#?}");
         assert_eq!(
             writes.count("useractivations", Some("status"), "patch", &|n| n == name),
-            4,
-            "{name}: the link, its claim, Active, then the outcome; {all:#?}"
+            3,
+            "{name}: the link, Active, then the outcome; {all:#?}"
         );
     }
     // Nothing else for an activation: no Event (`<name>.<suffix>`), no second Secret or Job, no refused write. What
@@ -573,7 +574,7 @@ async fn an_oauth_activation_costs_its_link_its_claim_its_secret_its_first_job_a
             })
             .map(|(_, w)| w)
             .collect();
-        assert_eq!(mine.len(), 7, "{name}: exactly the set above (no Event): {mine:#?}");
+        assert_eq!(mine.len(), 6, "{name}: exactly the set above (no Event): {mine:#?}");
     }
     eprintln!("measured: {} writes by the operator for {} OAuth activations: {all:#?}", all.len(), names.len());
 }

@@ -5,7 +5,9 @@
 //! store's copy disagrees with the link (an activation not yet seen, or an older nonce than the link carries)
 //! the activation is read once from the apiserver before the link is refused: a fresh link always works, and
 //! only a spent or stale link costs a GET (rate-limited per activation by the routes). Completing a link is a
-//! compare-and-swap on the apiserver, never on the store's word.
+//! compare-and-swap on the apiserver, never on the store's word. A link this process has just completed is
+//! refused at once from memory ([`Lookup::spend`]): its nonce stays in the activation's status until the reconcile
+//! that the stored credentials trigger removes it.
 //!
 //! The organisation's OAuth app credentials (the connector's `clientSecretRef`) are read from the apiserver only
 //! when the Secret's resourceVersion in the source-Secret store changed since they were last read. The OAuth
@@ -29,6 +31,11 @@ use crate::credentials::oauth::{self, AppClientError, OAuthClient};
 
 /// Most OAuth apps whose credentials are kept (one per connector in practice); past it the cache starts over.
 const MAX_APPS: usize = 1024;
+
+/// How long a link completed here is remembered as spent: far longer than the reconcile that drops it from status
+/// takes. Past [`MAX_SPENT`] entries, the older ones are forgotten first.
+const SPENT_KEEP: std::time::Duration = std::time::Duration::from_secs(600);
+const MAX_SPENT: usize = 4096;
 
 /// An activation with what it uses.
 pub struct Resolved {
@@ -157,6 +164,8 @@ pub struct Lookup {
     apps: Arc<Mutex<AppCache>>,
     /// Per connector and token URL: the OAuth client built from them (see the module docs).
     clients: Arc<ClientCache>,
+    /// Links completed by this process: the activation's uid → (the link's nonce, when).
+    spent: Arc<Mutex<HashMap<String, (String, std::time::Instant)>>>,
 }
 
 /// Whether an activation matches a link's claims: same object (uid), not being deleted, the link's nonce current.
@@ -168,7 +177,29 @@ fn matches(ua: &UserActivation, claims: &Claims) -> bool {
 
 impl Lookup {
     pub fn new(client: kube::Client, stores: crate::controller::Stores, ready: Arc<std::sync::atomic::AtomicBool>) -> Self {
-        Self { client, stores, ready, apps: Default::default(), clients: Default::default() }
+        Self { client, stores, ready, apps: Default::default(), clients: Default::default(), spent: Default::default() }
+    }
+
+    /// Remembers that the link with `nonce` of `ua` was completed here.
+    pub fn spend(&self, ua: &UserActivation, nonce: &str) {
+        let Ok(mut m) = self.spent.lock() else { return };
+        let now = std::time::Instant::now();
+        if m.len() >= MAX_SPENT {
+            m.retain(|_, (_, at)| now.duration_since(*at) < SPENT_KEEP);
+            if m.len() >= MAX_SPENT {
+                m.clear();
+            }
+        }
+        m.insert(ua.uid().unwrap_or_default(), (nonce.to_string(), now));
+    }
+
+    /// Whether the link of `claims` was completed here (see [`Lookup::spend`]).
+    fn spent(&self, claims: &Claims) -> bool {
+        let Ok(m) = self.spent.lock() else { return false };
+        if m.is_empty() {
+            return false;
+        }
+        m.get(claims.uid.as_str()).is_some_and(|(nonce, at)| at.elapsed() < SPENT_KEEP && token::ct_eq(nonce, &claims.nonce))
     }
 
     pub fn client(&self) -> &kube::Client {
@@ -184,6 +215,9 @@ impl Lookup {
                 "Not ready",
                 "The connect service is starting; try again in a moment.".into(),
             ));
+        }
+        if self.spent(claims) {
+            return Err(used());
         }
         let cached = self.stores.activations.get(&ObjectRef::new(&claims.name).within(&claims.namespace));
         let ua = match cached {

@@ -2,11 +2,15 @@
 //!
 //! Every handler checks the signed token or sealed `state` in memory first; only a valid one leads to I/O.
 //! Opening a link (GET) changes nothing. Completing one (form POST, OAuth callback) needs the nonce in the
-//! activation's status to still match; the nonce is then removed with a compare-and-swap on the activation's
-//! resourceVersion, so a link or `state` works once across all replicas (the reconcile publishes a new link with a
-//! new nonce only if one is needed). The replica that completes the link writes the owned Secret itself (field
-//! manager `latchkey-connect`); the leader's reconcile takes it from there. The claim and the read of the Secret's
-//! name go out together, then the Secret write: two round trips to the apiserver per completed link.
+//! activation's status to still match. The replica that completes the link writes the owned Secret itself (field
+//! manager `latchkey-connect`), and that write is the link's compare-and-swap: it carries a hash of the link's
+//! nonce, and it is a create when no Secret was read or an apply over the resourceVersion read, so a link or
+//! `state` stores credentials once across all replicas; a later attempt finds its hash on the Secret and is
+//! refused. The leader's reconcile takes it from there and drops the spent link from status in the status write
+//! it makes anyway. A read of the Secret's metadata, then the Secret's write: two round trips to the apiserver
+//! per completed link, one write. Refusals that spend a link without credentials (consent declined, an address
+//! outside allowedHosts) and links whose instance parameters go to status remove the nonce from status instead,
+//! a compare-and-swap on the activation's resourceVersion ([`claim_link`]).
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -17,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::{Api, ResourceExt};
 use serde::Deserialize;
@@ -624,9 +628,10 @@ fn short_code(s: &str) -> String {
     s.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect()
 }
 
-/// Claims the link (nonce compare-and-swap), stores the credential, and sends the user back. The claim and the
-/// read of what holds the Secret's name go out together: the read changes nothing, and its answer is used only
-/// once the claim has succeeded.
+/// Stores the credential, which completes the link (see [`store`]), and sends the user back. Where the user's
+/// instance parameters must reach status first (the reconcile that the Secret triggers resolves the tenant's
+/// address from them), the link is claimed on the activation before, together with the read of what holds the
+/// Secret's name (the read changes nothing; its answer is used only once the claim has succeeded).
 async fn complete(
     st: &ConnectState,
     r: &Resolved,
@@ -635,18 +640,24 @@ async fn complete(
     instance: &BTreeMap<String, String>,
     redirect_status: StatusCode,
 ) -> Response {
-    let (claimed, existing) =
-        tokio::join!(claim_link(st, &r.ua, None, Some(instance).filter(|i| !i.is_empty())), secret_holding_the_name(st, &r.ua));
-    match claimed {
-        Ok(true) => {}
-        Ok(false) => return used().into_response(),
-        Err(e) => return e.into_response(),
-    }
+    let nonce = r.ua.status.as_ref().and_then(|s| s.connect_nonce.clone()).unwrap_or_default();
+    let existing = if instance.is_empty() {
+        secret_holding_the_name(st, &r.ua).await
+    } else {
+        let (claimed, existing) = tokio::join!(claim_link(st, &r.ua, None, Some(instance)), secret_holding_the_name(st, &r.ua));
+        match claimed {
+            Ok(true) => {}
+            Ok(false) => return used().into_response(),
+            Err(e) => return e.into_response(),
+        }
+        existing
+    };
     let timing = r.oauth2().zip(lifetime);
-    let generation = match async { store(st, &r.ua, existing?, credential, timing).await }.await {
+    let generation = match async { store(st, &r.ua, existing?, credential, timing, &nonce).await }.await {
         Ok(g) => g,
         Err(e) => return e.into_response(),
     };
+    st.lookup.spend(&r.ua, &nonce);
     info!(activation = %r.ua.name_any(), namespace = %r.ua.namespace().unwrap_or_default(), generation, "credentials stored from the connect flow");
     match r.return_url("success") {
         Some(url) => redirect(redirect_status, &url),
@@ -724,45 +735,70 @@ async fn secret_holding_the_name(st: &ConnectState, ua: &UserActivation) -> Resu
         .map_err(|_| unavailable("The connect service could not reach its storage."))
 }
 
-/// Writes the credential into the activation's owned Secret (server-side apply, `latchkey-connect`) as the next
-/// credential generation after `existing` (the Secret's metadata read before). Never touches a Secret of that name
-/// that the activation does not own.
+/// Writes the credential into the activation's owned Secret as the next credential generation after `existing`
+/// (the Secret's metadata read before), marked with the link's hash ([`naming::CONNECT_LINK_ANNOTATION`]). The
+/// write is the link's compare-and-swap: a create when no Secret was read, else a server-side apply
+/// (`latchkey-connect`) over the resourceVersion read. When another write came first, the Secret is read again:
+/// if it carries this link's hash the link was used (`410`), else the write is retried over the new version.
+/// Never touches a Secret of that name that the activation does not own.
 async fn store(
     st: &ConnectState,
     ua: &UserActivation,
     existing: Option<PartialObjectMeta<Secret>>,
     credential: &Credential,
     timing: Option<(&OAuth2Method, std::time::Duration)>,
+    nonce: &str,
 ) -> Result<u32, Refusal> {
     let ns = ua.namespace().unwrap_or_default();
     let name = naming::credentials_secret_name(ua);
     let api: Api<Secret> = Api::namespaced(st.lookup.client().clone(), &ns);
     let uid = ua.uid().unwrap_or_default();
-    if let Some(m) = &existing
-        && !naming::owned_by(m.metadata.owner_references.as_ref(), &uid)
-    {
-        warn!(secret = %name, namespace = %ns, "a Secret of the credentials' name exists and is not owned by the activation; not written");
-        return Err(Refusal(
-            StatusCode::CONFLICT,
-            "This connection cannot be saved",
-            "A conflicting item exists on the application's side. Ask it to check its configuration.".into(),
-        ));
+    let link = naming::link_hash(nonce);
+    let mut existing = existing;
+    for _ in 0..3 {
+        let annotation = |key: &str| existing.as_ref().and_then(|m| m.metadata.annotations.as_ref()?.get(key).cloned());
+        if annotation(naming::CONNECT_LINK_ANNOTATION).as_deref() == Some(link.as_str()) {
+            return Err(used());
+        }
+        if let Some(m) = &existing
+            && !naming::owned_by(m.metadata.owner_references.as_ref(), &uid)
+        {
+            warn!(secret = %name, namespace = %ns, "a Secret of the credentials' name exists and is not owned by the activation; not written");
+            return Err(Refusal(
+                StatusCode::CONFLICT,
+                "This connection cannot be saved",
+                "A conflicting item exists on the application's side. Ask it to check its configuration.".into(),
+            ));
+        }
+        let prev: u32 = annotation(naming::GENERATION_ANNOTATION).and_then(|g| g.parse().ok()).unwrap_or(0);
+        let generation = prev + 1;
+        let mut secret = owned_secret(ua, &name, credential, generation, timing);
+        secret.metadata.annotations.get_or_insert_default().insert(naming::CONNECT_LINK_ANNOTATION.into(), link.clone());
+        let written = match &existing {
+            None => {
+                let pp = PostParams { field_manager: Some(naming::CONNECT_FIELD_MANAGER.into()), ..Default::default() };
+                api.create(&pp, &secret).await
+            }
+            Some(m) => {
+                secret.metadata.resource_version = m.metadata.resource_version.clone();
+                api.patch(&name, &PatchParams::apply(naming::CONNECT_FIELD_MANAGER).force(), &Patch::Apply(&secret)).await
+            }
+        };
+        match written {
+            Ok(w) => {
+                st.expect.secret_written(ua, &name, w.metadata.resource_version);
+                return Ok(generation);
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => {
+                warn!(error = %e, secret = %name, namespace = %ns, "writing the credentials Secret failed");
+                return Err(unavailable("Your credentials could not be saved."));
+            }
+        }
+        existing = secret_holding_the_name(st, ua).await?;
     }
-    let prev: u32 = existing
-        .as_ref()
-        .and_then(|m| m.metadata.annotations.as_ref())
-        .and_then(|a| a.get(naming::GENERATION_ANNOTATION))
-        .and_then(|g| g.parse().ok())
-        .unwrap_or(0);
-    let generation = prev + 1;
-    let secret = owned_secret(ua, &name, credential, generation, timing);
-    let written =
-        api.patch(&name, &PatchParams::apply(naming::CONNECT_FIELD_MANAGER).force(), &Patch::Apply(&secret)).await.map_err(|e| {
-            warn!(error = %e, secret = %name, namespace = %ns, "writing the credentials Secret failed");
-            unavailable("Your credentials could not be saved.")
-        })?;
-    st.expect.secret_written(ua, &name, written.metadata.resource_version);
-    Ok(generation)
+    warn!(secret = %name, namespace = %ns, "the credentials Secret kept changing under the write; not written");
+    Err(unavailable("Your credentials could not be saved."))
 }
 
 /// The owned Secret for a credential: the labels, owner reference and annotations the reconciler's writes carry,

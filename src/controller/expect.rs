@@ -11,10 +11,10 @@
 //! two cores showed lags above 5 s, and every expectation dropped early cost a second status write).
 //! The connect server of the same process records its writes here too (the claim of a link, the owned Secret).
 //!
-//! A link just completed is claimed before its credentials are stored (the claim is the compare-and-swap that makes
-//! it single use): a reconcile that sees the claim and no credentials yet waits for them up to [`CLAIM_GRACE`]
-//! (remembered here from the first such reconcile) before it publishes a new link, instead of publishing one
-//! that the arriving credentials would withdraw a moment later.
+//! A link completed with instance parameters is claimed on the activation before its credentials are stored (the
+//! claim puts the parameters in status): a reconcile that sees the claim and no credentials yet waits for them up
+//! to [`CLAIM_GRACE`] (remembered here from the first such reconcile) before it publishes a new link, instead of
+//! publishing one that the arriving credentials would withdraw a moment later.
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -6,8 +6,8 @@
 //! the activation, connection and connector from the operator's stores, the form); forged links (refused after
 //! the HMAC check); the OAuth callback up to and including the provider call (`GET /oauth/callback` with a valid
 //! `state`, whose code the local token endpoint refuses at once: nothing is written); and callbacks end to end
-//! (each a fresh `state` of its own activation, a token endpoint that answers at once, the nonce compare-and-swap
-//! and the Secret write included). The operator runs with a per-activation rate limit too high to refuse, so its
+//! (each a fresh `state` of its own activation, a token endpoint that answers at once, and the Secret
+//! write, the link's compare-and-swap, included). The operator runs with a per-activation rate limit too high to refuse, so its
 //! check is on the measured path without refusing the load.
 use std::time::{Duration, Instant};
 
@@ -266,7 +266,7 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
     res.set("oauth_callback_path", json!("GET /oauth/callback with a valid state: open the sealed state, rate-limit check, stores, the OAuth app from its cache, the token request to a local endpoint that refuses at once (400 page, nothing written)"));
     res.set("oauth_callback_ladder", serde_json::to_value(&cb_ladder)?);
 
-    // Callbacks end to end: one fresh state per request, tokens issued at once, nonce CAS and Secret write.
+    // Callbacks end to end: one fresh state per request, tokens issued at once, the Secret's write (the link's compare-and-swap).
     let steps: &[(f64, f64)] = match o.scale.as_str() {
         "tiny" => &[(20.0, 2.0)],
         _ => &[(25.0, 4.0), (50.0, 4.0), (100.0, 3.0), (200.0, 3.0), (400.0, 2.0)],
@@ -296,7 +296,7 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
         res,
         "callback_e2e",
         &e2e,
-        "open loop; each request the callback of its own activation with a fresh state; a local token endpoint answering at once; the nonce compare-and-swap and the Secret write included; completed = the Connected page",
+        "open loop; each request the callback of its own activation with a fresh state; a local token endpoint answering at once; the Secret's write (the link's compare-and-swap) included; completed = the Connected page",
     );
 
     // Forged links: a flood; memory before and after.
@@ -322,10 +322,10 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
 
 /// The bound of the callbacks end to end, measured on the same bed with the operator stopped: a plain client
 /// makes the apiserver requests of one completed callback, in the callback's order, open loop at the same rates
-/// as the operator's ladder. Until the page would be answered: the link's claim (a merge patch of the status over
-/// the version read) together with the read of the Secret's metadata, then the Secret (server-side apply, the
-/// connect server's own object from its own code); after it, untimed as for the user, the reconciler's Ready
-/// status (server-side apply). The activations wait with a connect link in status, as the reconciler leaves them.
+/// as the operator's ladder. Until the page would be answered: the read of the Secret's metadata, then the
+/// Secret's create (the connect server's own object from its own code, with the link's hash: the link's
+/// compare-and-swap); after it, untimed as for the user, the reconciler's Ready status (server-side apply, which
+/// drops the spent link). The activations wait with a connect link in status, as the reconciler leaves them.
 /// What is left between this and the operator's ladder is the operator's part: its stores, the token request to a
 /// local endpoint, its pages, and its reconciler running beside the connect server.
 async fn e2e_bound(bed: &Bed, ns: &str, steps: &[(f64, f64)], res: &mut Results) -> Result<()> {
@@ -392,13 +392,7 @@ async fn e2e_bound(bed: &Bed, ns: &str, steps: &[(f64, f64)], res: &mut Results)
                         Api::namespaced(client, &ua.metadata.namespace.clone().unwrap_or_default());
                     let name = ua.metadata.name.clone().unwrap_or_default();
                     let secret_name = naming::credentials_secret_name(&ua);
-                    let claim = json!({"metadata": {"resourceVersion": ua.metadata.resource_version},
-                        "status": {"connectNonce": null, "connectUrl": null, "connectUrlExpiresAt": null, "connectError": null}});
-                    let pp = PatchParams { field_manager: Some(naming::CONNECT_FIELD_MANAGER.into()), ..Default::default() };
-                    let claim = Patch::Merge(&claim);
-                    let (claimed, existing) = tokio::join!(uas.patch_status(&name, &pp, &claim), secrets.get_metadata_opt(&secret_name));
-                    claimed.ok()?;
-                    existing.ok()?;
+                    secrets.get_metadata_opt(&secret_name).await.ok()?;
                     let now = chrono::Utc::now();
                     let tokens = OAuth2Tokens {
                         access_token: Sensitive::new(format!("bench-at-bound-{k}")),
@@ -407,14 +401,17 @@ async fn e2e_bound(bed: &Bed, ns: &str, steps: &[(f64, f64)], res: &mut Results)
                         token_type: Some("Bearer".into()),
                         ..Default::default()
                     };
-                    let secret = latchkey::connect::routes::owned_secret(
+                    let mut secret = latchkey::connect::routes::owned_secret(
                         &ua,
                         &secret_name,
                         &Credential::OAuth2(tokens),
                         1,
                         Some((&method, Duration::from_secs(3600))),
                     );
-                    secrets.patch(&secret_name, &PatchParams::apply(naming::CONNECT_FIELD_MANAGER).force(), &Patch::Apply(&secret)).await.ok()?;
+                    let nonce = ua.status.as_ref().and_then(|s| s.connect_nonce.as_deref()).unwrap_or_default();
+                    secret.metadata.annotations.get_or_insert_default().insert(naming::CONNECT_LINK_ANNOTATION.into(), naming::link_hash(nonce));
+                    let pp = PostParams { field_manager: Some(naming::CONNECT_FIELD_MANAGER.into()), ..Default::default() };
+                    secrets.create(&pp, &secret).await.ok()?;
                     let ms = due.elapsed().as_secs_f64() * 1000.0;
                     // The reconciler's write once the Secret is there: not in the user's wait, but on the apiserver.
                     let ready = json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "UserActivation", "status": {
@@ -455,7 +452,7 @@ async fn e2e_bound(bed: &Bed, ns: &str, steps: &[(f64, f64)], res: &mut Results)
         res,
         "callback_e2e_bound",
         &ladder,
-        "the apiserver requests of the callbacks end to end by a plain client, operator stopped, same bed, same open-loop rates: claim (merge patch over the version read) with the Secret's metadata read, then the Secret (server-side apply); the reconciler's Ready status (server-side apply) after, untimed",
+        "the apiserver requests of the callbacks end to end by a plain client, operator stopped, same bed, same open-loop rates: the Secret's metadata read, then the Secret's create (the link's compare-and-swap); the reconciler's Ready status (server-side apply, dropping the link) after, untimed",
     );
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! The activation's side of the connect flow and of the OAuth2 token lifecycle.
 //!
 //! - While credentials are awaited from the user (or a dead grant needs consent again), `status.connectUrl`
-//!   carries a signed link with a fresh nonce; it is renewed when it expires, with a requeue at that time. A link
-//!   the connect server has just claimed (link and nonce removed, no error) is not replaced while its credentials
-//!   are on their way to the owned Secret, for up to [`CLAIM_GRACE`](crate::controller::expect::CLAIM_GRACE).
+//!   carries a signed link with a fresh nonce; it is renewed when it expires, with a requeue at that time. Stored
+//!   credentials drop the link (the connect server's Secret write spent it). A link the connect server has claimed
+//!   on the activation (link and nonce removed, no error: completions carrying instance parameters) is not
+//!   replaced while its credentials are on their way to the owned Secret, for up to
+//!   [`CLAIM_GRACE`](crate::controller::expect::CLAIM_GRACE).
 //! - Stored OAuth2 tokens are refreshed at the `latchkey.dev/refresh-at` annotation of the owned Secret (set when
 //!   the tokens were written: `expiresAt − min(refreshBefore, lifetime/2) − jitter`), requeued exactly then. The
 //!   store holds Secret metadata only: the Secret's data is read at refresh time only. The rotated tokens are
