@@ -16,7 +16,7 @@ cd "$REPO"
 CACHE=${LATCHKEY_CACHE:-$HOME/.cache/latchkey}
 export PATH="$CACHE/bin:$HOME/.cargo/bin:$PATH"
 SCALE=${BENCH_SCALE:-small}
-FIGURES=${FIGURES:-bounds,converge,converge_nojob,eso,startup,refresh,connect}
+FIGURES=${FIGURES:-bounds,converge,converge_nojob,eso,startup,refresh,connect,connect_e2e}
 OUT=$REPO/target/bench
 say() { echo "make bench: $*" >&2; }
 

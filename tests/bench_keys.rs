@@ -26,9 +26,9 @@ fn tiny_bench_writes_every_key() {
     let eso = cache.join("eso-v0.16.2");
     // ESO is built by scripts/bench/eso-build.sh (minutes, cold); without it its keys are null and say so.
     let figures = if eso.join("external-secrets").is_file() {
-        "bounds,converge,startup,eso,connect,refresh"
+        "bounds,converge,startup,eso,connect,connect_e2e,refresh"
     } else {
-        "bounds,converge,startup,connect,refresh"
+        "bounds,converge,startup,connect,connect_e2e,refresh"
     };
     let status = Command::new(env!("CARGO_BIN_EXE_latchkey-bench"))
         .args(["--scale", "tiny", "--figures", figures, "--out"])

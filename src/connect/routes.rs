@@ -7,10 +7,10 @@
 //! nonce, and it is a create when no Secret was read or an apply over the resourceVersion read, so a link or
 //! `state` stores credentials once across all replicas; a later attempt finds its hash on the Secret and is
 //! refused. The leader's reconcile takes it from there and drops the spent link from status in the status write
-//! it makes anyway. A read of the Secret's metadata, then the Secret's write: two round trips to the apiserver
-//! per completed link, one write. Refusals that spend a link without credentials (consent declined, an address
-//! outside allowedHosts) and links whose instance parameters go to status remove the nonce from status instead,
-//! a compare-and-swap on the activation's resourceVersion ([`claim_link`]).
+//! it makes anyway. A first connection is one request to the apiserver, the Secret's create; a reconnection finds
+//! the Secret there (409), reads its metadata and applies over it. Refusals that spend a link without credentials
+//! (consent declined, an address outside allowedHosts) and links whose instance parameters go to status remove the
+//! nonce from status instead, a compare-and-swap on the activation's resourceVersion ([`claim_link`]).
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -642,7 +642,9 @@ async fn complete(
 ) -> Response {
     let nonce = r.ua.status.as_ref().and_then(|s| s.connect_nonce.clone()).unwrap_or_default();
     let existing = if instance.is_empty() {
-        secret_holding_the_name(st, &r.ua).await
+        // Not read first: a first connection (no Secret yet) is then one request; a Secret that exists turns the
+        // create into a conflict, and `store` reads it then.
+        Ok(None)
     } else {
         let (claimed, existing) = tokio::join!(claim_link(st, &r.ua, None, Some(instance)), secret_holding_the_name(st, &r.ua));
         match claimed {
@@ -736,10 +738,11 @@ async fn secret_holding_the_name(st: &ConnectState, ua: &UserActivation) -> Resu
 }
 
 /// Writes the credential into the activation's owned Secret as the next credential generation after `existing`
-/// (the Secret's metadata read before), marked with the link's hash ([`naming::CONNECT_LINK_ANNOTATION`]). The
-/// write is the link's compare-and-swap: a create when no Secret was read, else a server-side apply
-/// (`latchkey-connect`) over the resourceVersion read. When another write came first, the Secret is read again:
-/// if it carries this link's hash the link was used (`410`), else the write is retried over the new version.
+/// (the Secret's metadata if read before; `None` when none was read or none exists), marked with the link's hash
+/// ([`naming::CONNECT_LINK_ANNOTATION`]). The write is the link's compare-and-swap: a create when no Secret was
+/// read, else a server-side apply (`latchkey-connect`) over the resourceVersion read. When the Secret exists or
+/// another write came first (409), the Secret is read: if it carries this link's hash the link was used (`410`),
+/// else the write is retried over the version read.
 /// Never touches a Secret of that name that the activation does not own.
 async fn store(
     st: &ConnectState,

@@ -194,7 +194,15 @@ async fn callback_urls(links: &[String], base: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
-pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
+/// What one call of [`figure`] measures: the connect server's paths (figure `connect`), or the callbacks end to
+/// end and their bound (figure `connect_e2e`). Each on a bed and operator of its own.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Paths,
+    EndToEnd,
+}
+
+pub async fn figure(o: &Opts, res: &mut Results, part: Part) -> Result<()> {
     let bed = Bed::up(&o.bed_dir()).await?;
     let w = Workload { n: 1, namespaces: 1 };
     load::latchkey_fixture(&bed, &w, &o.operator).await?;
@@ -241,6 +249,14 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
     }
+    if part == Part::EndToEnd {
+        end_to_end(o, &bed, &p, &ns, &base, res).await?;
+        drop(p);
+        let steps = e2e_steps(o);
+        e2e_bound(&bed, &ns, steps, res).await?;
+        bed.down();
+        return Ok(());
+    }
     let step = match o.scale.as_str() {
         "full" => 10.0,
         "small" => 5.0,
@@ -266,39 +282,6 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
     res.set("oauth_callback_path", json!("GET /oauth/callback with a valid state: open the sealed state, rate-limit check, stores, the OAuth app from its cache, the token request to a local endpoint that refuses at once (400 page, nothing written)"));
     res.set("oauth_callback_ladder", serde_json::to_value(&cb_ladder)?);
 
-    // Callbacks end to end: one fresh state per request, tokens issued at once, the Secret's write (the link's compare-and-swap).
-    let steps: &[(f64, f64)] = match o.scale.as_str() {
-        "tiny" => &[(20.0, 2.0)],
-        _ => &[(25.0, 4.0), (50.0, 4.0), (100.0, 3.0), (200.0, 3.0), (400.0, 2.0)],
-    };
-    let n: usize = steps.iter().map(|(r, s)| (r * s) as usize).sum();
-    let ok_links = links(&bed, &ns, "bench-oauth-ok", "e2e", n).await?;
-    let urls = callback_urls(&ok_links, &base).await?;
-    let mut e2e = Vec::new();
-    let mut used = 0;
-    for (rate, secs) in steps {
-        let m = (rate * secs) as usize;
-        let file = o.work.join(format!("callbacks-{rate}.txt"));
-        std::fs::write(&file, urls[used..used + m].join("\n"))?;
-        used += m;
-        let r = run_load(&p, &format!("@{}", file.display()), *rate, *secs)?;
-        report("oauth callbacks end to end", &r);
-        // Completed: the "Connected" page (no return URL); anything else is not a completed callback.
-        let done = r.statuses.get(&200).copied().unwrap_or(0) as f64;
-        let completed_rps = r.achieved_rps * done / (r.ok.max(1) as f64);
-        e2e.push(json!({"offered_rps": rate, "completed": done, "completed_rps": completed_rps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
-                        "statuses": r.statuses, "server_cpu_us_per_request": r.server_cpu_us_per_request}));
-        if done < 0.9 * rate * secs {
-            break;
-        }
-    }
-    record_ladder(
-        res,
-        "callback_e2e",
-        &e2e,
-        "open loop; each request the callback of its own activation with a fresh state; a local token endpoint answering at once; the Secret's write (the link's compare-and-swap) included; completed = the Connected page",
-    );
-
     // Forged links: a flood; memory before and after.
     let flood_secs = match o.scale.as_str() {
         "full" => 300.0,
@@ -315,17 +298,58 @@ pub async fn figure(o: &Opts, res: &mut Results) -> Result<()> {
     res.runs("forged_flood_rss_growth_mib", &[rss1 - rss0]);
     res.set("forged_flood_seconds", json!(flood_secs));
     drop(p);
-    e2e_bound(&bed, &ns, steps, res).await?;
     bed.down();
+    Ok(())
+}
+
+/// The offered rates of the callbacks end to end and how long each is offered (seconds).
+fn e2e_steps(o: &Opts) -> &'static [(f64, f64)] {
+    match o.scale.as_str() {
+        "tiny" => &[(20.0, 2.0)],
+        _ => &[(25.0, 4.0), (50.0, 4.0), (100.0, 3.0), (200.0, 3.0), (400.0, 2.0)],
+    }
+}
+
+/// The callbacks end to end on the operator `p`: a ladder of open-loop rates, each callback of its own activation
+/// with a fresh `state`, tokens issued at once by the local endpoint, the Secret's write (the link's
+/// compare-and-swap) included.
+async fn end_to_end(o: &Opts, bed: &Bed, p: &Proc, ns: &str, base: &str, res: &mut Results) -> Result<()> {
+    let steps = e2e_steps(o);
+    let n: usize = steps.iter().map(|(r, s)| (r * s) as usize).sum();
+    let ok_links = links(bed, ns, "bench-oauth-ok", "e2e", n).await?;
+    let urls = callback_urls(&ok_links, base).await?;
+    let mut e2e = Vec::new();
+    let mut used = 0;
+    for (rate, secs) in steps {
+        let m = (rate * secs) as usize;
+        let file = o.work.join(format!("callbacks-{rate}.txt"));
+        std::fs::write(&file, urls[used..used + m].join("\n"))?;
+        used += m;
+        let r = run_load(p, &format!("@{}", file.display()), *rate, *secs)?;
+        report("oauth callbacks end to end", &r);
+        // Completed: the "Connected" page (no return URL); anything else is not a completed callback.
+        let done = r.statuses.get(&200).copied().unwrap_or(0) as f64;
+        let completed_rps = r.achieved_rps * done / (r.ok.max(1) as f64);
+        e2e.push(json!({"offered_rps": rate, "completed": done, "completed_rps": completed_rps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+                        "statuses": r.statuses, "server_cpu_us_per_request": r.server_cpu_us_per_request}));
+        if done < 0.9 * rate * secs {
+            break;
+        }
+    }
+    record_ladder(
+        res,
+        "callback_e2e",
+        &e2e,
+        "open loop; each request the callback of its own activation with a fresh state; a local token endpoint answering at once; the Secret's write (the link's compare-and-swap) included; completed = the Connected page",
+    );
     Ok(())
 }
 
 /// The bound of the callbacks end to end, measured on the same bed with the operator stopped: a plain client
 /// makes the apiserver requests of one completed callback, in the callback's order, open loop at the same rates
-/// as the operator's ladder. Until the page would be answered: the read of the Secret's metadata, then the
-/// Secret's create (the connect server's own object from its own code, with the link's hash: the link's
-/// compare-and-swap); after it, untimed as for the user, the reconciler's Ready status (server-side apply, which
-/// drops the spent link). The activations wait with a connect link in status, as the reconciler leaves them.
+/// as the operator's ladder. Until the page would be answered: the Secret's create (the connect server's own
+/// object from its own code, with the link's hash: the link's compare-and-swap); after it, untimed as for the
+/// user, the reconciler's Ready status (server-side apply, which drops the spent link). The activations wait with a connect link in status, as the reconciler leaves them.
 /// What is left between this and the operator's ladder is the operator's part: its stores, the token request to a
 /// local endpoint, its pages, and its reconciler running beside the connect server.
 async fn e2e_bound(bed: &Bed, ns: &str, steps: &[(f64, f64)], res: &mut Results) -> Result<()> {
@@ -392,7 +416,6 @@ async fn e2e_bound(bed: &Bed, ns: &str, steps: &[(f64, f64)], res: &mut Results)
                         Api::namespaced(client, &ua.metadata.namespace.clone().unwrap_or_default());
                     let name = ua.metadata.name.clone().unwrap_or_default();
                     let secret_name = naming::credentials_secret_name(&ua);
-                    secrets.get_metadata_opt(&secret_name).await.ok()?;
                     let now = chrono::Utc::now();
                     let tokens = OAuth2Tokens {
                         access_token: Sensitive::new(format!("bench-at-bound-{k}")),
@@ -452,7 +475,7 @@ async fn e2e_bound(bed: &Bed, ns: &str, steps: &[(f64, f64)], res: &mut Results)
         res,
         "callback_e2e_bound",
         &ladder,
-        "the apiserver requests of the callbacks end to end by a plain client, operator stopped, same bed, same open-loop rates: the Secret's metadata read, then the Secret's create (the link's compare-and-swap); the reconciler's Ready status (server-side apply, dropping the link) after, untimed",
+        "the apiserver requests of the callbacks end to end by a plain client, operator stopped, same bed, same open-loop rates: the Secret's create (the link's compare-and-swap); the reconciler's Ready status (server-side apply, dropping the link) after, untimed",
     );
     Ok(())
 }
@@ -466,13 +489,18 @@ fn record_ladder(res: &mut Results, key: &str, ladder: &[serde_json::Value], not
     res.set(&format!("{key}_note"), json!(note));
 }
 
-/// The best completed rate of a ladder, and the p99 at the highest rate that completed (nearly) everything
-/// offered (else at the first rate).
+/// The rate at which the end-to-end p99 is judged: the target is a p99 while 200 callbacks/s complete.
+const E2E_P99_RATE: f64 = 200.0;
+
+/// The best completed rate of a ladder, and the p99 at the highest rate up to [`E2E_P99_RATE`] that completed
+/// (nearly) everything offered (else at the first rate). Steps beyond it are past the target's load: their p99
+/// is in the ladder, not in the key.
 fn best_and_p99(ladder: &[serde_json::Value]) -> (f64, f64) {
     let best = ladder.iter().filter_map(|r| r["completed_rps"].as_f64()).fold(0.0, f64::max);
+    let offered = |r: &serde_json::Value| r["offered_rps"].as_f64().unwrap_or(f64::MAX);
     let p99 = ladder
         .iter()
-        .rfind(|r| r["completed_rps"].as_f64().unwrap_or(0.0) >= 0.9 * r["offered_rps"].as_f64().unwrap_or(f64::MAX))
+        .rfind(|r| offered(r) <= E2E_P99_RATE && r["completed_rps"].as_f64().unwrap_or(0.0) >= 0.9 * offered(r))
         .or(ladder.first())
         .and_then(|r| r["p99_ms"].as_f64())
         .unwrap_or(f64::NAN);
@@ -497,4 +525,25 @@ fn ladder(server: &Proc, url: &str, step: f64, what: &str) -> Result<Vec<LoadRes
 /// The p99 at 10,000 req/s offered; when the ladder stopped below it (saturated), at the last rate offered.
 fn p99_at_10k(ladder: &[LoadResult]) -> f64 {
     ladder.iter().find(|r| r.offered_rps == 10_000.0).or(ladder.last()).map(|r| r.p99_ms).unwrap_or(f64::NAN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(offered: f64, completed: f64, p99: f64) -> serde_json::Value {
+        json!({"offered_rps": offered, "completed_rps": completed, "p99_ms": p99})
+    }
+
+    #[test]
+    fn the_end_to_end_p99_is_read_at_200_per_second_even_when_more_was_served() {
+        let ladder = [step(100.0, 100.0, 15.0), step(200.0, 199.0, 130.0), step(400.0, 368.0, 650.0)];
+        assert_eq!(best_and_p99(&ladder), (368.0, 130.0));
+    }
+
+    #[test]
+    fn a_ladder_that_fell_behind_at_200_per_second_is_read_where_it_kept_up() {
+        let ladder = [step(100.0, 100.0, 46.0), step(200.0, 173.0, 742.0), step(400.0, 172.0, 1800.0)];
+        assert_eq!(best_and_p99(&ladder), (173.0, 46.0));
+    }
 }

@@ -3,7 +3,7 @@
 //! the peer, External Secrets Operator) from outside — the apiserver's audit log for writes and Secret GETs,
 //! /proc for RSS and CPU — and merges its numbers into target/bench/results.json as it finishes.
 //!
-//!   latchkey-bench [--figures bounds,converge,converge_nojob,startup,eso,connect,refresh] [--scale tiny|small|full] [--runs N]
+//!   latchkey-bench [--figures bounds,converge,converge_nojob,startup,eso,connect,connect_e2e,refresh] [--scale tiny|small|full] [--runs N]
 //!                  [--operator target/release/latchkey] [--eso DIR] [--out target/bench/results.json]
 //!                  [--concurrency 32 (BENCH_CONCURRENCY)]
 //!   latchkey-bench --table                  prints the table of the results file
@@ -99,7 +99,7 @@ async fn main() {
     let figures: Vec<String> = arg(&args, "--figures")
         .or_else(|| std::env::var("FIGURES").ok())
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "bounds,converge,converge_nojob,eso,startup,refresh,connect".into())
+        .unwrap_or_else(|| "bounds,converge,converge_nojob,eso,startup,refresh,connect,connect_e2e".into())
         .split(',')
         .map(|s| s.trim().to_string())
         .collect();
@@ -139,8 +139,8 @@ async fn main() {
             "converge_nojob" => figures::converge_nojob(&opts, &mut res).await,
             "startup" => figures::startup(&opts, &mut res).await,
             "eso" => eso::figure(&opts, &mut res).await,
-            // These two measure one run per call: called once per run, merged into medians.
-            "connect" | "refresh" => {
+            // These measure one run per call: called once per run, merged into medians.
+            "connect" | "connect_e2e" | "refresh" => {
                 let mut each = Vec::new();
                 let mut r = Ok(());
                 for run in 0..opts.runs {
@@ -148,7 +148,11 @@ async fn main() {
                         eprintln!("bench: figure {f}, run {} of {}", run + 1, opts.runs);
                     }
                     let mut one = results::Results::scratch();
-                    r = if f == "connect" { connect::figure(&opts, &mut one).await } else { refresh::figure(&opts, &mut one).await };
+                    r = match f.as_str() {
+                        "connect" => connect::figure(&opts, &mut one, connect::Part::Paths).await,
+                        "connect_e2e" => connect::figure(&opts, &mut one, connect::Part::EndToEnd).await,
+                        _ => refresh::figure(&opts, &mut one).await,
+                    };
                     if r.is_err() {
                         break;
                     }
