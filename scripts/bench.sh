@@ -9,7 +9,8 @@
 # mode, External Secrets Operator v0.16.2 from the Go module proxy when the eso figure runs), then runs the
 # figures. Each starts fresh private test beds in target/bench/bed (never the shared .testenv of the tests) and
 # stops them; each merges its numbers into target/bench/results.json as it finishes. Prints the table and draws
-# target/bench/convergence.png (python3 + matplotlib in ~/.cache/latchkey/bench-venv, installed from PyPI once).
+# target/bench/convergence.png and target/bench/e2e.png (python3 + matplotlib in ~/.cache/latchkey/bench-venv,
+# installed from PyPI once).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO"
@@ -44,5 +45,6 @@ if [ "${BENCH_PLOT:-1}" = 1 ]; then
     python3 -m venv "$CACHE/bench-venv" && "$CACHE/bench-venv/bin/pip" install -q matplotlib >&2 || true
   fi
   "$PY" scripts/bench/plot.py "$OUT/results.json" "$OUT/convergence.png" >&2 || say "no plot (matplotlib unavailable)"
+  "$PY" scripts/bench/plot_e2e.py "$OUT/e2e.png" "$OUT/results.json" >&2 || say "no end-to-end plot"
 fi
 exit $status
