@@ -23,19 +23,8 @@ async fn a_user_pastes_an_api_key_into_the_connect_page() {
         OAuthServerConfig::default().client(OAuthClient::confidential("k", "k-secret").grant_types(&["client_credentials"])),
     );
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let issue_key = || async {
-        let token: serde_json::Value = http
-            .post(server.token_url())
-            .basic_auth("k", Some("k-secret"))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        token["access_token"].as_str().unwrap().to_string()
-    };
+    let issue_key =
+        || async { server.client_credentials_token(&http, "k", "k-secret").await["access_token"].as_str().unwrap().to_string() };
     let (key, other_key) = (issue_key().await, issue_key().await);
     let resource = url::Url::parse(server.resource_url()).unwrap();
 

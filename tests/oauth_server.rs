@@ -230,16 +230,7 @@ async fn storage_holds_thousands_of_live_tokens() {
     let http = reqwest::Client::new();
     let mut first = None;
     for _ in 0..2100 {
-        let body: Value = http
-            .post(server.token_url())
-            .basic_auth("app", Some("app-secret"))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = server.client_credentials_token(&http, "app", "app-secret").await;
         first.get_or_insert_with(|| text(&body, "access_token").to_string());
     }
     let introspection: Value = http

@@ -203,6 +203,20 @@ impl OAuthServer {
         signal(self.child.id(), "CONT");
     }
 
+    /// The token response of a client-credentials grant for a confidential client (HTTP basic); panics unless the
+    /// server issues one.
+    pub async fn client_credentials_token(&self, http: &reqwest::Client, client_id: &str, secret: &str) -> Value {
+        let res = http
+            .post(self.token_url())
+            .basic_auth(client_id, Some(secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .expect("token request");
+        assert!(res.status().is_success(), "client credentials for {client_id}: {}", res.status());
+        res.json().await.expect("token response JSON")
+    }
+
     // ---- the server's own records ---------------------------------------------------------------------------
 
     /// Every recorded request, oldest first: token endpoint (each grant type), revocation, introspection,
