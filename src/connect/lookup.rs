@@ -33,7 +33,8 @@ use crate::credentials::oauth::{self, AppClientError, OAuthClient};
 const MAX_APPS: usize = 1024;
 
 /// How long a link completed here is remembered as spent: far longer than the reconcile that drops it from status
-/// takes. Past [`MAX_SPENT`] entries, the older ones are forgotten first.
+/// takes. At [`MAX_SPENT`] entries, those older than this are dropped, and all of them if that frees nothing (a
+/// forgotten link is still refused, by the Secret's compare-and-swap, only later in the request).
 const SPENT_KEEP: std::time::Duration = std::time::Duration::from_secs(600);
 const MAX_SPENT: usize = 4096;
 
