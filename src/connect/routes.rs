@@ -775,8 +775,7 @@ async fn store(
         }
         let prev: u32 = annotation(naming::GENERATION_ANNOTATION).and_then(|g| g.parse().ok()).unwrap_or(0);
         let generation = prev + 1;
-        let mut secret = owned_secret(ua, &name, credential, generation, timing);
-        secret.metadata.annotations.get_or_insert_default().insert(naming::CONNECT_LINK_ANNOTATION.into(), link.clone());
+        let mut secret = owned_secret(ua, &name, credential, generation, timing, &link);
         let written = match &existing {
             None => {
                 let pp = PostParams { field_manager: Some(naming::CONNECT_FIELD_MANAGER.into()), ..Default::default() };
@@ -804,19 +803,22 @@ async fn store(
     Err(unavailable("Your credentials could not be saved."))
 }
 
-/// The owned Secret for a credential: the labels, owner reference and annotations the reconciler's writes carry,
-/// plus the token expiry for OAuth2.
+/// The owned Secret for a credential stored through the link whose [`naming::link_hash`] is `link`: the labels,
+/// owner reference and annotations the reconciler's writes carry, the link's hash, plus the token expiry for
+/// OAuth2.
 pub fn owned_secret(
     ua: &UserActivation,
     name: &str,
     credential: &Credential,
     generation: u32,
     timing: Option<(&OAuth2Method, std::time::Duration)>,
+    link: &str,
 ) -> Secret {
     let data = credential.to_secret_data();
     let mut annotations = BTreeMap::from([
         (naming::DATA_HASH_ANNOTATION.to_string(), credentials::data_hash(&data)),
         (naming::GENERATION_ANNOTATION.to_string(), generation.to_string()),
+        (naming::CONNECT_LINK_ANNOTATION.to_string(), link.to_string()),
     ]);
     if let (Credential::OAuth2(OAuth2Tokens { expires_at: Some(e), .. }), Some((m, lifetime))) = (credential, timing) {
         annotations.extend(oauth::timing_annotations(m, *e, lifetime, generation));

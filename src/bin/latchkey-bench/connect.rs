@@ -6,9 +6,9 @@
 //! the activation, connection and connector from the operator's stores, the form); forged links (refused after
 //! the HMAC check); the OAuth callback up to and including the provider call (`GET /oauth/callback` with a valid
 //! `state`, whose code the local token endpoint refuses at once: nothing is written); and callbacks end to end
-//! (each a fresh `state` of its own activation, a token endpoint that answers at once, and the Secret
-//! write, the link's compare-and-swap, included). The operator runs with a per-activation rate limit too high to refuse, so its
-//! check is on the measured path without refusing the load.
+//! (each a fresh `state` of its own activation, a token endpoint that answers at once, and the Secret write, the
+//! link's compare-and-swap, included; the figure `connect_e2e`). The operator runs with a per-activation rate
+//! limit too high to refuse, so its check is on the measured path without refusing the load.
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -229,6 +229,14 @@ pub async fn figure(o: &Opts, res: &mut Results, part: Part) -> Result<()> {
         return Err("the operator did not become ready".into());
     }
     let ns = w.ns(0);
+    if part == Part::EndToEnd {
+        end_to_end(o, &bed, &p, &ns, &base, res).await?;
+        drop(p);
+        let steps = e2e_steps(o);
+        e2e_bound(&bed, &ns, steps, res).await?;
+        bed.down();
+        return Ok(());
+    }
     let link = links(&bed, &ns, "bench-sync", "connect-me", 1).await?.remove(0);
     let token = link.rsplit('/').next().unwrap_or_default().to_string();
     let valid = format!("{base}/connect/{token}");
@@ -248,14 +256,6 @@ pub async fn figure(o: &Opts, res: &mut Results, part: Part) -> Result<()> {
         loop {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
-    }
-    if part == Part::EndToEnd {
-        end_to_end(o, &bed, &p, &ns, &base, res).await?;
-        drop(p);
-        let steps = e2e_steps(o);
-        e2e_bound(&bed, &ns, steps, res).await?;
-        bed.down();
-        return Ok(());
     }
     let step = match o.scale.as_str() {
         "full" => 10.0,
@@ -349,7 +349,8 @@ async fn end_to_end(o: &Opts, bed: &Bed, p: &Proc, ns: &str, base: &str, res: &m
 /// makes the apiserver requests of one completed callback, in the callback's order, open loop at the same rates
 /// as the operator's ladder. Until the page would be answered: the Secret's create (the connect server's own
 /// object from its own code, with the link's hash: the link's compare-and-swap); after it, untimed as for the
-/// user, the reconciler's Ready status (server-side apply, which drops the spent link). The activations wait with a connect link in status, as the reconciler leaves them.
+/// user, the reconciler's Ready status (server-side apply, which drops the spent link). The activations wait with
+/// a connect link in status, as the reconciler leaves them.
 /// What is left between this and the operator's ladder is the operator's part: its stores, the token request to a
 /// local endpoint, its pages, and its reconciler running beside the connect server.
 async fn e2e_bound(bed: &Bed, ns: &str, steps: &[(f64, f64)], res: &mut Results) -> Result<()> {
@@ -424,15 +425,15 @@ async fn e2e_bound(bed: &Bed, ns: &str, steps: &[(f64, f64)], res: &mut Results)
                         token_type: Some("Bearer".into()),
                         ..Default::default()
                     };
-                    let mut secret = latchkey::connect::routes::owned_secret(
+                    let nonce = ua.status.as_ref().and_then(|s| s.connect_nonce.as_deref()).unwrap_or_default();
+                    let secret = latchkey::connect::routes::owned_secret(
                         &ua,
                         &secret_name,
                         &Credential::OAuth2(tokens),
                         1,
                         Some((&method, Duration::from_secs(3600))),
+                        &naming::link_hash(nonce),
                     );
-                    let nonce = ua.status.as_ref().and_then(|s| s.connect_nonce.as_deref()).unwrap_or_default();
-                    secret.metadata.annotations.get_or_insert_default().insert(naming::CONNECT_LINK_ANNOTATION.into(), naming::link_hash(nonce));
                     let pp = PostParams { field_manager: Some(naming::CONNECT_FIELD_MANAGER.into()), ..Default::default() };
                     secrets.create(&pp, &secret).await.ok()?;
                     let ms = due.elapsed().as_secs_f64() * 1000.0;
