@@ -312,6 +312,9 @@ EOF
   wait_up kube-apiserver 90 bash -c "[ \"\$(curl -s --max-time 2 --cacert '$pki/ca.crt' --cert '$pki/admin.crt' --key '$pki/admin.key' $APISERVER_URL/readyz)\" = ok ]" || return 1
   mark kube-apiserver
 
+  # --node-monitor-grace-period 1h: kwok renews the fake Node's lease from this same machine. When the machine is
+  # saturated (10,000 Jobs on 2 cores) a renewal can come later than the default 50 s; the node-lifecycle
+  # controller then taints the Node unreachable and evicts every pod on it, and the Jobs start their pods again.
   launch kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig "$DIR/kubeconfigs/kube-controller-manager" \
     --authentication-kubeconfig "$DIR/kubeconfigs/kube-controller-manager" \
@@ -321,7 +324,8 @@ EOF
     --leader-elect=false --controllers '*' \
     --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
     --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
-    --kube-api-qps 500 --kube-api-burst 1000 --concurrent-job-syncs 20 --profiling=false
+    --kube-api-qps 500 --kube-api-burst 1000 --concurrent-job-syncs 20 --profiling=false \
+    --node-monitor-grace-period 1h
   launch kube-scheduler "$BIN/kube-scheduler" \
     --kubeconfig "$DIR/kubeconfigs/kube-scheduler" \
     --authentication-kubeconfig "$DIR/kubeconfigs/kube-scheduler" \

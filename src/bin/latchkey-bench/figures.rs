@@ -10,43 +10,28 @@ use crate::load::{self, OPERATOR_NS, ReadyWatch, Workload};
 use crate::results::{Results, median};
 
 pub async fn bounds(o: &Opts, res: &mut Results) -> Result<()> {
-    let (mut b1, mut b2, mut b2_nojob, mut b2_minimal) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut b1, mut b2) = (Vec::new(), Vec::new());
     let w = Workload { n: o.big, namespaces: o.namespaces };
-    // Each B2 variant on a bed of its own (the same writes again would be no-ops); B1 on the first.
-    let bed_with_activations = || async {
-        let bed = Bed::up(&o.bed_dir()).await?;
-        load::latchkey_fixture(&bed, &w, &o.operator).await?;
-        load::activations(&bed.client, &w).await?;
-        Result::Ok(bed)
-    };
     for run in 0..o.runs {
-        let bed = bed_with_activations().await?;
+        let bed = bed_with_activations(o, &w, true).await?;
         let t1 = load::bound_b1(&bed.client, &w).await?;
-        let t2 = load::bound_b2(&bed.client, &w, true, false).await?;
+        let t2 = load::bound_b2(&bed.client, &w, true).await?;
         bed.down();
-        // The same writes with small hand-written objects (what B2 was before).
-        let bed = bed_with_activations().await?;
-        let t4 = load::bound_b2(&bed.client, &w, true, true).await?;
-        bed.down();
-        // Without the Job.
-        let bed = bed_with_activations().await?;
-        let t3 = load::bound_b2(&bed.client, &w, false, false).await?;
-        bed.down();
-        eprintln!(
-            "bench: bounds run {}: B1 {t1:.2}s, B2 {t2:.2}s, B2 without the Job {t3:.2}s, B2 with minimal objects {t4:.2}s (N={})",
-            run + 1,
-            o.big
-        );
+        eprintln!("bench: bounds run {}: B1 {t1:.2}s, B2 {t2:.2}s (N={})", run + 1, o.big);
         b1.push(t1);
         b2.push(t2);
-        b2_nojob.push(t3);
-        b2_minimal.push(t4);
     }
-    res.runs("bound_b2_minimal_seconds_10k", &b2_minimal);
     res.runs("bound_b1_seconds_10k", &b1);
     res.runs("bound_b2_seconds_10k", &b2);
-    res.runs("bound_b2_nojob_seconds_10k", &b2_nojob);
     Ok(())
+}
+
+/// A fresh bed with the fixture (with or without the connection's Job) and the N activations B2 writes for.
+async fn bed_with_activations(o: &Opts, w: &Workload, job: bool) -> Result<Bed> {
+    let bed = Bed::up(&o.bed_dir()).await?;
+    load::latchkey_fixture_with(&bed, w, &o.operator, job).await?;
+    load::activations(&bed.client, w).await?;
+    Ok(bed)
 }
 
 /// What one run of the operator over N activations measured.
@@ -307,10 +292,18 @@ pub async fn converge(o: &Opts, res: &mut Results) -> Result<()> {
 /// Like `converge` (started over existing activations), with a connection that has no Job: the credential path
 /// alone, like for like with the peer, which only copies Secrets.
 pub async fn converge_nojob(o: &Opts, res: &mut Results) -> Result<()> {
-    let mut ms = Vec::new();
+    let w = Workload { n: o.big, namespaces: o.namespaces };
+    let (mut ms, mut b2) = (Vec::new(), Vec::new());
     for run in 0..o.runs {
+        // Its bound in the same run: B2 without the Job, on a bed of its own.
+        let bed = bed_with_activations(o, &w, false).await?;
+        let t = load::bound_b2(&bed.client, &w, false).await?;
+        bed.down();
+        eprintln!("bench: converge_nojob run {}: B2 without the Job {t:.2}s (N={})", run + 1, o.big);
+        b2.push(t);
         ms.push(run_operator_with(o, o.big, true, false, &format!("converge-nojob-{}", run + 1), false).await?);
     }
+    res.runs("bound_b2_nojob_seconds_10k", &b2);
     res.runs("converge_nojob_seconds_10k", &col(&ms, |m| m.converge_s));
     res.runs("cpu_nojob_seconds_10k", &col(&ms, |m| m.cpu_s));
     res.runs("writes_per_activation_apikey_nojob", &col(&ms, |m| m.writes_settled));
@@ -371,7 +364,6 @@ pub fn table(v: &Value) -> String {
         ("callback_e2e_bound_p99_ms", ""),
         ("consent_e2e_rps", ""),
         ("bound_b2_nojob_seconds_10k", ""),
-        ("bound_b2_minimal_seconds_10k", ""),
         ("converge_nojob_seconds_10k", ""),
         ("converge_ratio_nojob_10k", ""),
         ("writes_per_activation_apikey_nojob", ""),

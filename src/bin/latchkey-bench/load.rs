@@ -151,9 +151,7 @@ pub async fn bound_b1(client: &Client, w: &Workload) -> Result<f64> {
 /// conditions): the owned Secret (server-side apply), its first Job (create), the first status (server-side apply
 /// of the status subresource). The activations exist already and are read before the clock starts. Without `job`:
 /// the write set of an activation whose connection runs no Job (the like-for-like bound of `converge_nojob`).
-/// `minimal`: the same three writes with small hand-written objects and a merge patch of the status (what B2 was
-/// until the fourth session, kept as `bound_b2_minimal_seconds_10k` to show what the objects' size costs).
-pub async fn bound_b2(client: &Client, w: &Workload, with_job: bool, minimal: bool) -> Result<f64> {
+pub async fn bound_b2(client: &Client, w: &Workload, with_job: bool) -> Result<f64> {
     use latchkey::api::{EmbeddedConnection, UserActivation};
     let uas: Vec<UserActivation> = Api::<UserActivation>::all(client.clone()).list(&Default::default()).await?.items;
     let mut by_name: std::collections::HashMap<(String, String), UserActivation> = uas
@@ -168,38 +166,15 @@ pub async fn bound_b2(client: &Client, w: &Workload, with_job: bool, minimal: bo
     };
     let prepared: Vec<Option<UserActivation>> = (0..w.n).map(|i| by_name.remove(&(w.ns(i), format!("ua-{i}")))).collect();
     let prepared = std::sync::Arc::new(prepared);
-    let ar = ua_resource();
     at_concurrency(w.n, |i| {
         let ns = w.ns(i);
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-        let uas: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
         let typed: Api<UserActivation> = Api::namespaced(client.clone(), &ns);
         let prepared = prepared.clone();
         let (job_spec, template) = (job_spec.clone(), template.clone());
         async move {
             let name = format!("ua-{i}-bench-sync-credentials");
-            if minimal {
-                let s = json!({"apiVersion": "v1", "kind": "Secret",
-                    "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "b2"}, "annotations": {"latchkey.dev/data-hash": "x"}},
-                    "data": {"api_key": "YmVuY2g="}, "type": "Opaque"});
-                secrets.patch(&name, &PatchParams::apply("b2").force(), &Patch::Apply(&s)).await?;
-                if with_job {
-                    let job: Job = serde_json::from_value(json!({
-                        "metadata": {"name": format!("ua-{i}-run-1"), "labels": {"app.kubernetes.io/managed-by": "b2"}},
-                        "spec": {"backoffLimit": 2, "template": {"spec": {"restartPolicy": "Never", "automountServiceAccountToken": false,
-                            "containers": [{"name": "sync", "image": "busybox", "command": ["sh", "-c", "echo sync"],
-                                "env": [{"name": "LATCHKEY_API_KEY", "valueFrom": {"secretKeyRef": {"name": name, "key": "api_key"}}}],
-                                "volumeMounts": [{"name": "credentials", "mountPath": "/var/run/latchkey/credentials", "readOnly": true}]}],
-                            "volumes": [{"name": "credentials", "secret": {"secretName": name}}]}}}
-                    }))
-                    .map_err(kube::Error::SerdeError)?;
-                    jobs.create(&PostParams::default(), &job).await?;
-                }
-                let status = json!({"status": {"phase": "Active", "secretName": name, "observedGeneration": 1,
-                    "conditions": [{"type": "Ready", "status": "True", "reason": "Active", "message": "b2", "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]}});
-                return uas.patch_status(&format!("ua-{i}"), &PatchParams::default(), &Patch::Merge(&status)).await.map(|_| ());
-            }
             let Some(ua) = prepared[i].as_ref() else { return Err(kube::Error::Service(format!("activation ua-{i} not found").into())) };
             let mut data = std::collections::BTreeMap::new();
             data.insert("api_key".to_string(), k8s_openapi::ByteString(format!("bench-key-{i:06}-{}", "x".repeat(24)).into_bytes()));
