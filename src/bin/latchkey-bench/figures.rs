@@ -15,7 +15,7 @@ pub async fn bounds(o: &Opts, res: &mut Results) -> Result<()> {
     for run in 0..o.runs {
         let bed = bed_with_activations(o, &w, true).await?;
         let t1 = load::bound_b1(&bed.client, &w).await?;
-        let t2 = load::bound_b2(&bed.client, &w, true).await?;
+        let t2 = load::bound_b2(&bed.client, &w).await?;
         bed.down();
         eprintln!("bench: bounds run {}: B1 {t1:.2}s, B2 {t2:.2}s (N={})", run + 1, o.big);
         b1.push(t1);
@@ -297,7 +297,7 @@ pub async fn converge_nojob(o: &Opts, res: &mut Results) -> Result<()> {
     for run in 0..o.runs {
         // Its bound in the same run: B2 without the Job, on a bed of its own.
         let bed = bed_with_activations(o, &w, false).await?;
-        let t = load::bound_b2(&bed.client, &w, false).await?;
+        let t = load::bound_b2(&bed.client, &w).await?;
         bed.down();
         eprintln!("bench: converge_nojob run {}: B2 without the Job {t:.2}s (N={})", run + 1, o.big);
         b2.push(t);

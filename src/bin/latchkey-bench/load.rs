@@ -149,9 +149,10 @@ pub async fn bound_b1(client: &Client, w: &Workload) -> Result<f64> {
 /// B2: per activation exactly the operator's write set, built by the operator's own code so that the objects are
 /// the ones it writes (labels, annotations, owner reference, the Job's env and volumes, the first status with its
 /// conditions): the owned Secret (server-side apply), its first Job (create), the first status (server-side apply
-/// of the status subresource). The activations exist already and are read before the clock starts. Without `job`:
-/// the write set of an activation whose connection runs no Job (the like-for-like bound of `converge_nojob`).
-pub async fn bound_b2(client: &Client, w: &Workload, with_job: bool) -> Result<f64> {
+/// of the status subresource). The activations exist already and are read before the clock starts. The Job is
+/// written when the bed's connection has one, as the operator would: on the fixture without a Job this is the
+/// write set of `converge_nojob`, its like-for-like bound.
+pub async fn bound_b2(client: &Client, w: &Workload) -> Result<f64> {
     use latchkey::api::{EmbeddedConnection, UserActivation};
     let uas: Vec<UserActivation> = Api::<UserActivation>::all(client.clone()).list(&Default::default()).await?.items;
     let mut by_name: std::collections::HashMap<(String, String), UserActivation> = uas
@@ -185,7 +186,7 @@ pub async fn bound_b2(client: &Client, w: &Workload, with_job: bool) -> Result<f
             let secret = latchkey::controller::user_activation::owned_secret_object(ua, &name, data, annotations);
             secrets.patch(&name, &PatchParams::apply("b2").force(), &Patch::Apply(&secret)).await?;
             let mut job_name = None;
-            if let (true, Some(spec), Some(template)) = (with_job, job_spec.as_ref(), template) {
+            if let (Some(spec), Some(template)) = (job_spec.as_ref(), template) {
                 let variables = ua.spec.variables.to_map();
                 let input = latchkey::jobs::RunInput {
                     ua,
