@@ -199,8 +199,16 @@ fn checked(what: &'static str, template: &str, connector: &Connector, values: &B
 }
 
 /// The method with its OAuth2 URLs resolved for one tenant (the connector itself is not copied: the callback's
-/// path needs only the method).
-pub fn resolve_method(connector: &Connector, method: &AuthMethod, values: &BTreeMap<String, String>) -> Result<AuthMethod, InstanceError> {
+/// path needs only the method). A method whose URLs have no parameters is the one written, borrowed, not copied.
+pub fn resolve_method<'m>(
+    connector: &Connector,
+    method: &'m AuthMethod,
+    values: &BTreeMap<String, String>,
+) -> Result<std::borrow::Cow<'m, AuthMethod>, InstanceError> {
+    let templated = |u: &str| u.contains('{');
+    if !method.oauth2.as_ref().is_some_and(|o| o.authorization_url.as_deref().is_some_and(templated) || templated(&o.token_url)) {
+        return Ok(std::borrow::Cow::Borrowed(method));
+    }
     let mut m = method.clone();
     if let Some(o) = m.oauth2.as_mut() {
         if let Some(a) = &o.authorization_url {
@@ -208,7 +216,7 @@ pub fn resolve_method(connector: &Connector, method: &AuthMethod, values: &BTree
         }
         o.token_url = checked("tokenUrl", &o.token_url, connector, values)?;
     }
-    Ok(m)
+    Ok(std::borrow::Cow::Owned(m))
 }
 
 /// The connector and method with their URLs resolved for one tenant. `base_url_too: false` leaves a base URL
@@ -219,7 +227,7 @@ pub fn resolve(
     values: &BTreeMap<String, String>,
     base_url_too: bool,
 ) -> Result<(Connector, AuthMethod), InstanceError> {
-    let m = resolve_method(connector, method, values)?;
+    let m = resolve_method(connector, method, values)?.into_owned();
     let mut c = connector.clone();
     if base_url_too {
         c.spec.base_url = checked("baseUrl", &connector.spec.base_url, connector, values)?;

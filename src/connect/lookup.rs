@@ -43,10 +43,15 @@ pub struct Resolved {
     pub ua: Arc<UserActivation>,
     pub connector: Arc<Connector>,
     pub connection: Arc<EmbeddedConnection>,
-    pub method: AuthMethod,
+    /// The connection's method: its place in the connector's `authMethods` (a reference into the store's object,
+    /// not a copy of it on every request).
+    method_at: usize,
 }
 
 impl Resolved {
+    pub fn method(&self) -> &AuthMethod {
+        &self.connector.spec.auth_methods[self.method_at]
+    }
     pub fn display_name(&self) -> String {
         self.connector.spec.display_name.clone().unwrap_or_else(|| self.connector.name_any())
     }
@@ -64,7 +69,7 @@ impl Resolved {
         Some(u.to_string())
     }
     pub fn oauth2(&self) -> Option<&OAuth2Method> {
-        self.method.oauth2.as_ref()
+        self.method().oauth2.as_ref()
     }
 }
 
@@ -243,11 +248,13 @@ impl Lookup {
             .connectors
             .get(&ObjectRef::new(&connection.spec.connector_ref.name).within(&conn_ns))
             .ok_or_else(|| fail("The connector was removed"))?;
-        let method = connector
-            .auth_method(&connection.spec.auth_method)
-            .cloned()
+        let method_at = connector
+            .spec
+            .auth_methods
+            .iter()
+            .position(|m| m.name == connection.spec.auth_method)
             .ok_or_else(|| fail("The connection's sign-in method does not exist"))?;
-        Ok(Resolved { ua, connector, connection, method })
+        Ok(Resolved { ua, connector, connection, method_at })
     }
 
     /// The activation from the apiserver: when the store has not caught up with the link yet, and before a

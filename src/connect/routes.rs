@@ -313,7 +313,7 @@ async fn show(State(st): State<ConnectState>, Path(tok): Path<String>) -> Respon
         Ok(v) => v,
         Err(refused) => return refused,
     };
-    let kind = r.method.kind();
+    let kind = r.method().kind();
     let inst = instance_fields(&r.connector);
     if kind != AuthKind::OAuth2AuthorizationCode || !inst.is_empty() {
         let look = st.look(Some(&r));
@@ -352,7 +352,7 @@ async fn authorize(
         return Err(unavailable("The connector is misconfigured."));
     }
     let values = instance_values(r, page, &BTreeMap::new());
-    let (connector, method) = instance::resolve(&r.connector, &r.method, &values, false)
+    let (connector, method) = instance::resolve(&r.connector, r.method(), &values, false)
         .map_err(|e| Refusal(StatusCode::UNPROCESSABLE_ENTITY, "This address cannot be used", instance_problem(r, &e).into()))?;
     let Some(m) = method.oauth2.as_ref() else { return Err(unavailable("The connector is misconfigured.")) };
     let app = match st.lookup.organisation_app(&connector, m, &st.config.redirect_uri()).await {
@@ -387,7 +387,7 @@ async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(fo
         Ok(v) => v,
         Err(refused) => return refused,
     };
-    let kind = r.method.kind();
+    let kind = r.method().kind();
     let inst = instance_fields(&r.connector);
     if kind == AuthKind::OAuth2AuthorizationCode && inst.is_empty() {
         return Refusal(
@@ -422,7 +422,7 @@ async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(fo
     // The tenant's address, checked against allowedHosts before anything is sent (the token response of a
     // client-credentials method may still fill the base URL).
     let mut values = instance_values(&r, &page, &BTreeMap::new());
-    let (connector, method) = match instance::resolve(&r.connector, &r.method, &values, kind != AuthKind::OAuth2ClientCredentials) {
+    let (connector, method) = match instance::resolve(&r.connector, r.method(), &values, kind != AuthKind::OAuth2ClientCredentials) {
         Ok(x) => x,
         Err(e) => {
             info!(activation = %r.ua.name_any(), namespace = %claims.namespace, error = %e, "connect form: instance address refused");
@@ -465,7 +465,7 @@ async fn submit(State(st): State<ConnectState>, Path(tok): Path<String>, Form(fo
     };
     if let Credential::OAuth2(t) = &credential {
         values = instance_values(&r, &page, &t.fields);
-        if let Err(e) = instance::resolve(&r.connector, &r.method, &values, true) {
+        if let Err(e) = instance::resolve(&r.connector, r.method(), &values, true) {
             return again(&instance_problem(&r, &e), StatusCode::UNPROCESSABLE_ENTITY);
         }
     }
@@ -559,7 +559,7 @@ async fn callback(State(st): State<ConnectState>, Query(q): Query<CallbackQuery>
     };
     let Some(m) = r.oauth2() else { return unavailable("The connector is misconfigured.").into_response() };
     // The token URL for this tenant (from the parameters sealed in `state`), within allowedHosts.
-    let method = match instance::resolve_method(&r.connector, &r.method, &instance_values(&r, &opened.params, &BTreeMap::new())) {
+    let method = match instance::resolve_method(&r.connector, r.method(), &instance_values(&r, &opened.params, &BTreeMap::new())) {
         Ok(x) => x,
         Err(e) => {
             return Refusal(StatusCode::UNPROCESSABLE_ENTITY, "This address cannot be used", instance_problem(&r, &e).into())
@@ -599,7 +599,7 @@ async fn callback(State(st): State<ConnectState>, Query(q): Query<CallbackQuery>
     };
     // The tenant's base URL may come from the token response: outside allowedHosts, nothing is stored.
     let values = instance_values(&r, &opened.params, &set.fields);
-    if let Err(e) = instance::resolve(&r.connector, &r.method, &values, true) {
+    if let Err(e) = instance::resolve(&r.connector, r.method(), &values, true) {
         warn!(activation = %r.ua.name_any(), namespace = %opened.claims.namespace, error = %e, "the token response gives an address outside allowedHosts; nothing stored");
         let note = format!("{}: {e}", instance::INVALID_BASE_URL);
         return match claim_link(&st, &r.ua, Some(&note), None).await {
