@@ -48,8 +48,13 @@ pub async fn token_stub_main(port: u16) {
         )
         .route(
             "/refuse",
+            // A body written once: the stub shares its core with the load generator, so its own cost is kept small.
             axum::routing::post(|| async {
-                (axum::http::StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_grant", "error_description": "bench: refused at once"})))
+                (
+                    axum::http::StatusCode::BAD_REQUEST,
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    r#"{"error":"invalid_grant","error_description":"bench: refused at once"}"#,
+                )
             }),
         );
     let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await else {
