@@ -307,11 +307,13 @@ pub async fn figure(o: &Opts, res: &mut Results, part: Part) -> Result<()> {
     Ok(())
 }
 
-/// The offered rates of the callbacks end to end and how long each is offered (seconds).
+/// The offered rates of the callbacks end to end and how long each is offered (seconds). The target's rate,
+/// 200/s, is offered for 10 s: its p99 is the 20th-slowest of 2,000 callbacks. (Until the tenth session it was 3 s,
+/// and the 6th-slowest of 600 moved between 46 and 174 ms in three runs of one build, the bound's alike.)
 fn e2e_steps(o: &Opts) -> &'static [(f64, f64)] {
     match o.scale.as_str() {
         "tiny" => &[(20.0, 2.0)],
-        _ => &[(25.0, 4.0), (50.0, 4.0), (100.0, 3.0), (200.0, 3.0), (400.0, 2.0)],
+        _ => &[(25.0, 4.0), (50.0, 4.0), (100.0, 3.0), (200.0, 10.0), (400.0, 2.0)],
     }
 }
 
