@@ -56,35 +56,45 @@ impl Operator {
         env: &[(&str, &str)],
     ) -> Operator {
         let _ = bed;
-        let connect_port = free_port();
-        let metrics_port = free_port();
-        let connect_base_url = format!("http://127.0.0.1:{connect_port}{path}");
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "--log-format=json".into(),
-            format!("--namespaces={}", namespaces.join(",")),
-            format!("--connect-bind=127.0.0.1:{connect_port}"),
-            format!("--connect-base-url={connect_base_url}"),
-            format!("--metrics-bind=127.0.0.1:{metrics_port}"),
-            format!("--operator-namespace={}", namespaces.first().copied().unwrap_or("default")),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
         std::fs::create_dir_all(&dir).expect("target/test-logs");
         let log_path = dir.join(format!("{name}.log"));
-        let mut op = Operator {
-            child: None,
-            log_path,
-            connect_base_url,
-            metrics_url: format!("http://127.0.0.1:{metrics_port}"),
-            args,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            kubeconfig: kubeconfig.to_path_buf(),
-        };
-        let _ = std::fs::remove_file(&op.log_path);
-        op.spawn();
-        op.wait_ready().await;
-        op
+        // A port found free can be taken before the operator binds it: by another test's listener, or as the source
+        // port of any outgoing connection on the machine. Then the operator exits at once; it starts again on other
+        // ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let connect_port = free_port();
+            let metrics_port = free_port();
+            let connect_base_url = format!("http://127.0.0.1:{connect_port}{path}");
+            let mut args: Vec<String> = vec![
+                "run".into(),
+                "--log-format=json".into(),
+                format!("--namespaces={}", namespaces.join(",")),
+                format!("--connect-bind=127.0.0.1:{connect_port}"),
+                format!("--connect-base-url={connect_base_url}"),
+                format!("--metrics-bind=127.0.0.1:{metrics_port}"),
+                format!("--operator-namespace={}", namespaces.first().copied().unwrap_or("default")),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let mut op = Operator {
+                child: None,
+                log_path: log_path.clone(),
+                connect_base_url,
+                metrics_url: format!("http://127.0.0.1:{metrics_port}"),
+                args,
+                env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                kubeconfig: kubeconfig.to_path_buf(),
+            };
+            let _ = std::fs::remove_file(&op.log_path);
+            op.spawn();
+            match op.ready().await {
+                Ok(()) => return op,
+                Err(why) if attempt < 3 && why.contains("Address already in use") => op.kill(),
+                Err(why) => panic!("{why}"),
+            }
+        }
     }
 
     fn spawn(&mut self) {
@@ -103,19 +113,26 @@ impl Operator {
     }
 
     async fn wait_ready(&mut self) {
+        if let Err(why) = self.ready().await {
+            panic!("{why}");
+        }
+    }
+
+    /// Waits until `/readyz` answers; why not, with the operator's log, when it exited or took over 30 s.
+    async fn ready(&mut self) -> Result<(), String> {
         let start = Instant::now();
         let http = reqwest::Client::new();
         loop {
             if let Ok(r) = http.get(format!("{}/readyz", self.metrics_url)).send().await
                 && r.status().is_success()
             {
-                return;
+                return Ok(());
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("the operator exited with {status} while starting; its log:\n{}", self.log());
+                return Err(format!("the operator exited with {status} while starting; its log:\n{}", self.log()));
             }
             if start.elapsed() > Duration::from_secs(30) {
-                panic!("the operator was not ready after 30 s; its log:\n{}", self.log());
+                return Err(format!("the operator was not ready after 30 s; its log:\n{}", self.log()));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
