@@ -57,13 +57,19 @@ pub fn placeholders(template: &str) -> Vec<&str> {
     out
 }
 
+/// Whether a URL has `{name}` parameters; one without them is used as written.
+fn has_parameters(url: &str) -> bool {
+    url.contains('{')
+}
+
+/// Whether the method's own OAuth2 URLs have parameters.
+fn method_has_parameters(method: &AuthMethod) -> bool {
+    method.oauth2.as_ref().is_some_and(|o| o.authorization_url.as_deref().is_some_and(has_parameters) || has_parameters(&o.token_url))
+}
+
 /// Whether the connector's URLs for this method have parameters at all.
 pub fn is_templated(connector: &Connector, method: &AuthMethod) -> bool {
-    let o = method.oauth2.as_ref();
-    [Some(connector.spec.base_url.as_str()), o.and_then(|m| m.authorization_url.as_deref()), o.map(|m| m.token_url.as_str())]
-        .into_iter()
-        .flatten()
-        .any(|u| u.contains('{'))
+    has_parameters(&connector.spec.base_url) || method_has_parameters(method)
 }
 
 /// The parameters the connect page asks the user for.
@@ -180,7 +186,7 @@ pub fn host_allowed(url: &url::Url, patterns: &[String]) -> bool {
 
 /// Resolves one URL and checks it: a URL without parameters is taken as written (the organisation wrote it).
 fn checked(what: &'static str, template: &str, connector: &Connector, values: &BTreeMap<String, String>) -> Result<String, InstanceError> {
-    if !template.contains('{') {
+    if !has_parameters(template) {
         return Ok(template.to_string());
     }
     let filled = fill(what, template, connector, values)?;
@@ -205,8 +211,7 @@ pub fn resolve_method<'m>(
     method: &'m AuthMethod,
     values: &BTreeMap<String, String>,
 ) -> Result<std::borrow::Cow<'m, AuthMethod>, InstanceError> {
-    let templated = |u: &str| u.contains('{');
-    if !method.oauth2.as_ref().is_some_and(|o| o.authorization_url.as_deref().is_some_and(templated) || templated(&o.token_url)) {
+    if !method_has_parameters(method) {
         return Ok(std::borrow::Cow::Borrowed(method));
     }
     let mut m = method.clone();
