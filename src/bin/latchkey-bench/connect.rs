@@ -23,7 +23,7 @@ use crate::results::Results;
 use latchkey::naming;
 
 /// `latchkey-bench --load TARGET RATE SECONDS`: prints one JSON line (see [`crate::openloop`]).
-pub async fn load_main(target: &str, rate: f64, secs: f64) {
+pub fn load_main(target: &str, rate: f64, secs: f64) {
     match crate::openloop::run(target, rate, secs) {
         Ok(r) => println!("{}", serde_json::to_string(&r).unwrap_or_default()),
         Err(e) => {

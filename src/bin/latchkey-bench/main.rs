@@ -66,7 +66,7 @@ async fn main() {
         let url = args.get(i + 1).cloned().unwrap_or_default();
         let rate: f64 = args.get(i + 2).and_then(|x| x.parse().ok()).unwrap_or(1000.0);
         let secs: f64 = args.get(i + 3).and_then(|x| x.parse().ok()).unwrap_or(5.0);
-        connect::load_main(&url, rate, secs).await;
+        connect::load_main(&url, rate, secs);
         return;
     }
     if args.iter().any(|a| a == "--keys") {

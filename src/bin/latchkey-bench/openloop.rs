@@ -190,6 +190,8 @@ struct Conn {
     stream: Option<TcpStream>,
     queue: VecDeque<usize>,
     inflight: Option<usize>,
+    /// Lateness of the request in flight (ms): its due time to its first write.
+    sent_late: f64,
     out: Vec<u8>,
     written: usize,
     buf: Vec<u8>,
@@ -214,6 +216,11 @@ impl Tally {
         }
         self.finished += 1;
     }
+
+    /// A request that got no answer: counted among the errors.
+    fn failed(&mut self) {
+        self.finished += 1;
+    }
 }
 
 /// The generator's state: the schedule, the connections and what they measured.
@@ -224,8 +231,6 @@ struct Gen<'a> {
     start: Instant,
     rate: f64,
     conns: Vec<Conn>,
-    /// Lateness of each connection's request in flight (ms), recorded at its first write.
-    sent_late: Vec<f64>,
     tally: Tally,
 }
 
@@ -245,14 +250,14 @@ impl Gen<'_> {
                         let _ = s.set_nonblocking(true);
                         let mut s = TcpStream::from_std(s);
                         if self.poll.registry().register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE).is_err() {
-                            self.tally.finished += 1;
+                            self.tally.failed();
                             continue;
                         }
                         self.conns[i].stream = Some(s);
                         self.conns[i].buf.clear();
                     }
                     Err(_) => {
-                        self.tally.finished += 1;
+                        self.tally.failed();
                         continue;
                     }
                 }
@@ -267,7 +272,7 @@ impl Gen<'_> {
             );
             c.written = 0;
             c.inflight = Some(k);
-            self.sent_late[i] = self.due(k).elapsed().as_secs_f64() * 1000.0;
+            self.conns[i].sent_late = self.due(k).elapsed().as_secs_f64() * 1000.0;
             self.flush(i);
         }
     }
@@ -315,9 +320,8 @@ impl Gen<'_> {
             Parsed::Complete { status, len } => {
                 let c = &mut self.conns[i];
                 c.buf.drain(..len);
-                let Some(k) = c.inflight.take() else { return self.broken(i) };
-                let due = self.due(k);
-                self.tally.answered(due, self.sent_late[i], status);
+                let (Some(k), sent_late) = (c.inflight.take(), c.sent_late) else { return self.broken(i) };
+                self.tally.answered(self.due(k), sent_late, status);
                 if closed { self.broken(i) } else { self.send_next(i) }
             }
         }
@@ -331,7 +335,7 @@ impl Gen<'_> {
         }
         c.buf.clear();
         if c.inflight.take().is_some() {
-            self.tally.finished += 1;
+            self.tally.failed();
         }
         self.send_next(i);
     }
@@ -358,7 +362,6 @@ pub fn run(target: &str, rate: f64, secs: f64) -> Result<LoadResult, String> {
         start,
         rate,
         conns: (0..n).map(|_| Conn::default()).collect(),
-        sent_late: vec![0.0; n],
         tally: Tally { lat: Vec::with_capacity(total), lateness: Vec::with_capacity(total), statuses: BTreeMap::new(), ok: 0, finished: 0 },
     };
     let deadline = start + Duration::from_secs_f64(total as f64 / rate) + GRACE;
